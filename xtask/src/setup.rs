@@ -1,0 +1,215 @@
+//! Installing what fsmon's build and tests need, on Debian or Ubuntu.
+//! Everything is checked first and skipped when present.
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{is_root, root, run_cmd};
+
+/// Debian's Rust 1.96 with a prebuilt `core` for bpfel-unknown-none, and the
+/// LLVM that bpf-linker links against (see docs: the usual build-std route
+/// needs rust-src, which rustup cannot download here).
+const EBPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
+/// What the test suite uses: filesystems on loop devices, and tools it
+/// compares against or drives.
+const TEST_PACKAGES: &[&str] = &[
+    "xfsprogs",
+    "btrfs-progs",
+    "e2fsprogs",
+    "util-linux",
+    "jq",
+    "python3",
+    "sudo",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where bpf-linker is installed: a directory the project controls.
+pub fn tools_dir() -> PathBuf {
+    root().join(".tools")
+}
+
+/// A command run as root: directly when we are root, through sudo otherwise.
+pub fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.stdout == b"installed")
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if Command::new("apt-get")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        bail!("missing packages {missing:?} and no apt-get to install them: install them by hand");
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    run_cmd(privileged("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        privileged("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn bpf_linker() -> PathBuf {
+    tools_dir().join("bin/bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+fn install_bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    println!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} into {} (about a minute)",
+        tools_dir().display()
+    );
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_cmd(
+        Command::new(cargo)
+            // bpf-linker finds LLVM through LLVM_PREFIX; without it it picks
+            // Debian's default llvm-config (LLVM 14) and fails to link.
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22", "--root"])
+            .arg(tools_dir()),
+    )
+    .context("installing bpf-linker")
+}
+
+/// Installs everything the build and the test suite need.
+pub fn setup() -> Result<()> {
+    let nightly = nightly_with_rust_src();
+    if nightly {
+        apt_install(TEST_PACKAGES)?;
+        apt_install(&["llvm-22-dev"])?;
+    } else {
+        let all: Vec<&str> = EBPF_PACKAGES.iter().chain(TEST_PACKAGES).copied().collect();
+        apt_install(&all)?;
+    }
+    install_bpf_linker()?;
+    Ok(())
+}
+
+fn nightly_with_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["+nightly", "component", "list", "--installed"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        })
+}
+
+/// How to compile the eBPF crate on this machine.
+pub enum EbpfToolchain {
+    /// Debian's rustc-web with its prebuilt bpfel core.
+    Debian,
+    /// A rustup nightly with rust-src: the usual build-std route.
+    Nightly,
+}
+
+pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
+    let debian = PathBuf::from("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir()
+        && PathBuf::from("/usr/bin/cargo").exists();
+    let tc = if debian {
+        EbpfToolchain::Debian
+    } else if nightly_with_rust_src() {
+        EbpfToolchain::Nightly
+    } else {
+        bail!(
+            "no eBPF toolchain: need Debian's rustc-web + libstd-rust-web-dev-bpf \
+             (`cargo xtask setup` installs them) or a rustup nightly with rust-src \
+             (`rustup toolchain install nightly --component rust-src`)"
+        );
+    };
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker {BPF_LINKER_VERSION} not found in {}: run `cargo xtask setup`",
+            tools_dir().display()
+        );
+    }
+    Ok(tc)
+}
+
+impl EbpfToolchain {
+    /// `cargo build` for the eBPF crate, environment set and cleaned of the
+    /// outer cargo's variables.
+    pub fn cargo_build(&self) -> Command {
+        let path = format!(
+            "{}:{}",
+            tools_dir().join("bin").display(),
+            env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = match self {
+            EbpfToolchain::Debian => {
+                let mut c = Command::new("/usr/bin/cargo");
+                // rustup's proxy cannot find the Debian bpfel core.
+                c.env("RUSTC", "/usr/bin/rustc");
+                // aya-ebpf uses #![feature(asm_experimental_arch)].
+                c.env("RUSTC_BOOTSTRAP", "1");
+                c.arg("build");
+                c
+            }
+            EbpfToolchain::Nightly => {
+                let mut c = Command::new("rustup");
+                c.args(["run", "nightly", "cargo", "build", "-Z", "build-std=core"]);
+                c
+            }
+        };
+        for (k, _) in env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_")
+                || k == "RUSTUP_TOOLCHAIN"
+                || k == "RUSTC_WRAPPER"
+                || k == "RUSTFLAGS"
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("PATH", path)
+            .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
+        cmd
+    }
+}
