@@ -4,3 +4,17 @@ pub mod error;
 pub mod process;
 
 pub use error::{Error, Result};
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod event;
+pub mod fanotify;
+pub mod filters;
+pub mod logfile;
+pub mod metrics;
+pub mod pipeline;
+pub mod safefs;
+pub mod store;
+pub mod user;

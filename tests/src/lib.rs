@@ -1,6 +1,16 @@
-//! Helpers for fsmon's integration tests: temp dirs, waiting for conditions
-//! with a deadline, starting the real daemon.
-use std::time::{Duration, Instant};
+//! Helpers for fsmon's integration tests: each test gets its own temp dir,
+//! config, socket, store and log directory, and starts the real daemon
+//! binary as root. Nothing waits on a fixed sleep: every wait is for a
+//! condition, with a deadline.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
 
 /// Polls `cond` until it returns `Some`, or fails after `timeout` with `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
@@ -13,5 +23,384 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `target/<profile>/` of this build (test binaries live in its `deps/`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The fsmon binary under test: $FSMON_BIN, else target/<profile>/fsmon.
+pub fn fsmon_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FSMON_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join("fsmon");
+    assert!(
+        p.exists(),
+        "{} missing: build it first (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+/// The test-kit binary (workload programs).
+pub fn testkit_bin() -> PathBuf {
+    target_dir().join("fsmon-testkit")
+}
+
+/// A private fsmon setup: config, socket, store, logs, and a directory to
+/// watch, all under one temp dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub store: PathBuf,
+    pub logs: PathBuf,
+    /// A directory for the test to watch and write in.
+    pub watch: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// `extra` is appended to the config (more sections or keys for
+    /// [logging] / [cache] / [process] / [fanotify]; see `config_text`).
+    pub fn with_config(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fsmon-test-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let root = fs::canonicalize(dir.path()).unwrap();
+        let env = Env {
+            config: root.join("fsmon.toml"),
+            socket: root.join("fsmon.sock"),
+            store: root.join("share/monitored.jsonl"),
+            logs: root.join("logs"),
+            watch: root.join("watch"),
+            dir,
+        };
+        fs::create_dir_all(&env.watch).unwrap();
+        env.write_config(extra);
+        env
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let mut sections = std::collections::BTreeMap::<String, String>::new();
+        sections.insert("monitored".into(), format!("path = {:?}\n", self.store));
+        sections.insert("logging".into(), format!("path = {:?}\n", self.logs));
+        sections.insert("socket".into(), format!("path = {:?}\n", self.socket));
+        let mut current = String::new();
+        for line in extra.lines() {
+            let t = line.trim();
+            if let Some(name) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                current = name.to_string();
+                sections.entry(current.clone()).or_default();
+            } else if !t.is_empty() {
+                let s = sections.entry(current.clone()).or_default();
+                s.push_str(t);
+                s.push('\n');
+            }
+        }
+        let text: String = sections
+            .iter()
+            .map(|(k, v)| format!("[{k}]\n{v}\n"))
+            .collect();
+        fs::write(&self.config, text).unwrap();
+    }
+
+    /// Runs the fsmon CLI with this env's config.
+    pub fn fsmon(&self, args: &[&str]) -> Output {
+        Command::new(fsmon_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("SUDO_UID")
+            .output()
+            .expect("run fsmon")
+    }
+
+    /// Like [`fsmon`](Self::fsmon), asserting success; returns stdout.
+    pub fn fsmon_ok(&self, args: &[&str]) -> String {
+        let out = self.fsmon(args);
+        assert!(
+            out.status.success(),
+            "fsmon {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Adds a path through the CLI (writes the store when no daemon runs).
+    pub fn add(&self, group: &str, path: &Path, extra: &[&str]) {
+        let mut args = vec!["add", group, "--path", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.fsmon_ok(&args);
+    }
+
+    pub fn log_path(&self, group: &str) -> PathBuf {
+        self.logs.join(format!("{group}_log.jsonl"))
+    }
+
+    /// Starts the daemon and waits until it reports ready.
+    pub fn start(&self, args: &[&str]) -> Daemon {
+        self.start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(fsmon_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .args(args);
+        cmd.env_remove("SUDO_UID").env("FSMON_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("fsmon daemon ready") {
+                    let _ = tx.send(());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = d.child.as_mut().unwrap().try_wait() {
+                panic!("daemon exited during start ({status}):\n{}", d.stderr());
+            }
+            if Instant::now() > deadline {
+                panic!("daemon not ready after 60s:\n{}", d.stderr());
+            }
+        }
+        d
+    }
+
+    /// All valid events of a group's log.
+    pub fn events(&self, group: &str) -> Vec<Value> {
+        read_events(&self.log_path(group))
+    }
+
+    /// Waits until `pred` holds for the group's events; returns them.
+    pub fn wait_events(
+        &self,
+        group: &str,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        wait_for(what, Duration::from_secs(30), || {
+            let evs = self.events(group);
+            pred(&evs).then_some(evs)
+        })
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running daemon; SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// What the daemon printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate().expect("daemon was running")
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no chance to flush.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Parses every complete, valid JSON line of a log.
+pub fn read_events(path: &Path) -> Vec<Value> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Events of a given type whose path is `path`.
+pub fn find<'a>(events: &'a [Value], kind: &str, path: &Path) -> Vec<&'a Value> {
+    let p = path.to_str().unwrap();
+    events
+        .iter()
+        .filter(|e| e["event_type"] == kind && e["path"] == p)
+        .collect()
+}
+
+/// Runs `sh -c 'CMD & echo $!; wait'` and returns (sh pid, child pid).
+pub fn sh_bg(cmd: &str) -> (u32, u32) {
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{cmd} & echo $!; wait"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let sh = child.id();
+    let out = child.wait_with_output().expect("wait sh");
+    assert!(out.status.success(), "sh -c {cmd} failed");
+    (
+        sh,
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// A filesystem image on a loop device, mounted under a temp dir; unmounted
+/// and detached on drop.
+pub struct LoopFs {
+    pub mountpoint: PathBuf,
+    device: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `kind`: "ext4", "xfs" or "btrfs". `size_mb` of sparse image.
+    pub fn new(kind: &str, size_mb: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fsmon-loop-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let image = dir.path().join("fs.img");
+        let f = fs::File::create(&image).unwrap();
+        f.set_len(size_mb << 20).unwrap();
+        drop(f);
+        let mkfs = match kind {
+            "ext4" => Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image)
+                .output(),
+            "xfs" => Command::new("mkfs.xfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .output(),
+            "btrfs" => Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .output(),
+            other => panic!("unknown fs {other}"),
+        }
+        .unwrap_or_else(|e| panic!("mkfs.{kind}: {e} (cargo xtask setup installs it)"));
+        assert!(
+            mkfs.status.success(),
+            "mkfs.{kind}: {}",
+            String::from_utf8_lossy(&mkfs.stderr)
+        );
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let device = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let mountpoint = dir.path().join("mnt");
+        fs::create_dir(&mountpoint).unwrap();
+        let m = Command::new("mount")
+            .arg(&device)
+            .arg(&mountpoint)
+            .output()
+            .unwrap();
+        assert!(
+            m.status.success(),
+            "mount {kind}: {}",
+            String::from_utf8_lossy(&m.stderr)
+        );
+        LoopFs {
+            mountpoint,
+            device,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
     }
 }

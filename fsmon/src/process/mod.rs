@@ -218,6 +218,10 @@ impl ProcessTracker {
         self.users.name(uid)
     }
 
+    pub fn user_name_rc(&mut self, uid: u32) -> std::sync::Arc<str> {
+        self.users.name_rc(uid)
+    }
+
     /// The ancestry chain of `tgid`, the seed's `pid|cmd|user;...` string from
     /// the process up to pid 1. An ancestor that cannot be known (gone from
     /// the map, or its pid reused) ends the chain as `pid|?|?`.
@@ -299,6 +303,19 @@ impl ProcessTracker {
             }
         }
         Ok(())
+    }
+
+    /// Does the process of `rec` descend from (or is it) one that exec'd
+    /// tracked command `name`? Like [`descends_from`](Self::descends_from)
+    /// but without a second lookup of the process itself.
+    pub fn record_descends_from(&mut self, rec: &ProcRecord, name: &str) -> bool {
+        let Some(&bit) = self.tracked.get(name) else {
+            return false;
+        };
+        match self.backend {
+            Backend::Ebpf(_) => rec.tracked & (1 << bit) != 0,
+            Backend::Procfs(_) => self.descends_from(rec.tgid, name),
+        }
     }
 
     /// Commands being tracked.

@@ -1,0 +1,187 @@
+//! Command-line interface: arguments (clap) and the commands that do not
+//! need the daemon's internals. The seed document is the contract for names,
+//! flags and defaults.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const TIME_HELP: &str = "Time filter: >1h, <30m, >7d, >=2026-05-01, >=\"2026-05-01 10:00\", an RFC 3339 time, or now. \
+Operators > >= < <=; give two for a range. Units s m h d w. A date without offset is in the log's zone";
+const SIZE_HELP: &str =
+    "Size filter: >=1MB, >1KB, <=10MB, =0 ... Units B, KB, MB, GB, TB are powers of 1024";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fsmon",
+    version,
+    about = "Linux file-change monitor: who changed this file, and through which chain of processes",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file (default: ~/.config/fsmon/fsmon.toml, or $FSMON_CONFIG)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the daemon in the foreground (needs root: sudo fsmon daemon)
+    Daemon(DaemonArgs),
+    /// Add a path to a group's monitoring list (live if the daemon runs)
+    Add(AddArgs),
+    /// Remove a path from a group, or the whole group
+    Remove(RemoveArgs),
+    /// List monitored paths, one JSON line per group
+    Monitored,
+    /// Print a group's logged events (JSONL), optionally filtered
+    Query(QueryArgs),
+    /// Print the latest event per path, newest first
+    Changes(QueryArgs),
+    /// Trim a group's log by age and size
+    Clean(CleanArgs),
+    /// Show the running daemon's status
+    Health,
+    /// Write the config file with every setting commented out
+    Init(InitArgs),
+    /// Open a subshell in the log directory (-l) or the store directory (-m)
+    Cd(CdArgs),
+    /// Print shell completions
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct DaemonArgs {
+    /// Debug output: event matching, cache stats, eBPF program logs
+    #[arg(long)]
+    pub debug: bool,
+    /// Warn when free space on the log filesystem drops below this (10% or 500MB)
+    #[arg(long, value_name = "THRESHOLD")]
+    pub disk_min_free: Option<String>,
+    /// fdatasync log files every N seconds (0: never)
+    #[arg(long, value_name = "SECS")]
+    pub sync_interval: Option<u64>,
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Local time zone in timestamps (default UTC)
+    #[arg(long)]
+    pub local_time: bool,
+    /// fanotify read buffer in bytes (4096..=1048576, default 32768)
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_size: Option<usize>,
+    /// Bound of the capture -> process queue in events (default: unbounded)
+    #[arg(long, value_name = "EVENTS")]
+    pub channel_capacity: Option<usize>,
+    /// Per-subscriber buffer in events (default 4096)
+    #[arg(long, value_name = "EVENTS")]
+    pub subscribe_buf: Option<usize>,
+    /// Directory handle cache capacity (default 100000)
+    #[arg(long, value_name = "ENTRIES")]
+    pub cache_dir_cap: Option<u64>,
+    /// TTL of cached directories outside watched trees (default 3600)
+    #[arg(long, value_name = "SECS")]
+    pub cache_dir_ttl: Option<u64>,
+    /// Last-known file size cache capacity (default 10000)
+    #[arg(long, value_name = "ENTRIES")]
+    pub cache_file_size: Option<u64>,
+    /// Process cache TTL of the /proc tracker (default 600)
+    #[arg(long, value_name = "SECS")]
+    pub cache_proc_ttl: Option<u64>,
+    /// Log cache statistics every N seconds (0 disables; default 60)
+    #[arg(long, value_name = "SECS")]
+    pub cache_stats_interval: Option<u64>,
+    /// Process tracker: auto (eBPF, else /proc), ebpf, procfs
+    #[arg(long, value_name = "KIND")]
+    pub tracker: Option<String>,
+    /// eBPF process map capacity (default 65536)
+    #[arg(long, value_name = "ENTRIES")]
+    pub proc_map_capacity: Option<u32>,
+    /// Keep exited processes this long for late events (default 5)
+    #[arg(long, value_name = "SECS")]
+    pub exit_grace: Option<u64>,
+    /// Kernel event queue length, or "unlimited" (default: the system's)
+    #[arg(long, value_name = "EVENTS")]
+    pub queue_size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Group: a command name to track (it and its descendants), or _global
+    #[arg(value_name = "CMD")]
+    pub group: String,
+    /// Path to watch (may not exist yet)
+    #[arg(long)]
+    pub path: String,
+    /// Watch the whole tree below the path
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Event types to log (repeatable; comma lists and "all" accepted; default: the 8 core types)
+    #[arg(long = "types", value_name = "TYPE")]
+    pub types: Vec<String>,
+    #[arg(long, value_name = "FILTER", help = SIZE_HELP)]
+    pub size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[arg(value_name = "CMD")]
+    pub group: String,
+    /// Remove only this path (default: the whole group)
+    #[arg(long)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[arg(value_name = "CMD")]
+    pub group: String,
+    #[arg(short = 't', long = "time", value_name = "FILTER", help = TIME_HELP, allow_hyphen_values = true)]
+    pub time: Vec<String>,
+    /// Only events at or below this path (whole components)
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[arg(value_name = "CMD")]
+    pub group: String,
+    /// Keep events matching this time filter (default: >{keep_days}d from the config)
+    #[arg(long, value_name = "FILTER")]
+    pub time: Option<String>,
+    #[arg(
+        long,
+        value_name = "LIMIT",
+        help = "Trim the log to this size, oldest lines first (default from the config: >=1GB). Units are powers of 1024"
+    )]
+    pub size: Option<String>,
+    /// Show what would be removed, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Also write a systemd unit and run systemctl daemon-reload (needs root)
+    #[arg(long)]
+    pub service: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CdArgs {
+    /// The log directory
+    #[arg(short = 'l', long = "log")]
+    pub log: bool,
+    /// The monitored store directory
+    #[arg(short = 'm', long = "monitored")]
+    pub monitored: bool,
+}

@@ -1,0 +1,228 @@
+//! `daemon`, `health`, `init`, `cd`.
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Context;
+use crate::{
+    cli::{CdArgs, DaemonArgs, InitArgs},
+    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, INIT_TEMPLATE, TrackerChoice},
+    control::{Client, Request},
+    daemon::{self, DaemonOptions},
+    error::Error,
+    safefs,
+};
+
+/// CLI flags override the config file.
+fn apply_flags(ctx: &mut Context, a: &DaemonArgs) -> Result<()> {
+    let c = &mut ctx.config;
+    let positive = |name: &str, v: u64| -> Result<u64> {
+        if v == 0 {
+            bail!("--{name} must be greater than 0");
+        }
+        Ok(v)
+    };
+    if let Some(s) = &a.disk_min_free {
+        c.disk_min_free =
+            Some(DiskMinFree::parse(s).map_err(|e| anyhow::anyhow!("--disk-min-free: {e}"))?);
+    }
+    if let Some(n) = a.sync_interval {
+        c.sync_interval = (n > 0).then(|| Duration::from_secs(n));
+    }
+    if let Some(l) = &a.metrics_listen {
+        l.parse::<std::net::SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("--metrics-listen: '{l}' is not an address like 127.0.0.1:9845")
+        })?;
+        c.metrics_listen = Some(l.clone());
+    }
+    if a.local_time {
+        c.local_time = true;
+    }
+    if let Some(b) = a.buffer_size {
+        if !(BUFFER_MIN..=BUFFER_MAX).contains(&b) {
+            bail!("--buffer-size {b} is out of range ({BUFFER_MIN}..={BUFFER_MAX})");
+        }
+        c.buffer_size = b;
+    }
+    if let Some(n) = a.channel_capacity {
+        c.channel_capacity = Some(positive("channel-capacity", n as u64)? as usize);
+    }
+    if let Some(n) = a.subscribe_buf {
+        c.subscribe_buf = positive("subscribe-buf", n as u64)? as usize;
+    }
+    if let Some(n) = a.cache_dir_cap {
+        c.dir_capacity = positive("cache-dir-cap", n)?;
+    }
+    if let Some(n) = a.cache_dir_ttl {
+        c.dir_ttl = Duration::from_secs(positive("cache-dir-ttl", n)?);
+    }
+    if let Some(n) = a.cache_file_size {
+        c.file_size_capacity = positive("cache-file-size", n)?;
+    }
+    if let Some(n) = a.cache_proc_ttl {
+        c.proc_ttl = Duration::from_secs(positive("cache-proc-ttl", n)?);
+    }
+    if let Some(n) = a.cache_stats_interval {
+        c.stats_interval = (n > 0).then(|| Duration::from_secs(n));
+    }
+    if let Some(t) = &a.tracker {
+        c.tracker = match t.as_str() {
+            "auto" => TrackerChoice::Auto,
+            "ebpf" => TrackerChoice::Ebpf,
+            "procfs" => TrackerChoice::Procfs,
+            other => bail!("--tracker: '{other}' is not one of auto, ebpf, procfs"),
+        };
+    }
+    if let Some(n) = a.proc_map_capacity {
+        let range = crate::process::MIN_MAP_CAPACITY..=crate::process::MAX_MAP_CAPACITY;
+        if !range.contains(&n) {
+            bail!(
+                "--proc-map-capacity {n} is out of range ({}..={})",
+                range.start(),
+                range.end()
+            );
+        }
+        c.map_capacity = n;
+    }
+    if let Some(n) = a.exit_grace {
+        c.exit_grace = Duration::from_secs(positive("exit-grace", n)?);
+    }
+    if let Some(q) = &a.queue_size {
+        c.queue_size = Some(match q.as_str() {
+            "unlimited" => 0,
+            n => match n.parse::<u32>() {
+                Ok(v) if v > 0 => v,
+                _ => bail!("--queue-size: '{q}' is not a positive number or \"unlimited\""),
+            },
+        });
+    }
+    Ok(())
+}
+
+pub fn daemon(ctx: &mut Context, args: DaemonArgs) -> Result<()> {
+    apply_flags(ctx, &args)?;
+    if args.debug {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    daemon::run(DaemonOptions {
+        config: ctx.config.clone(),
+        user: ctx.user.clone(),
+        debug: args.debug,
+    })
+}
+
+pub fn health(ctx: &Context) -> Result<()> {
+    let mut c = Client::connect(&ctx.config.socket_path)?;
+    let v = c.call(&Request::Health {})?;
+    println!("{v}");
+    Ok(())
+}
+
+const SYSTEMD_UNIT: &str = "/etc/systemd/system/fsmon.service";
+
+pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()> {
+    let path = crate::config::Config::locate(&ctx.user, explicit);
+    if std::fs::symlink_metadata(&path).is_ok() {
+        eprintln!("{} already exists; left unchanged", path.display());
+    } else {
+        let dir = path.parent().context("config path has no directory")?;
+        safefs::create_dir_all_owned(dir, &ctx.user)?;
+        let mut f = safefs::create_new(&path, &ctx.user, 0o644)?;
+        std::io::Write::write_all(&mut f, INIT_TEMPLATE.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
+        println!("wrote {}", path.display());
+    }
+    if args.service {
+        write_service(ctx)?;
+    }
+    Ok(())
+}
+
+/// The systemd unit: a root daemon that needs fanotify and BPF, hardened
+/// as far as that allows, restarted on failure, Type=notify.
+pub fn service_unit(exe: &Path, user: &crate::user::TargetUser) -> String {
+    format!(
+        "[Unit]
+Description=fsmon file-change monitor (for user {name})
+Documentation=man:fsmon(1)
+After=local-fs.target
+
+[Service]
+Type=notify
+Environment=SUDO_UID={uid}
+ExecStart={exe} daemon
+Restart=on-failure
+RestartSec=2
+# fanotify needs CAP_SYS_ADMIN; the eBPF tracker CAP_BPF and CAP_PERFMON;
+# chown of logs to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH.
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectHostname=yes
+ProtectClock=yes
+ProtectKernelModules=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+",
+        name = user.name,
+        uid = user.uid,
+        exe = exe.display(),
+    )
+}
+
+fn write_service(ctx: &Context) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("init --service writes {SYSTEMD_UNIT}: run it with sudo");
+    }
+    let exe = std::env::current_exe().context("locating the fsmon binary")?;
+    let root = crate::user::TargetUser::from_uid(0)?;
+    let _ = std::fs::remove_file(format!("{SYSTEMD_UNIT}.tmp"));
+    let tmp = Path::new(SYSTEMD_UNIT).with_extension("service.tmp");
+    let mut f = safefs::create_new(&tmp, &root, 0o644)?;
+    std::io::Write::write_all(&mut f, service_unit(&exe, &ctx.user).as_bytes())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, SYSTEMD_UNIT).map_err(|e| Error::io(SYSTEMD_UNIT, e))?;
+    println!("wrote {SYSTEMD_UNIT}");
+    if Path::new("/run/systemd/system").is_dir() {
+        let status = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()?;
+        if !status.success() {
+            bail!("systemctl daemon-reload failed ({status})");
+        }
+        println!("ran systemctl daemon-reload; start it with: sudo systemctl enable --now fsmon");
+    } else {
+        eprintln!("notice: systemd is not running here; the unit is written but not loaded");
+    }
+    Ok(())
+}
+
+pub fn cd(ctx: &Context, args: CdArgs) -> Result<()> {
+    let dir = if args.log {
+        ctx.config
+            .log_dir
+            .clone()
+            .context("file output is off (no [logging] section): there is no log directory")?
+    } else {
+        ctx.config
+            .store_path
+            .parent()
+            .context("store path has no directory")?
+            .to_path_buf()
+    };
+    safefs::create_dir_all_owned(&dir, &ctx.user)?;
+    let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+    eprintln!("entering {} (type exit to return)", dir.display());
+    let status = std::process::Command::new(&shell)
+        .current_dir(&dir)
+        .status()
+        .with_context(|| format!("starting {shell}"))?;
+    std::process::exit(status.code().unwrap_or(0));
+}

@@ -1,0 +1,121 @@
+//! `add`, `remove`, `monitored`: the monitoring list. When the daemon runs,
+//! it applies the change live and writes the store; otherwise we write the
+//! store and the daemon reads it when it starts.
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::Context;
+use crate::{
+    cli::{AddArgs, RemoveArgs},
+    control::{Client, Request},
+    error::Error,
+    event::EventType,
+    filters::SizeFilter,
+    store::{self, PathOptions, Store, StoreLock},
+};
+
+/// Connects to the daemon if one runs; `None` if none does.
+fn daemon(ctx: &Context) -> Result<Option<Client>> {
+    match Client::connect(&ctx.config.socket_path) {
+        Ok(c) => Ok(Some(c)),
+        Err(Error::Socket(msg)) if msg.starts_with("no fsmon daemon") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
+    // Validate everything before touching anything.
+    store::validate_group(&args.group)?;
+    let types = EventType::parse_list(&args.types).map_err(Error::invalid)?;
+    let size = args.size.as_deref().map(SizeFilter::parse).transpose()?;
+    let cwd = std::env::current_dir()?;
+    let path = store::normalize_path(&args.path, &cwd)?;
+    let path_str = path.to_string_lossy().into_owned();
+    if args.group.len() > 15 && args.group != store::GLOBAL {
+        eprintln!(
+            "notice: the kernel keeps only 15 bytes of a process name; group {} matches processes named {}",
+            args.group,
+            &args.group[..15]
+        );
+    }
+    if !path.exists() {
+        eprintln!(
+            "notice: {path_str} does not exist yet; it is watched from the moment it appears"
+        );
+    }
+    match daemon(ctx)? {
+        Some(mut c) => {
+            c.call(&Request::Add {
+                group: args.group,
+                path: path_str,
+                recursive: args.recursive,
+                types: types.names().iter().map(|s| s.to_string()).collect(),
+                size: size.map(|s| s.to_string()),
+            })?;
+        }
+        None => {
+            let _lock = StoreLock::acquire(&ctx.config.store_path, &ctx.user)?;
+            let mut s = Store::load(&ctx.config.store_path)?;
+            s.add(
+                &args.group,
+                &path_str,
+                PathOptions {
+                    recursive: args.recursive,
+                    types: types.iter().collect(),
+                    size,
+                },
+            );
+            s.save(&ctx.config.store_path, &ctx.user)?;
+            eprintln!(
+                "notice: no daemon is running; saved to {}",
+                ctx.config.store_path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
+    store::validate_group(&args.group)?;
+    let cwd = std::env::current_dir()?;
+    let path = args
+        .path
+        .as_deref()
+        .map(|p| store::normalize_path(p, &cwd))
+        .transpose()?;
+    let path_str = path.as_deref().map(|p| p.to_string_lossy().into_owned());
+    match daemon(ctx)? {
+        Some(mut c) => {
+            c.call(&Request::Remove {
+                group: args.group,
+                path: path_str,
+            })?;
+        }
+        None => {
+            let _lock = StoreLock::acquire(&ctx.config.store_path, &ctx.user)?;
+            let mut s = Store::load(&ctx.config.store_path)?;
+            if !s.remove(&args.group, path_str.as_deref()) {
+                return Err(match path_str {
+                    Some(p) => Error::invalid(format!("group {} does not watch {p}", args.group)),
+                    None => Error::invalid(format!("no group named {}", args.group)),
+                }
+                .into());
+            }
+            s.save(&ctx.config.store_path, &ctx.user)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn monitored(ctx: &Context) -> Result<()> {
+    let s = Store::load(&ctx.config.store_path)?;
+    let mut out = String::new();
+    for line in s.lines() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    print!("{out}");
+    let _ = Path::new("");
+    Ok(())
+}

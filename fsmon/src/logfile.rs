@@ -1,0 +1,1653 @@
+//! Reading and trimming the per-group JSONL logs.
+//!
+//! A log is append-only, one [`FileEvent`] per line, in non-decreasing time
+//! order. Three facts shape this module:
+//!
+//! - Logs get big (1 GB) and most questions are about the recent end, so a
+//!   time window is found by binary search over byte offsets with `pread`:
+//!   a query of the last hour reads O(log n) pages plus the lines it prints.
+//! - Logs can hold damage: a partial last line after a crash, garbage after a
+//!   disk-full incident or a hand edit. A line is *valid* when it parses as a
+//!   `FileEvent` whose `time` is RFC 3339; everything else is skipped and
+//!   counted, never fatal. The binary search uses the same definition, so it
+//!   agrees with the output about which lines exist.
+//! - `clean` may run while the daemon appends. Trimming copies the kept tail
+//!   to a temp file beside the log, then (with writers paused) appends what
+//!   arrived meanwhile and renames the copy over the log: no line is lost.
+//!
+//! Layout: [`LogReader`] (open, scan, binary search), then [`query`] and
+//! [`changes`], then [`plan_clean`], [`copy_tail`] and [`complete_trim`].
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    fmt,
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Seek, SeekFrom, Write},
+    ops::ControlFlow,
+    os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use chrono::{DateTime, FixedOffset, Offset, SecondsFormat, Utc};
+
+use crate::{
+    error::{Error, Result},
+    event::{FileEvent, OVERFLOW_TYPE},
+    filters::{Bound, TimeFilter, TimeRange, format_size, path_has_prefix},
+    safefs,
+};
+
+/// Read size when scanning a window line by line.
+const SCAN_CHUNK: usize = 64 * 1024;
+/// Read size for binary-search probes: one page.
+const PROBE_CHUNK: usize = 4096;
+/// A "line" longer than this is garbage (a real event is well under 64 KB);
+/// it is skipped without being held in memory.
+const MAX_LINE: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Lines
+// ---------------------------------------------------------------------------
+
+/// One valid line of a log.
+#[derive(Debug)]
+pub struct Line<'a> {
+    /// Byte offset of the line's first byte.
+    pub offset: u64,
+    /// The line as stored, without its newline.
+    pub text: &'a [u8],
+    pub event: FileEvent<'a>,
+    pub time: DateTime<FixedOffset>,
+}
+
+impl Line<'_> {
+    /// Offset just past the line's newline: where the next line starts.
+    pub fn end(&self) -> u64 {
+        self.offset + self.text.len() as u64 + 1
+    }
+}
+
+/// Parses one line (without newline). `None` means the line is corrupt.
+pub fn parse_line(text: &[u8]) -> Option<(FileEvent<'_>, DateTime<FixedOffset>)> {
+    let event: FileEvent = serde_json::from_slice(text).ok()?;
+    let time = DateTime::parse_from_rfc3339(&event.time).ok()?;
+    Some((event, time))
+}
+
+/// A line as read, before parsing. `too_long` lines have no text.
+struct RawLine<'a> {
+    offset: u64,
+    text: &'a [u8],
+    too_long: bool,
+}
+
+/// Splits `[from, to)` of a log into lines, reading `chunk` bytes at a time
+/// with `pread`. `from` must be a line start and `to` a line start or the
+/// end of the last complete line, so every line found ends with a newline.
+struct RawLines<'r> {
+    log: &'r LogReader,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    buf_offset: u64,
+    /// Start of the next line in `buf`.
+    head: usize,
+    /// Bytes after `head` already searched for a newline.
+    scanned: usize,
+    /// File offset of the next read.
+    next_read: u64,
+    to: u64,
+    chunk: usize,
+}
+
+impl<'r> RawLines<'r> {
+    fn new(log: &'r LogReader, from: u64, to: u64, chunk: usize) -> Self {
+        RawLines {
+            log,
+            buf: Vec::new(),
+            buf_offset: from,
+            head: 0,
+            scanned: 0,
+            next_read: from,
+            to,
+            chunk,
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<RawLine<'_>>> {
+        // Set while skipping through an oversized line: where it started.
+        let mut too_long_from = None;
+        loop {
+            let unsearched = &self.buf[self.head + self.scanned..];
+            if let Some(i) = unsearched.iter().position(|&b| b == b'\n') {
+                let start = self.head;
+                let newline = start + self.scanned + i;
+                self.head = newline + 1;
+                self.scanned = 0;
+                return Ok(Some(match too_long_from {
+                    Some(offset) => RawLine {
+                        offset,
+                        text: &[],
+                        too_long: true,
+                    },
+                    None => RawLine {
+                        offset: self.buf_offset + start as u64,
+                        text: &self.buf[start..newline],
+                        too_long: false,
+                    },
+                }));
+            }
+            self.scanned = self.buf.len() - self.head;
+            if self.scanned >= MAX_LINE {
+                too_long_from.get_or_insert(self.buf_offset + self.head as u64);
+                self.buf_offset += self.buf.len() as u64;
+                self.buf.clear();
+                (self.head, self.scanned) = (0, 0);
+            }
+            // Bytes without a newline at `to` only happen if the file
+            // changed under us (it was truncated): they are not a line.
+            if !self.refill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Drops consumed bytes and reads the next chunk. False at `to`.
+    fn refill(&mut self) -> Result<bool> {
+        if self.next_read >= self.to {
+            return Ok(false);
+        }
+        self.buf.drain(..self.head);
+        self.buf_offset += self.head as u64;
+        self.head = 0;
+        // Reads end on chunk-aligned offsets so each one touches as few
+        // pages as possible.
+        let to_boundary = self.chunk - (self.next_read % self.chunk as u64) as usize;
+        let want = to_boundary.min((self.to - self.next_read) as usize);
+        let filled = self.buf.len();
+        self.buf.resize(filled + want, 0);
+        let got = self.log.read_at(&mut self.buf[filled..], self.next_read)?;
+        self.buf.truncate(filled + got);
+        self.next_read += got as u64;
+        if got == 0 {
+            // Truncated under us: stop here.
+            self.to = self.next_read;
+        }
+        Ok(got > 0)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LogReader: open, scan, search
+// ---------------------------------------------------------------------------
+
+/// An open log, read with `pread` only (no mmap: the daemon may append, and
+/// a truncation would turn an mmap read into SIGBUS).
+pub struct LogReader {
+    path: PathBuf,
+    file: File,
+    /// File size when opened (or last refreshed).
+    len: u64,
+    /// End of the last complete line. Bytes in `[end, len)` are a partial
+    /// last line: being written, or left by a crash.
+    end: u64,
+    /// Bytes read so far, to check that searches stay cheap.
+    bytes_read: Cell<u64>,
+}
+
+impl LogReader {
+    /// Opens a log read-only. Refuses symlinks and non-regular files.
+    pub fn open(path: &Path) -> Result<LogReader> {
+        let file = safefs::open_read(path)?;
+        let mut log = LogReader {
+            path: path.to_owned(),
+            file,
+            len: 0,
+            end: 0,
+            bytes_read: Cell::new(0),
+        };
+        log.refresh()?;
+        Ok(log)
+    }
+
+    /// Re-reads the size, to see lines appended since opening.
+    fn refresh(&mut self) -> Result<()> {
+        self.len = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        self.end = self.boundary_at_or_before(self.len)?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// File size at open.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// End of the last complete line.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Size of a partial last line (no newline yet), ignored by readers.
+    pub fn partial_tail(&self) -> u64 {
+        self.len - self.end
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.get()
+    }
+
+    /// The zone of the log's times: the offset of its first valid line, UTC
+    /// for a log without one. Dates without offset in `-t` are read in it.
+    pub fn zone(&self) -> Result<FixedOffset> {
+        let first = self.first_valid_line(0, self.end, SCAN_CHUNK)?;
+        Ok(first.map_or(Utc.fix(), |(_, _, time)| time.offset().fix()))
+    }
+
+    /// Calls `f` with each valid line in `[from, to)` (line boundaries, such
+    /// as [`LogReader::window`] returns) until it breaks. Returns the number
+    /// of corrupt lines skipped.
+    pub fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        f: impl FnMut(Line<'_>) -> Result<ControlFlow<()>>,
+    ) -> Result<u64> {
+        self.scan_chunked(from, to.min(self.end), SCAN_CHUNK, f)
+    }
+
+    fn scan_chunked(
+        &self,
+        from: u64,
+        to: u64,
+        chunk: usize,
+        mut f: impl FnMut(Line<'_>) -> Result<ControlFlow<()>>,
+    ) -> Result<u64> {
+        let mut lines = RawLines::new(self, from, to, chunk);
+        let mut corrupt = 0;
+        while let Some(raw) = lines.next()? {
+            let parsed = if raw.too_long {
+                None
+            } else {
+                parse_line(raw.text)
+            };
+            let Some((event, time)) = parsed else {
+                corrupt += 1;
+                continue;
+            };
+            if f(Line {
+                offset: raw.offset,
+                text: raw.text,
+                event,
+                time,
+            })?
+            .is_break()
+            {
+                break;
+            }
+        }
+        Ok(corrupt)
+    }
+
+    /// The byte window `[from, to)` holding the lines inside `range`, found
+    /// by binary search. Lines in it may still need [`TimeRange::contains`]
+    /// if the log is out of order; corrupt lines in it are skipped by `scan`.
+    pub fn window(&self, range: &TimeRange) -> Result<(u64, u64)> {
+        let from = match range.since {
+            Some(_) => self.partition_point(0, |t| range.after_since(t))?,
+            None => 0,
+        };
+        let to = match range.until {
+            Some(_) => self.partition_point(from, |t| range.past_until(t))?,
+            None => self.end,
+        };
+        Ok((from, to))
+    }
+
+    /// Binary search over byte offsets. `pred` must be false for early
+    /// times and true for late ones. Returns the line boundary in
+    /// `[lo, end]` such that every valid line before it fails `pred` and
+    /// every valid line from it on passes (`end` if none passes).
+    ///
+    /// Invariant: `lo` and `hi` are line boundaries; valid lines before `lo`
+    /// fail, valid lines from `hi` on pass. Each step probes the line around
+    /// the middle and either raises `lo` or lowers `hi`, so it ends.
+    fn partition_point(
+        &self,
+        mut lo: u64,
+        pred: impl Fn(&DateTime<FixedOffset>) -> bool,
+    ) -> Result<u64> {
+        let mut hi = self.end;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // The start of the line holding `mid` is in [lo, mid].
+            let start = self.boundary_at_or_before(mid)?.max(lo);
+            match self.first_valid_line(start, hi, PROBE_CHUNK)? {
+                Some((offset, _, time)) if pred(&time) => hi = offset,
+                Some((_, next, _)) => lo = next,
+                // Only corrupt lines in [start, hi): they decide nothing.
+                None => hi = start,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The first valid line starting in `[from, to)`: (offset, end, time).
+    fn first_valid_line(
+        &self,
+        from: u64,
+        to: u64,
+        chunk: usize,
+    ) -> Result<Option<(u64, u64, DateTime<FixedOffset>)>> {
+        let mut found = None;
+        self.scan_chunked(from, to, chunk, |line| {
+            found = Some((line.offset, line.end(), line.time));
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(found)
+    }
+
+    /// The time of the last valid line ending at or before `to`.
+    fn last_valid_time_before(&self, to: u64) -> Result<Option<DateTime<FixedOffset>>> {
+        let mut hi = to;
+        while hi > 0 {
+            let start = self.boundary_at_or_before(hi - 1)?;
+            if let Some((_, _, time)) = self.first_valid_line(start, hi, PROBE_CHUNK)? {
+                return Ok(Some(time));
+            }
+            hi = start;
+        }
+        Ok(None)
+    }
+
+    /// The largest line boundary `<= pos`: 0 or just after a newline.
+    fn boundary_at_or_before(&self, pos: u64) -> Result<u64> {
+        let mut buf = [0u8; PROBE_CHUNK];
+        let mut block_end = pos;
+        while block_end > 0 {
+            let block_start = (block_end - 1) / PROBE_CHUNK as u64 * PROBE_CHUNK as u64;
+            let got = self.read_at(&mut buf[..(block_end - block_start) as usize], block_start)?;
+            if let Some(i) = buf[..got].iter().rposition(|&b| b == b'\n') {
+                return Ok(block_start + i as u64 + 1);
+            }
+            block_end = block_start;
+        }
+        Ok(0)
+    }
+
+    /// The smallest line boundary `>= pos`, at most `end`.
+    fn boundary_at_or_after(&self, pos: u64) -> Result<u64> {
+        if pos == 0 || pos >= self.end {
+            return Ok(pos.min(self.end));
+        }
+        // A boundary follows a newline: look from the byte before `pos`.
+        let mut buf = [0u8; PROBE_CHUNK];
+        let mut at = pos - 1;
+        while at < self.end {
+            let n = (PROBE_CHUNK as u64).min(self.end - at) as usize;
+            let got = self.read_at(&mut buf[..n], at)?;
+            if let Some(i) = buf[..got].iter().position(|&b| b == b'\n') {
+                return Ok(at + i as u64 + 1);
+            }
+            if got == 0 {
+                break;
+            }
+            at += got as u64;
+        }
+        Ok(self.end)
+    }
+
+    /// Counts newlines (complete lines) in `[from, to)`.
+    fn count_lines(&self, from: u64, to: u64) -> Result<u64> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut at, mut count) = (from, 0u64);
+        while at < to {
+            let n = (buf.len() as u64).min(to - at) as usize;
+            let got = self.read_at(&mut buf[..n], at)?;
+            if got == 0 {
+                break;
+            }
+            count += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+            at += got as u64;
+        }
+        Ok(count)
+    }
+
+    /// `pread` until `buf` is full or the file ends.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&self.path, e)),
+            }
+        }
+        self.bytes_read.set(self.bytes_read.get() + done as u64);
+        Ok(done)
+    }
+}
+
+/// The zone of a log's times (see [`LogReader::zone`]).
+pub fn log_zone(path: &Path) -> Result<FixedOffset> {
+    LogReader::open(path)?.zone()
+}
+
+/// Resolves `-t` values for a log: relative ones against `now`, dates
+/// without offset in the log's zone. The log is only opened when a value
+/// needs its zone.
+pub fn resolve_range(path: &Path, filters: &[TimeFilter], now: DateTime<Utc>) -> Result<TimeRange> {
+    let zone = if filters.iter().any(TimeFilter::needs_zone) {
+        log_zone(path)?
+    } else {
+        Utc.fix()
+    };
+    TimeRange::new(filters, now, zone)
+}
+
+// ---------------------------------------------------------------------------
+// query and changes
+// ---------------------------------------------------------------------------
+
+/// Filters shared by `query` and `changes`.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    pub range: TimeRange,
+    /// Whole-component path prefix (`/data/a` matches `/data/a/x`, not
+    /// `/data/ab`). `Q_OVERFLOW` records pass it: lost events may have been
+    /// under any path.
+    pub path_prefix: Option<String>,
+}
+
+impl QueryOptions {
+    fn keeps(&self, line: &Line<'_>) -> bool {
+        self.range.contains(&line.time)
+            && match &self.path_prefix {
+                None => true,
+                Some(prefix) => {
+                    line.event.event_type == OVERFLOW_TYPE
+                        || path_has_prefix(&line.event.path, prefix)
+                }
+            }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Lines written.
+    pub matched: u64,
+    /// Corrupt lines skipped inside the searched window.
+    pub skipped_corrupt: u64,
+    /// Size of a partial last line that was ignored (being written, or left
+    /// by a crash). Not an error.
+    pub partial_tail_bytes: u64,
+    /// Bytes read from the log (a query of the recent end reads little).
+    pub bytes_read: u64,
+}
+
+impl QueryStats {
+    /// The warning a reader prints once per file, if any lines were skipped.
+    pub fn corrupt_warning(&self, path: &Path) -> Option<String> {
+        (self.skipped_corrupt > 0).then(|| {
+            format!(
+                "skipped {} corrupt lines in {}",
+                self.skipped_corrupt,
+                path.display()
+            )
+        })
+    }
+}
+
+/// Writes the lines of the log at `path` that pass `opts`, verbatim and in
+/// file order, each ending with a newline. Write errors (a closed pipe)
+/// come back as `Error::Io` with the path `<output>`.
+pub fn query(path: &Path, opts: &QueryOptions, out: &mut impl Write) -> Result<QueryStats> {
+    let log = LogReader::open(path)?;
+    let (from, to) = log.window(&opts.range)?;
+    // Our own buffer: stdout is line-buffered, a write per line is slow.
+    let mut out = BufWriter::with_capacity(SCAN_CHUNK, out);
+    let mut matched = 0;
+    let skipped_corrupt = log.scan(from, to, |line| {
+        if opts.keeps(&line) {
+            out.write_all(line.text)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(output_error)?;
+            matched += 1;
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    out.flush().map_err(output_error)?;
+    Ok(QueryStats {
+        matched,
+        skipped_corrupt,
+        partial_tail_bytes: log.partial_tail(),
+        bytes_read: log.bytes_read(),
+    })
+}
+
+/// Applies `opts`, keeps the latest line per path, and writes those lines
+/// verbatim, newest first.
+pub fn changes(path: &Path, opts: &QueryOptions, out: &mut impl Write) -> Result<QueryStats> {
+    let log = LogReader::open(path)?;
+    let (from, to) = log.window(&opts.range)?;
+
+    // Remember where each path's latest line is rather than the line itself:
+    // memory stays proportional to the number of paths.
+    struct Latest {
+        time: DateTime<FixedOffset>,
+        offset: u64,
+        len: usize,
+    }
+    let mut latest: HashMap<String, Latest> = HashMap::new();
+    let skipped_corrupt = log.scan(from, to, |line| {
+        if opts.keeps(&line) {
+            let entry = Latest {
+                time: line.time,
+                offset: line.offset,
+                len: line.text.len() + 1,
+            };
+            match latest.get_mut(line.event.path.as_ref()) {
+                Some(slot) => *slot = entry,
+                None => {
+                    latest.insert(line.event.path.into_owned(), entry);
+                }
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+
+    let mut picked: Vec<Latest> = latest.into_values().collect();
+    picked.sort_unstable_by_key(|l| std::cmp::Reverse((l.time, l.offset)));
+    let mut out = BufWriter::with_capacity(SCAN_CHUNK, out);
+    // Newest first is mostly backwards through the file: read blocks that
+    // end at the wanted line, so one read serves the lines just before it.
+    let (mut block, mut block_start) = (Vec::new(), 0u64);
+    for line in &picked {
+        let line_end = line.offset + line.len as u64;
+        if line.offset < block_start || line_end > block_start + block.len() as u64 {
+            block_start = line_end.saturating_sub(SCAN_CHUNK as u64).min(line.offset);
+            block.resize((line_end - block_start) as usize, 0);
+            let got = log.read_at(&mut block, block_start)?;
+            block.truncate(got);
+        }
+        let at = (line.offset - block_start) as usize;
+        match block.get(at..at + line.len) {
+            Some(text) if text.ends_with(b"\n") => out.write_all(text).map_err(output_error)?,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: the log changed while it was read",
+                    path.display()
+                )));
+            }
+        }
+    }
+    out.flush().map_err(output_error)?;
+    Ok(QueryStats {
+        matched: picked.len() as u64,
+        skipped_corrupt,
+        partial_tail_bytes: log.partial_tail(),
+        bytes_read: log.bytes_read(),
+    })
+}
+
+fn output_error(e: io::Error) -> Error {
+    Error::io("<output>", e)
+}
+
+// ---------------------------------------------------------------------------
+// clean: plan
+// ---------------------------------------------------------------------------
+
+/// What a clean would remove: everything before `cut`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanPlan {
+    pub path: PathBuf,
+    /// Log size when planned.
+    pub file_len: u64,
+    /// Line boundary: bytes `[0, cut)` go, `[cut, ..)` stay.
+    pub cut: u64,
+    pub lines_removed: u64,
+    /// Complete lines kept (a partial last line is not counted).
+    pub lines_kept: u64,
+    /// Times of the first and last valid lines removed.
+    pub removed_first: Option<DateTime<FixedOffset>>,
+    pub removed_last: Option<DateTime<FixedOffset>>,
+    /// The size limit moved the cut past what the age limit alone removes.
+    pub cut_for_size: Option<u64>,
+    /// Identity of the planned file, so a plan is not applied to another.
+    dev: u64,
+    ino: u64,
+}
+
+impl CleanPlan {
+    pub fn bytes_removed(&self) -> u64 {
+        self.cut
+    }
+
+    pub fn bytes_kept(&self) -> u64 {
+        self.file_len - self.cut
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.cut == 0
+    }
+}
+
+/// One paragraph for `clean --dry-run`.
+impl fmt::Display for CleanPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        let kept = format!(
+            "{} lines ({})",
+            self.lines_kept,
+            format_size(self.bytes_kept())
+        );
+        if self.is_noop() {
+            return write!(f, "{path}: nothing to remove; {kept} kept");
+        }
+        write!(
+            f,
+            "{path}: would remove {} lines ({})",
+            self.lines_removed,
+            format_size(self.cut)
+        )?;
+        if let (Some(first), Some(last)) = (self.removed_first, self.removed_last) {
+            let stamp = |t: DateTime<FixedOffset>| t.to_rfc3339_opts(SecondsFormat::AutoSi, false);
+            write!(f, " from {} to {}", stamp(first), stamp(last))?;
+        }
+        if let Some(limit) = self.cut_for_size {
+            write!(
+                f,
+                " (older lines also removed to fit {})",
+                format_size(limit)
+            )?;
+        }
+        write!(f, "; {kept} kept")
+    }
+}
+
+/// Plans a clean of the log at `path`: lines before `keep_after` go; then,
+/// if the rest is still larger than `max_bytes`, the oldest remaining lines
+/// go until it fits. The cut is always at a line boundary. Reads the file
+/// once to count lines.
+pub fn plan_clean(
+    path: &Path,
+    keep_after: Option<Bound>,
+    max_bytes: Option<u64>,
+) -> Result<CleanPlan> {
+    let log = LogReader::open(path)?;
+    let by_time = match keep_after {
+        Some(bound) => {
+            let keep = TimeRange {
+                since: Some(bound),
+                until: None,
+            };
+            log.partition_point(0, |t| keep.after_since(t))?
+        }
+        None => 0,
+    };
+    let by_size = match max_bytes {
+        Some(max) if log.len > max => log.boundary_at_or_after(log.len - max)?,
+        _ => 0,
+    };
+    let cut = by_time.max(by_size);
+    let meta = log.file.metadata().map_err(|e| Error::io(path, e))?;
+    let (removed_first, removed_last) = if cut == 0 {
+        (None, None)
+    } else {
+        (
+            log.first_valid_line(0, cut, SCAN_CHUNK)?.map(|(_, _, t)| t),
+            log.last_valid_time_before(cut)?,
+        )
+    };
+    Ok(CleanPlan {
+        path: path.to_owned(),
+        file_len: log.len,
+        cut,
+        lines_removed: log.count_lines(0, cut)?,
+        lines_kept: log.count_lines(cut, log.end)?,
+        removed_first,
+        removed_last,
+        cut_for_size: max_bytes.filter(|_| by_size > by_time),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// clean: execute
+// ---------------------------------------------------------------------------
+
+/// The first half of a trim: the kept tail, copied to a temp file beside
+/// the log. Dropping it without [`complete_trim`] deletes the temp file.
+#[derive(Debug)]
+pub struct PreparedTrim {
+    tmp_path: PathBuf,
+    tmp: File,
+    /// The log as opened by `copy_tail`, read again by `complete_trim`.
+    log: LogReader,
+    cut: u64,
+    copied_until: u64,
+    dev: u64,
+    ino: u64,
+    finished: bool,
+}
+
+impl PreparedTrim {
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// Log offset up to which lines are in the temp file.
+    pub fn copied_until(&self) -> u64 {
+        self.copied_until
+    }
+}
+
+impl PreparedTrim {
+    /// Keeps the temp file for another process to finish with
+    /// [`finish_trim_at`]: returns its path and `copied_until`.
+    pub fn hand_over(mut self) -> (PathBuf, u64) {
+        self.finished = true;
+        (std::mem::take(&mut self.tmp_path), self.copied_until)
+    }
+}
+
+impl Drop for PreparedTrim {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+impl fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogReader")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrimResult {
+    pub bytes_removed: u64,
+    /// Size of the log after the trim.
+    pub new_len: u64,
+    /// A partial last line left by a crash, dropped (the caller guarantees
+    /// no writer was mid-line).
+    pub dropped_partial_bytes: u64,
+}
+
+/// Copies the complete lines from `cut` (a line boundary) to the current
+/// end of the log into a new temp file in the log's directory, with the
+/// log's owner and mode, synced to disk. Slow part of a trim; writers may
+/// keep appending meanwhile.
+pub fn copy_tail(log_path: &Path, cut: u64) -> Result<PreparedTrim> {
+    let log = LogReader::open(log_path)?;
+    if cut > log.end {
+        return Err(Error::invalid(format!(
+            "{}: cut at byte {cut} is past the last complete line (byte {})",
+            log_path.display(),
+            log.end
+        )));
+    }
+    if cut > 0 && log.boundary_at_or_before(cut)? != cut {
+        return Err(Error::invalid(format!(
+            "{}: cut at byte {cut} is not at a line boundary",
+            log_path.display()
+        )));
+    }
+    let meta = log.file.metadata().map_err(|e| Error::io(log_path, e))?;
+    let (tmp_path, tmp) = create_temp_beside(log_path)?;
+    // From here, an error drops `prepared`, which removes the temp file.
+    let prepared = PreparedTrim {
+        tmp_path,
+        tmp,
+        copied_until: log.end,
+        log,
+        cut,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        finished: false,
+    };
+    copy_owner_and_mode(&prepared.tmp, &meta, &prepared.tmp_path)?;
+    copy_range(
+        &prepared.log,
+        cut,
+        prepared.copied_until,
+        &prepared.tmp,
+        &prepared.tmp_path,
+    )?;
+    // Sync now, while writers still run, so complete_trim (which runs with
+    // writers paused) only syncs the few lines it appends.
+    prepared
+        .tmp
+        .sync_data()
+        .map_err(|e| Error::io(&prepared.tmp_path, e))?;
+    Ok(prepared)
+}
+
+/// Finishes a trim: appends the complete lines written since
+/// [`copy_tail`], syncs, and renames the temp file over the log. The caller
+/// guarantees no writer appends from now until this returns (no daemon, or
+/// the daemon's writer calls this and then reopens the log).
+pub fn complete_trim(mut prepared: PreparedTrim, log_path: &Path) -> Result<TrimResult> {
+    // The path must still name the file we copied from: no symlink swapped
+    // in, no other clean renamed over it meanwhile.
+    let meta = fs::symlink_metadata(log_path).map_err(|e| Error::io(log_path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Unsafe {
+            path: log_path.into(),
+            reason: "not a regular file (replaced during clean)".into(),
+        });
+    }
+    if (meta.dev(), meta.ino()) != (prepared.dev, prepared.ino) {
+        return Err(Error::invalid(format!(
+            "{}: the log was replaced during clean; nothing changed",
+            log_path.display()
+        )));
+    }
+    prepared.log.refresh()?;
+    append_and_swap(
+        &prepared.log,
+        &prepared.tmp,
+        &prepared.tmp_path,
+        prepared.copied_until,
+        log_path,
+    )?;
+    prepared.finished = true;
+    Ok(TrimResult {
+        bytes_removed: prepared.cut,
+        new_len: prepared.log.end - prepared.cut,
+        dropped_partial_bytes: prepared.log.partial_tail(),
+    })
+}
+
+/// [`complete_trim`] for a temp file prepared by another process: the CLI
+/// runs [`copy_tail`] and [`PreparedTrim::hand_over`], the daemon's writer
+/// calls this. The temp file must be a regular file with one link, owned
+/// like the log, and end with the same bytes as the log before
+/// `copied_until`, so a request cannot make root write or rename anything
+/// else. Returns the bytes appended. On error nothing is renamed and the
+/// temp file is left for its creator to remove.
+pub fn finish_trim_at(tmp_path: &Path, copied_until: u64, log_path: &Path) -> Result<u64> {
+    let log = LogReader::open(log_path)?;
+    let log_meta = log.file.metadata().map_err(|e| Error::io(log_path, e))?;
+    let tmp = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(tmp_path)
+        .map_err(|e| Error::io(tmp_path, e))?;
+    let tmp_meta = tmp.metadata().map_err(|e| Error::io(tmp_path, e))?;
+    let refuse = |reason: &str| Error::Unsafe {
+        path: tmp_path.into(),
+        reason: reason.into(),
+    };
+    if !tmp_meta.file_type().is_file() || tmp_meta.nlink() != 1 {
+        return Err(refuse("not a regular file with a single link"));
+    }
+    if tmp_meta.uid() != log_meta.uid() || tmp_meta.dev() != log_meta.dev() {
+        return Err(refuse("not owned like the log, or on another filesystem"));
+    }
+    if copied_until > log.end || log.boundary_at_or_before(copied_until)? != copied_until {
+        return Err(refuse("the copied size does not match the log"));
+    }
+    // The temp file is log[cut..copied_until): its end must be the log's.
+    let tmp_len = tmp_meta.len();
+    if tmp_len > copied_until {
+        return Err(refuse("it is larger than the copied part of the log"));
+    }
+    let k = tmp_len.min(PROBE_CHUNK as u64) as usize;
+    let (mut ours, mut theirs) = (vec![0u8; k], vec![0u8; k]);
+    let got_ours =
+        read_exact_at(&tmp, &mut ours, tmp_len - k as u64).map_err(|e| Error::io(tmp_path, e))?;
+    let got_theirs = log.read_at(&mut theirs, copied_until - k as u64)? == k;
+    if !(got_ours && got_theirs && ours == theirs) {
+        return Err(refuse("its content is not the end of the log"));
+    }
+    append_and_swap(&log, &tmp, tmp_path, copied_until, log_path)
+}
+
+/// The end of a trim, shared by both ways in: append the complete lines in
+/// `[from, end)` of the log to the temp file, sync it, rename it over the
+/// log. Returns the bytes appended.
+fn append_and_swap(
+    log: &LogReader,
+    tmp: &File,
+    tmp_path: &Path,
+    from: u64,
+    log_path: &Path,
+) -> Result<u64> {
+    let to = log.end;
+    if to < from {
+        return Err(Error::invalid(format!(
+            "{}: the log shrank during clean; nothing changed",
+            log_path.display()
+        )));
+    }
+    let mut at_end = tmp;
+    at_end
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(tmp_path, e))?;
+    copy_range(log, from, to, tmp, tmp_path)?;
+    tmp.sync_all().map_err(|e| Error::io(tmp_path, e))?;
+    fs::rename(tmp_path, log_path).map_err(|e| Error::io(log_path, e))?;
+    sync_parent_dir(log_path);
+    Ok(to - from)
+}
+
+/// `pread` of exactly `buf.len()` bytes; false if the file is shorter.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    match file.read_exact_at(buf, offset) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies a plan when no daemon is writing the log: `copy_tail` then
+/// `complete_trim`. Refuses if the file at the path is not the one planned.
+pub fn clean_now(plan: &CleanPlan) -> Result<TrimResult> {
+    if plan.is_noop() {
+        return Ok(TrimResult {
+            bytes_removed: 0,
+            new_len: plan.file_len,
+            dropped_partial_bytes: 0,
+        });
+    }
+    let prepared = copy_tail(&plan.path, plan.cut)?;
+    if (prepared.dev, prepared.ino) != (plan.dev, plan.ino) {
+        return Err(Error::invalid(format!(
+            "{}: the log was replaced since the plan; nothing changed",
+            plan.path.display()
+        )));
+    }
+    complete_trim(prepared, &plan.path)
+}
+
+/// Creates `.<name>.trim-<pid>-<n>` beside `log_path` with O_EXCL and
+/// O_NOFOLLOW, mode 0600: nothing planted there can be followed or reused.
+fn create_temp_beside(log_path: &Path) -> Result<(PathBuf, File)> {
+    let name = log_path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{}: not a file path", log_path.display())))?
+        .to_string_lossy();
+    let seed = Utc::now().timestamp_subsec_nanos();
+    for attempt in 0..100u32 {
+        let tmp_path = log_path.with_file_name(format!(
+            ".{name}.trim-{}-{}",
+            std::process::id(),
+            seed.wrapping_add(attempt)
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp_path)
+        {
+            Ok(file) => return Ok((tmp_path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(tmp_path, e)),
+        }
+    }
+    Err(Error::invalid(format!(
+        "{}: could not create a temp file beside it",
+        log_path.display()
+    )))
+}
+
+/// Gives the temp file the log's owner and mode, through the descriptor.
+/// A non-root user cannot give a file away; the copy then stays theirs,
+/// which only matters on logs they do not own (and then they would not
+/// have been able to read it).
+fn copy_owner_and_mode(tmp: &File, log_meta: &fs::Metadata, tmp_path: &Path) -> Result<()> {
+    let tmp_meta = tmp.metadata().map_err(|e| Error::io(tmp_path, e))?;
+    if (tmp_meta.uid(), tmp_meta.gid()) != (log_meta.uid(), log_meta.gid())
+        && let Err(e) = std::os::unix::fs::fchown(tmp, Some(log_meta.uid()), Some(log_meta.gid()))
+    {
+        log::warn!(
+            "{}: could not keep the log's owner: {e}",
+            tmp_path.display()
+        );
+    }
+    tmp.set_permissions(fs::Permissions::from_mode(log_meta.mode() & 0o7777))
+        .map_err(|e| Error::io(tmp_path, e))
+}
+
+/// Appends log bytes `[from, to)` to `dst` (in-kernel copy where possible).
+fn copy_range(log: &LogReader, from: u64, to: u64, dst: &File, dst_path: &Path) -> Result<()> {
+    let (mut src, mut dst) = (&log.file, dst);
+    src.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io(&log.path, e))?;
+    let copied = io::copy(&mut io::Read::take(src, to - from), &mut dst)
+        .map_err(|e| Error::io(dst_path, e))?;
+    if copied != to - from {
+        return Err(Error::invalid(format!(
+            "{}: the log shrank while it was copied",
+            log.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes the rename durable. Best effort: the rename itself has happened.
+fn sync_parent_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        log::warn!("{}: fsync after rename failed: {e}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        borrow::Cow,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicU64, Ordering},
+        },
+    };
+
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    /// A log line as the daemon writes it.
+    fn line(time: &str, event_type: &str, path: &str) -> String {
+        let event = FileEvent {
+            time: Cow::Borrowed(time),
+            event_type: Cow::Borrowed(event_type),
+            path: Cow::Borrowed(path),
+            pid: 42,
+            cmd: Cow::Borrowed("touch"),
+            user: Cow::Borrowed("root"),
+            file_size: 0,
+            ppid: 1,
+            tgid: 42,
+            chain: None,
+            unresolved: false,
+            lost: false,
+        };
+        serde_json::to_string(&event).unwrap() + "\n"
+    }
+
+    fn base() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2026-05-07T10:00:00+00:00").unwrap()
+    }
+
+    fn at(seconds: i64) -> String {
+        (base() + TimeDelta::seconds(seconds)).to_rfc3339_opts(SecondsFormat::Micros, false)
+    }
+
+    fn write_log(dir: &tempfile::TempDir, content: &str) -> PathBuf {
+        let path = dir.path().join("_global_log.jsonl");
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn run_query(path: &Path, opts: &QueryOptions) -> (String, QueryStats) {
+        let mut out = Vec::new();
+        let stats = query(path, opts, &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), stats)
+    }
+
+    fn range(since: Option<(i64, bool)>, until: Option<(i64, bool)>) -> TimeRange {
+        let bound = |(s, inclusive): (i64, bool)| Bound {
+            at: (base() + TimeDelta::seconds(s)).to_utc(),
+            inclusive,
+        };
+        TimeRange {
+            since: since.map(bound),
+            until: until.map(bound),
+        }
+    }
+
+    /// A small deterministic generator, so failures reproduce.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    const GARBAGE: [&str; 5] = [
+        "not json at all\n",
+        "{\"time\":\"2026-05-07T10:00:05+00:00\",\"event_type\":\"CRE\n",
+        "{\"time\":\"yesterday\",\"event_type\":\"CREATE\",\"path\":\"/x\",\"pid\":1,\"cmd\":\"a\",\"user\":\"b\",\"file_size\":0,\"ppid\":1,\"tgid\":1}\n",
+        "\0\0\0\0\0\0\0\0\n",
+        "\n",
+    ];
+
+    /// Times with many duplicates, corrupt lines anywhere (including first
+    /// and last): every window the binary search finds must select exactly
+    /// what a linear filter selects.
+    #[test]
+    fn binary_search_matches_linear_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Lcg(7);
+        for round in 0..6 {
+            let mut content = String::new();
+            let mut valid = Vec::new(); // (seconds, line)
+            let mut t = 0;
+            let n = [0, 1, 2, 50, 300, 2000][round];
+            if round % 2 == 1 {
+                content.push_str(GARBAGE[rng.next(5) as usize]);
+            }
+            for i in 0..n {
+                t += rng.next(3) as i64; // 0: a duplicate time
+                let l = line(&at(t), "CREATE", &format!("/d/f{i}"));
+                content.push_str(&l);
+                valid.push((t, l));
+                if rng.next(10) == 0 {
+                    content.push_str(GARBAGE[rng.next(5) as usize]);
+                }
+            }
+            if round >= 3 {
+                content.push_str(GARBAGE[rng.next(4) as usize]);
+            }
+            let path = write_log(&dir, &content);
+            let last = t + 2;
+            // Every second for small logs, a sample for big ones.
+            let step = (last / 40).max(1) as usize;
+            let bounds = (-1..=last)
+                .step_by(step)
+                .flat_map(|s| [(s, true), (s, false)]);
+            for since in bounds.clone().map(Some).chain([None]) {
+                for until in [
+                    None,
+                    Some((last / 2, true)),
+                    Some((last / 2, false)),
+                    Some((last, false)),
+                ] {
+                    let r = range(since, until);
+                    let expected: String = valid
+                        .iter()
+                        .filter(|(s, _)| r.contains(&(base() + TimeDelta::seconds(*s))))
+                        .map(|(_, l)| l.as_str())
+                        .collect();
+                    let (got, _) = run_query(
+                        &path,
+                        &QueryOptions {
+                            range: r,
+                            path_prefix: None,
+                        },
+                    );
+                    assert_eq!(
+                        got, expected,
+                        "round {round} since {since:?} until {until:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Corrupt lines are skipped and counted; the partial last line is
+    /// ignored without being called corrupt.
+    #[test]
+    fn corrupt_lines_and_partial_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = line(&at(1), "CREATE", "/d/a");
+        let b = line(&at(2), "CREATE", "/d/b");
+        let content = format!(
+            "garbage\n{a}{}{b}{}",
+            GARBAGE[1], "{\"time\":\"2026-05-07T10:00:03"
+        );
+        let path = write_log(&dir, &content);
+        let (out, stats) = run_query(&path, &QueryOptions::default());
+        assert_eq!(out, format!("{a}{b}"));
+        assert_eq!(stats.matched, 2);
+        assert_eq!(stats.skipped_corrupt, 2);
+        assert_eq!(stats.partial_tail_bytes, 28);
+        let warning = stats.corrupt_warning(&path).unwrap();
+        assert!(
+            warning.starts_with("skipped 2 corrupt lines in "),
+            "{warning}"
+        );
+        // A window whose edges are corrupt lines.
+        let (out, _) = run_query(
+            &path,
+            &QueryOptions {
+                range: range(Some((2, true)), None),
+                path_prefix: None,
+            },
+        );
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn oversized_garbage_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = line(&at(1), "CREATE", "/d/a");
+        let b = line(&at(2), "CREATE", "/d/b");
+        let huge = "x".repeat(MAX_LINE * 2 + 17);
+        let path = write_log(&dir, &format!("{a}{huge}\n{b}"));
+        let (out, stats) = run_query(&path, &QueryOptions::default());
+        assert_eq!((out, stats.skipped_corrupt), (format!("{a}{b}"), 1));
+        let (out, _) = run_query(
+            &path,
+            &QueryOptions {
+                range: range(Some((2, true)), None),
+                path_prefix: None,
+            },
+        );
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn empty_log_and_missing_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_log(&dir, "");
+        let (out, stats) = run_query(
+            &path,
+            &QueryOptions {
+                range: range(Some((0, true)), None),
+                path_prefix: None,
+            },
+        );
+        assert_eq!(
+            (out.as_str(), stats.matched, stats.skipped_corrupt),
+            ("", 0, 0)
+        );
+        assert_eq!(log_zone(&path).unwrap(), Utc.fix());
+        assert!(
+            plan_clean(&path, Some(Bound::inclusive(Utc::now())), Some(0))
+                .unwrap()
+                .is_noop()
+        );
+        let missing = dir.path().join("nope_log.jsonl");
+        let err = query(&missing, &QueryOptions::default(), &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_symlinked_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = write_log(&dir, &line(&at(1), "CREATE", "/d/a"));
+        let link = dir.path().join("link_log.jsonl");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = query(&link, &QueryOptions::default(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(
+            copy_tail(&link, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("symbolic link")
+        );
+    }
+
+    #[test]
+    fn zone_comes_from_first_valid_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = format!(
+            "junk\n{}",
+            line("2026-05-07T12:00:00+02:00", "CREATE", "/a")
+        );
+        let path = write_log(&dir, &content);
+        assert_eq!(
+            log_zone(&path).unwrap(),
+            FixedOffset::east_opt(7200).unwrap()
+        );
+        let filters = [TimeFilter::parse(">=2026-05-07 12:00").unwrap()];
+        let r = resolve_range(&path, &filters, Utc::now()).unwrap();
+        assert_eq!(
+            r.since.unwrap().at,
+            DateTime::parse_from_rfc3339("2026-05-07T10:00:00Z").unwrap()
+        );
+        let (out, _) = run_query(
+            &path,
+            &QueryOptions {
+                range: r,
+                path_prefix: None,
+            },
+        );
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn path_prefix_matches_whole_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            line(&at(1), "CREATE", "/data/a"),
+            line(&at(2), "CREATE", "/data/a/x"),
+            line(&at(3), "CREATE", "/data/ab"),
+            line(&at(4), OVERFLOW_TYPE, ""),
+            line(&at(5), "CREATE", "relative"),
+        ];
+        let path = write_log(&dir, &lines.concat());
+        for prefix in ["/data/a", "/data/a/"] {
+            let opts = QueryOptions {
+                range: TimeRange::ALL,
+                path_prefix: Some(prefix.into()),
+            };
+            let (out, stats) = run_query(&path, &opts);
+            assert_eq!(
+                out,
+                format!("{}{}{}", lines[0], lines[1], lines[3]),
+                "{prefix}"
+            );
+            assert_eq!(stats.matched, 3);
+        }
+        let opts = QueryOptions {
+            range: TimeRange::ALL,
+            path_prefix: Some("/".into()),
+        };
+        assert_eq!(run_query(&path, &opts).1.matched, 4);
+    }
+
+    #[test]
+    fn changes_latest_per_path_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            line(&at(1), "CREATE", "/d/a"),
+            line(&at(2), "CREATE", "/d/b"),
+            line(&at(3), "CLOSE_WRITE", "/d/a"),
+            line(&at(3), "CREATE", "/d/c"),
+            line(&at(4), "DELETE", "/d/b"),
+            line(&at(5), "CREATE", "/other/x"),
+        ];
+        let path = write_log(
+            &dir,
+            &format!("{}broken\n{}", lines[..3].concat(), lines[3..].concat()),
+        );
+        let mut out = Vec::new();
+        let stats = changes(&path, &QueryOptions::default(), &mut out).unwrap();
+        let want = [&lines[5], &lines[4], &lines[3], &lines[2]]
+            .map(String::as_str)
+            .concat();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        assert_eq!((stats.matched, stats.skipped_corrupt), (4, 1));
+
+        // Filters apply first: before t=4, /d/b's latest is its CREATE.
+        let opts = QueryOptions {
+            range: range(None, Some((4, false))),
+            path_prefix: Some("/d".into()),
+        };
+        let mut out = Vec::new();
+        changes(&path, &opts, &mut out).unwrap();
+        let want = [&lines[3], &lines[2], &lines[1]]
+            .map(String::as_str)
+            .concat();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    /// A query of the last 1% reads O(log n) pages plus what it prints.
+    #[test]
+    fn recent_query_reads_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 100_000;
+        let content: String = (0..n)
+            .map(|i| line(&at(i), "CREATE", &format!("/data/dir/file{i}")))
+            .collect();
+        let path = write_log(&dir, &content);
+        let opts = QueryOptions {
+            range: range(Some((n * 99 / 100, true)), None),
+            path_prefix: None,
+        };
+        let (out, stats) = run_query(&path, &opts);
+        assert_eq!(stats.matched, 1000);
+        let probes = 2 * (n as f64).log2().ceil() as u64 * PROBE_CHUNK as u64;
+        assert!(
+            stats.bytes_read <= out.len() as u64 + probes + SCAN_CHUNK as u64,
+            "read {} bytes for {} bytes of output",
+            stats.bytes_read,
+            out.len()
+        );
+    }
+
+    #[test]
+    fn clean_plan_by_time_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..10)
+            .map(|i| line(&at(i), "CREATE", &format!("/d/{i}")))
+            .collect();
+        let path = write_log(&dir, &format!("junk\n{}", lines.concat()));
+        let len = fs::metadata(&path).unwrap().len();
+        let junk = 5u64;
+        let size_of = |range: std::ops::Range<usize>| {
+            lines[range].iter().map(|l| l.len() as u64).sum::<u64>()
+        };
+
+        // Time: lines before t=4 go (with the junk line before them).
+        let keep = Some(Bound::inclusive((base() + TimeDelta::seconds(4)).to_utc()));
+        let plan = plan_clean(&path, keep, None).unwrap();
+        assert_eq!(plan.cut, junk + size_of(0..4));
+        assert_eq!((plan.lines_removed, plan.lines_kept), (5, 6));
+        assert_eq!(plan.removed_first, Some(base()));
+        assert_eq!(plan.removed_last, Some(base() + TimeDelta::seconds(3)));
+        assert_eq!(plan.cut_for_size, None);
+        let text = plan.to_string();
+        assert!(text.contains("would remove 5 lines"), "{text}");
+        assert!(
+            text.contains("from 2026-05-07T10:00:00+00:00 to 2026-05-07T10:00:03+00:00"),
+            "{text}"
+        );
+        assert!(text.contains("6 lines"), "{text}");
+
+        // Size: the rest must fit; the cut lands on the next line boundary.
+        let max = size_of(7..10) + 3;
+        let plan = plan_clean(&path, keep, Some(max)).unwrap();
+        assert_eq!(plan.cut, junk + size_of(0..7));
+        assert!(plan.bytes_kept() <= max);
+        assert_eq!(plan.cut_for_size, Some(max));
+        assert!(plan.to_string().contains("to fit"), "{plan}");
+        // Exactly fitting keeps the line.
+        assert_eq!(
+            plan_clean(&path, None, Some(size_of(6..10))).unwrap().cut,
+            junk + size_of(0..6)
+        );
+
+        // Nothing to do. Corrupt lines just before the first kept line stay.
+        let plan = plan_clean(&path, Some(Bound::inclusive(base().to_utc())), Some(len)).unwrap();
+        assert!(plan.is_noop());
+        let plan = plan_clean(&path, None, Some(len)).unwrap();
+        assert!(plan.is_noop());
+        assert!(plan.to_string().contains("nothing to remove"), "{plan}");
+        // Everything.
+        let plan = plan_clean(&path, Some(Bound::inclusive(Utc::now())), None).unwrap();
+        assert_eq!((plan.cut, plan.lines_kept), (len, 0));
+    }
+
+    #[test]
+    fn clean_now_keeps_mode_and_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..10)
+            .map(|i| line(&at(i), "CREATE", &format!("/d/{i}")))
+            .collect();
+        let path = write_log(&dir, &lines.concat());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let keep = Some(Bound::inclusive((base() + TimeDelta::seconds(6)).to_utc()));
+        let plan = plan_clean(&path, keep, None).unwrap();
+        let result = clean_now(&plan).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), lines[6..].concat());
+        assert_eq!(result.new_len, fs::metadata(&path).unwrap().len());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        // No temp file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A stale plan is refused once the log has been replaced.
+        assert!(clean_now(&plan).is_err());
+    }
+
+    #[test]
+    fn copy_tail_refuses_bad_cuts_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = line(&at(1), "CREATE", "/d/a");
+        let path = write_log(&dir, &format!("{a}{a}"));
+        let err = copy_tail(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("not at a line boundary"), "{err}");
+        assert!(copy_tail(&path, 10_000).is_err());
+        let prepared = copy_tail(&path, a.len() as u64).unwrap();
+        assert!(prepared.tmp_path().exists());
+        drop(prepared);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A partial line at copy time is not copied then; once complete it is
+    /// copied by complete_trim, in one piece.
+    #[test]
+    fn trim_with_partial_line_at_copy_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..4)
+            .map(|i| line(&at(i), "CREATE", &format!("/d/{i}")))
+            .collect();
+        let (first, second) = lines[3].split_at(20);
+        let path = write_log(&dir, &format!("{}{}{first}", lines[0], lines[1]));
+        let cut = lines[0].len() as u64;
+        let prepared = copy_tail(&path, cut).unwrap();
+        assert_eq!(prepared.copied_until(), cut + lines[1].len() as u64);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(second.as_bytes()).unwrap();
+        f.write_all(lines[2].as_bytes()).unwrap();
+        f.write_all(b"{\"time\":").unwrap(); // crash leftover, dropped
+        let result = complete_trim(prepared, &path).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}{}{}", lines[1], lines[3], lines[2])
+        );
+        assert_eq!(result.dropped_partial_bytes, 8);
+        assert_eq!(result.bytes_removed, cut);
+    }
+
+    /// Lines appended while the tail is copied all survive, exactly once.
+    #[test]
+    fn trim_while_appending_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<String> = (0..20_000)
+            .map(|i| line(&at(i), "CREATE", &format!("/old/{i}")))
+            .collect();
+        let path = write_log(&dir, &old.concat());
+        let cut = old[..10_000].iter().map(|l| l.len() as u64).sum::<u64>();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let appended = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let (path, stop, appended) = (path.clone(), stop.clone(), appended.clone());
+            std::thread::spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // One write per line, as the daemon does.
+                    f.write_all(line(&at(30_000), "CREATE", &format!("/new/{i}")).as_bytes())
+                        .unwrap();
+                    i += 1;
+                    appended.store(i, Ordering::Relaxed);
+                }
+                i
+            })
+        };
+        while appended.load(Ordering::Relaxed) < 100 {
+            std::thread::yield_now();
+        }
+        let prepared = copy_tail(&path, cut).unwrap();
+        let at_copy = appended.load(Ordering::Relaxed);
+        while appended.load(Ordering::Relaxed) < at_copy + 500 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let total = writer.join().unwrap();
+        complete_trim(prepared, &path).unwrap();
+
+        let content = fs::read_to_string(&path).unwrap();
+        assert!(content.ends_with('\n'));
+        let want: String = old[10_000..]
+            .iter()
+            .cloned()
+            .chain((0..total).map(|i| line(&at(30_000), "CREATE", &format!("/new/{i}"))))
+            .collect();
+        assert_eq!(content.len(), want.len());
+        assert!(content == want, "content differs from the expected lines");
+    }
+
+    /// The CLI copies and hands over; the daemon finishes.
+    #[test]
+    fn trim_handed_over_to_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..6)
+            .map(|i| line(&at(i), "CREATE", &format!("/d/{i}")))
+            .collect();
+        let path = write_log(&dir, &lines[..4].concat());
+        let cut = lines[0].len() as u64 + lines[1].len() as u64;
+        let (tmp, copied_until) = copy_tail(&path, cut).unwrap().hand_over();
+        assert!(tmp.exists(), "hand_over keeps the temp file");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(lines[4..].concat().as_bytes()).unwrap();
+
+        // Refusals leave everything in place.
+        let other = dir.path().join("other_log.jsonl");
+        let unrelated: String = (0..6)
+            .map(|i| line(&at(i), "DELETE", &format!("/x/{i}")))
+            .collect();
+        fs::write(&other, unrelated).unwrap();
+        let err = finish_trim_at(&tmp, copied_until, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the end of the log"), "{err}");
+        assert!(finish_trim_at(&tmp, copied_until - 1, &path).is_err());
+        let link = dir.path().join(".link");
+        std::os::unix::fs::symlink(&tmp, &link).unwrap();
+        assert!(finish_trim_at(&link, copied_until, &path).is_err());
+        let hard = dir.path().join(".hard");
+        fs::hard_link(&tmp, &hard).unwrap();
+        let err = finish_trim_at(&tmp, copied_until, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("single link"), "{err}");
+        fs::remove_file(&hard).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), lines.concat());
+
+        let appended = finish_trim_at(&tmp, copied_until, &path).unwrap();
+        assert_eq!(appended, (lines[4].len() + lines[5].len()) as u64);
+        assert_eq!(fs::read_to_string(&path).unwrap(), lines[2..].concat());
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn complete_trim_refuses_replaced_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = line(&at(1), "CREATE", "/d/a");
+        let path = write_log(&dir, &format!("{a}{a}"));
+        let prepared = copy_tail(&path, a.len() as u64).unwrap();
+        let tmp = prepared.tmp_path().to_owned();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        let err = complete_trim(prepared, &path).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(!tmp.exists());
+        assert!(
+            fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+}

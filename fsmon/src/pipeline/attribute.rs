@@ -1,0 +1,66 @@
+//! Stage 4, attribute: who caused the event. A thin layer over the
+//! [`ProcessTracker`] that remembers the last process looked up, because a
+//! batch usually holds several events of the same process (touch: CREATE,
+//! ATTRIB, CLOSE_WRITE), and keeps the buffers chains are built in.
+use fsmon_common::ProcRecord;
+
+use crate::process::ProcessTracker;
+
+pub struct Attributor {
+    pub tracker: ProcessTracker,
+    last: Option<(u32, Option<ProcRecord>)>,
+    chain: String,
+    chain_for: Option<u32>,
+}
+
+impl Attributor {
+    pub fn new(tracker: ProcessTracker) -> Self {
+        Self {
+            tracker,
+            last: None,
+            chain: String::with_capacity(256),
+            chain_for: None,
+        }
+    }
+
+    /// Forget per-batch memos: records may change between batches.
+    pub fn begin_batch(&mut self) {
+        self.last = None;
+        self.chain_for = None;
+    }
+
+    /// The process record for `pid`, if the tracker knows it.
+    pub fn process(&mut self, pid: u32) -> Option<ProcRecord> {
+        match self.last {
+            Some((p, rec)) if p == pid => rec,
+            _ => {
+                let rec = if pid == 0 {
+                    None
+                } else {
+                    self.tracker.record(pid)
+                };
+                self.last = Some((pid, rec));
+                rec
+            }
+        }
+    }
+
+    pub fn user(&mut self, uid: u32) -> std::sync::Arc<str> {
+        self.tracker.user_name_rc(uid)
+    }
+
+    pub fn descends_from(&mut self, rec: &ProcRecord, cmd: &str) -> bool {
+        self.tracker.record_descends_from(rec, cmd)
+    }
+
+    /// The ancestry chain of `pid`, built once per event however many groups
+    /// want it.
+    pub fn chain(&mut self, pid: u32) -> &str {
+        if self.chain_for != Some(pid) {
+            self.chain.clear();
+            self.tracker.write_chain(pid, &mut self.chain);
+            self.chain_for = Some(pid);
+        }
+        &self.chain
+    }
+}

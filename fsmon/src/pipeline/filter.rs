@@ -1,0 +1,159 @@
+//! Stage 5, filter: which groups log an event, and as which types.
+//!
+//! Groups come from the store. A group matches an event when one of its
+//! paths covers the event's path (recursively, or as a direct child), the
+//! type is among that path's types, the size filter passes, and, for a
+//! command group, the process descends from a process that exec'd it.
+use std::sync::Arc;
+
+use super::scope::{Scope, WatchRoot, child_of, under};
+use crate::{
+    filters::SizeFilter,
+    store::{GLOBAL, Store},
+};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    root: String,
+    recursive: bool,
+    types: u64,
+    size: Option<SizeFilter>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledGroup {
+    pub name: Arc<str>,
+    /// The tracked command; `None` for `_global`.
+    pub cmd: Option<String>,
+    entries: Vec<Entry>,
+    /// Union of the entries' types: a quick reject.
+    pub types: u64,
+}
+
+impl CompiledGroup {
+    /// The subset of `mask` this group logs for an event at `path`.
+    /// Unresolved events (path unknown) match on type alone.
+    pub fn match_types(&self, path: &str, mask: u64, size: u64, unresolved: bool) -> u64 {
+        if self.types & mask == 0 {
+            return 0;
+        }
+        let mut hit = 0;
+        for e in &self.entries {
+            let covered = unresolved
+                || if e.recursive {
+                    under(path, &e.root)
+                } else {
+                    path == e.root || child_of(path, &e.root)
+                };
+            if covered && e.size.is_none_or(|f| f.matches(size)) {
+                hit |= e.types & mask;
+            }
+        }
+        hit
+    }
+}
+
+/// All groups, compiled from the store.
+#[derive(Debug, Clone, Default)]
+pub struct GroupSet {
+    pub groups: Vec<CompiledGroup>,
+}
+
+impl GroupSet {
+    pub fn from_store(store: &Store) -> Self {
+        let groups = store
+            .groups
+            .iter()
+            .filter(|g| !g.paths.is_empty())
+            .map(|g| {
+                let entries: Vec<Entry> = g
+                    .paths
+                    .iter()
+                    .map(|(path, o)| Entry {
+                        root: path.clone(),
+                        recursive: o.recursive,
+                        types: o.type_set().0,
+                        size: o.size,
+                    })
+                    .collect();
+                CompiledGroup {
+                    name: Arc::from(g.cmd.as_str()),
+                    cmd: (g.cmd != GLOBAL).then(|| g.cmd.clone()),
+                    types: entries.iter().fold(0, |m, e| m | e.types),
+                    entries,
+                }
+            })
+            .collect();
+        GroupSet { groups }
+    }
+
+    /// Every watched path, for the resolver and the marks.
+    pub fn scope(&self) -> Scope {
+        Scope::from_roots(
+            self.groups
+                .iter()
+                .flat_map(|g| g.entries.iter())
+                .map(|e| WatchRoot {
+                    path: e.root.clone(),
+                    recursive: e.recursive,
+                })
+                .collect(),
+        )
+    }
+
+    /// Event types any group wants.
+    pub fn types(&self) -> u64 {
+        self.groups.iter().fold(0, |m, g| m | g.types)
+    }
+
+    /// Commands to track.
+    pub fn commands(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().filter_map(|g| g.cmd.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::EventType, store::PathOptions};
+
+    #[test]
+    fn matching() {
+        let mut s = Store::default();
+        s.add(
+            "_global",
+            "/w",
+            PathOptions {
+                recursive: true,
+                types: vec![EventType::Create, EventType::CloseWrite],
+                size: None,
+            },
+        );
+        s.add(
+            "nginx",
+            "/w/flat",
+            PathOptions {
+                recursive: false,
+                types: vec![EventType::CloseWrite],
+                size: Some(SizeFilter::parse(">=1KB").unwrap()),
+            },
+        );
+        let gs = GroupSet::from_store(&s);
+        let (g, n) = (&gs.groups[0], &gs.groups[1]);
+        let cw = EventType::CloseWrite.mask();
+        let cr = EventType::Create.mask();
+        assert_eq!(g.match_types("/w/a/b", cw | cr, 0, false), cw | cr);
+        assert_eq!(g.match_types("/wx/a", cw, 0, false), 0);
+        assert_eq!(n.match_types("/w/flat/f", cw, 2048, false), cw);
+        assert_eq!(n.match_types("/w/flat/f", cw, 10, false), 0, "size filter");
+        assert_eq!(
+            n.match_types("/w/flat/sub/f", cw, 2048, false),
+            0,
+            "not recursive"
+        );
+        assert_eq!(n.match_types("/w/flat/f", cr, 2048, false), 0, "type");
+        assert_eq!(n.cmd.as_deref(), Some("nginx"));
+        assert_eq!(gs.types(), cw | cr);
+        assert_eq!(gs.scope().roots.len(), 2);
+    }
+}

@@ -1,0 +1,309 @@
+//! Stage 6, write: one append-only JSONL file per group.
+//!
+//! Lines are built in a buffer and written once per batch, whole lines only.
+//! If a write fails (disk full), the partial tail is cut off again so the
+//! file never holds half a line in the middle, the events are counted as
+//! unwritten, and writing resumes with the next batch.
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::Write,
+    os::unix::fs::{FileExt, MetadataExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{error::Result, safefs, user::TargetUser};
+
+pub const LOG_SUFFIX: &str = "_log.jsonl";
+
+/// `<dir>/<group>_log.jsonl`.
+pub fn log_path(dir: &Path, group: &str) -> PathBuf {
+    dir.join(format!("{group}{LOG_SUFFIX}"))
+}
+
+pub struct LogWriter {
+    path: PathBuf,
+    file: File,
+    /// Our view of the file's length: where the next line starts.
+    len: u64,
+    ino: u64,
+    buf: Vec<u8>,
+    /// Events in `buf`.
+    pending: u64,
+    /// Set while writes fail; cleared (with a notice) when one succeeds.
+    failing: bool,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub bytes: u64,
+    pub events: u64,
+    /// Events that could not be written (disk full, I/O error).
+    pub lost: u64,
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log. A partial last line left by a crash is
+    /// closed with a newline, so new events start on a fresh line and
+    /// readers can skip the fragment.
+    pub fn open(path: PathBuf, owner: &TargetUser) -> Result<Self> {
+        let file = safefs::open_append(&path, owner, 0o600)?;
+        let meta = file.metadata().map_err(|e| crate::Error::io(&path, e))?;
+        let mut w = LogWriter {
+            len: meta.len(),
+            ino: meta.ino(),
+            file,
+            path,
+            buf: Vec::with_capacity(64 * 1024),
+            pending: 0,
+            failing: false,
+        };
+        if w.len > 0 {
+            let mut last = [0u8; 1];
+            if w.file.read_exact_at(&mut last, w.len - 1).is_ok() && last[0] != b'\n' {
+                log::warn!(
+                    "{}: last line was cut short (crash?); starting on a new line",
+                    w.path.display()
+                );
+                w.buf.push(b'\n');
+            }
+        }
+        Ok(w)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The buffer to serialize one line into; call [`end_line`] after.
+    pub fn line_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    pub fn end_line(&mut self) {
+        self.buf.push(b'\n');
+        self.pending += 1;
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Writes the buffered lines.
+    pub fn flush(&mut self) -> Flushed {
+        if self.buf.is_empty() {
+            return Flushed::default();
+        }
+        let events = self.pending;
+        let result = self.file.write_all(&self.buf);
+        let outcome = match result {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                if self.failing {
+                    self.failing = false;
+                    log::warn!("{}: writing again", self.path.display());
+                }
+                Flushed {
+                    bytes: self.buf.len() as u64,
+                    events,
+                    lost: 0,
+                }
+            }
+            Err(e) => {
+                // Cut back whatever part of the batch did land.
+                let _ = self.file.set_len(self.len);
+                if !self.failing {
+                    self.failing = true;
+                    log::warn!(
+                        "{}: cannot write ({e}); events are counted as lost until writing works again",
+                        self.path.display()
+                    );
+                }
+                Flushed {
+                    bytes: 0,
+                    events: 0,
+                    lost: events,
+                }
+            }
+        };
+        self.buf.clear();
+        self.pending = 0;
+        outcome
+    }
+
+    pub fn sync(&self) {
+        let _ = self.file.sync_data();
+    }
+
+    /// Reopens the file if it was replaced or truncated under us (a user
+    /// trimming logs by hand with `tail > tmp && mv tmp log`).
+    pub fn follow_replacement(&mut self, owner: &TargetUser) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.ino() == self.ino => {
+                if m.len() < self.len {
+                    self.len = m.len();
+                }
+            }
+            _ => {
+                if let Ok(w) = LogWriter::open(self.path.clone(), owner) {
+                    let buf = std::mem::take(&mut self.buf);
+                    let pending = self.pending;
+                    *self = w;
+                    self.buf.extend_from_slice(&buf);
+                    self.pending += pending;
+                }
+            }
+        }
+    }
+}
+
+/// The writers of all groups, opened on first use.
+pub struct LogSet {
+    dir: Option<PathBuf>,
+    owner: TargetUser,
+    writers: HashMap<Arc<str>, LogWriter>,
+    /// Groups whose log could not be opened (reported once).
+    broken: HashMap<Arc<str>, String>,
+}
+
+impl LogSet {
+    pub fn new(dir: Option<PathBuf>, owner: TargetUser) -> Result<Self> {
+        if let Some(d) = &dir {
+            safefs::create_dir_all_owned(d, &owner)?;
+        }
+        Ok(Self {
+            dir,
+            owner,
+            writers: HashMap::new(),
+            broken: HashMap::new(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The writer of `group`, opening its file if needed. `None` when file
+    /// output is off or the file cannot be opened (e.g. a symlink was planted
+    /// there: refused, reported once).
+    pub fn writer(&mut self, group: &Arc<str>) -> Option<&mut LogWriter> {
+        let dir = self.dir.as_ref()?;
+        if !self.writers.contains_key(group) {
+            if self.broken.contains_key(group) {
+                return None;
+            }
+            match LogWriter::open(log_path(dir, group), &self.owner) {
+                Ok(w) => {
+                    self.writers.insert(group.clone(), w);
+                }
+                Err(e) => {
+                    log::error!("group {group}: {e}; its events are not written to a file");
+                    self.broken.insert(group.clone(), e.to_string());
+                    return None;
+                }
+            }
+        }
+        self.writers.get_mut(group)
+    }
+
+    pub fn flush_all(&mut self) -> Flushed {
+        let mut total = Flushed::default();
+        for w in self.writers.values_mut() {
+            let f = w.flush();
+            total.bytes += f.bytes;
+            total.events += f.events;
+            total.lost += f.lost;
+        }
+        total
+    }
+
+    pub fn sync_all(&self) {
+        for w in self.writers.values() {
+            w.sync();
+        }
+    }
+
+    /// Periodic: follow logs replaced by hand; retry broken groups.
+    pub fn maintain(&mut self) {
+        for w in self.writers.values_mut() {
+            w.follow_replacement(&self.owner);
+        }
+        self.broken.clear();
+    }
+
+    /// Closes a group's writer (after its log was swapped by `clean`); the
+    /// next event reopens the new file.
+    pub fn close(&mut self, group: &str) -> Option<LogWriter> {
+        let key: Arc<str> = Arc::from(group);
+        self.writers.remove(&key)
+    }
+
+    pub fn owner(&self) -> &TargetUser {
+        &self.owner
+    }
+
+    /// Groups whose logs cannot be opened, with the reason.
+    pub fn broken(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.broken.iter().map(|(g, e)| (&**g, e.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> TargetUser {
+        TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap()
+    }
+
+    #[test]
+    fn partial_last_line_is_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g_log.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n{\"trunc").unwrap();
+        let mut w = LogWriter::open(p.clone(), &me()).unwrap();
+        w.line_buf().extend_from_slice(b"{\"b\":2}");
+        w.end_line();
+        let f = w.flush();
+        assert_eq!(f.events, 1);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"trunc\n{\"b\":2}\n"
+        );
+    }
+
+    #[test]
+    fn planted_symlink_is_refused_and_target_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("victim");
+        std::fs::write(&target, "precious").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("_global_log.jsonl")).unwrap();
+        let mut set = LogSet::new(Some(d.path().to_path_buf()), me()).unwrap();
+        assert!(set.writer(&Arc::from("_global")).is_none());
+        assert_eq!(set.broken().count(), 1);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    }
+
+    #[test]
+    fn replaced_log_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g_log.jsonl");
+        let mut w = LogWriter::open(p.clone(), &me()).unwrap();
+        w.line_buf().extend_from_slice(b"1");
+        w.end_line();
+        w.flush();
+        std::fs::write(d.path().join("tmp"), "kept\n").unwrap();
+        std::fs::rename(d.path().join("tmp"), &p).unwrap();
+        w.follow_replacement(&me());
+        w.line_buf().extend_from_slice(b"2");
+        w.end_line();
+        w.flush();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "kept\n2\n");
+    }
+}

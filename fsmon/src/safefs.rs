@@ -1,0 +1,197 @@
+//! Opening files as root without being tricked by symlinks.
+//!
+//! The daemon runs as root but writes into places other users might reach
+//! (the socket in /tmp) or that a user controls. Every file it writes is
+//! opened with O_NOFOLLOW, checked to be a regular file, and chowned through
+//! the open descriptor, never by path.
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::Path,
+};
+
+use crate::{
+    error::{Error, Result},
+    user::TargetUser,
+};
+
+// O_NONBLOCK everywhere: a FIFO planted where a file should be would
+// otherwise block the open until someone reads it. On regular files it has
+// no effect.
+
+/// Opens (creating if needed) a file for appending: O_APPEND|O_NOFOLLOW,
+/// must be a regular file; if root created it or it is root's, it is handed
+/// to `owner`. Refuses a file owned by anyone but root or `owner`.
+pub fn open_append(path: &Path, owner: &TargetUser, mode: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .read(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse_or_io(path, e))?;
+    check_and_own(&file, path, owner)?;
+    Ok(file)
+}
+
+/// Opens an existing file read-only with O_NOFOLLOW; must be regular.
+pub fn open_read(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse_or_io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Unsafe {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
+    }
+    Ok(file)
+}
+
+/// Creates a new file that must not exist yet (O_EXCL|O_NOFOLLOW).
+pub fn create_new(path: &Path, owner: &TargetUser, mode: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse_or_io(path, e))?;
+    check_and_own(&file, path, owner)?;
+    Ok(file)
+}
+
+fn refuse_or_io(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        Error::Unsafe {
+            path: path.into(),
+            reason: "it is a symbolic link".into(),
+        }
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// Verifies an open file is a regular file owned by root or `owner`, and
+/// gives it to `owner` (through the descriptor: no path race).
+pub fn check_and_own(file: &File, path: &Path, owner: &TargetUser) -> Result<()> {
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Unsafe {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != owner.uid {
+        return Err(Error::Unsafe {
+            path: path.into(),
+            reason: format!("owned by uid {}, not by {} or root", meta.uid(), owner.name),
+        });
+    }
+    chown_fd(file, owner);
+    Ok(())
+}
+
+/// Hands an open file to `owner`. Filesystems without Unix ownership
+/// (vfat, some NFS) refuse; the file then stays root's, which is harmless.
+pub fn chown_fd(file: &File, owner: &TargetUser) {
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::os::unix::fs::fchown(file, Some(owner.uid), Some(owner.gid));
+    }
+}
+
+/// Creates `dir` and missing parents, giving each directory created to
+/// `owner`. Refuses if an existing component we would write into is a
+/// symlink (the final component) or not a directory.
+pub fn create_dir_all_owned(dir: &Path, owner: &TargetUser) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::Unsafe {
+                path: dir.into(),
+                reason: "it is a symbolic link".into(),
+            });
+        }
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::Unsafe {
+                path: dir.into(),
+                reason: "not a directory".into(),
+            });
+        }
+        Err(_) => {}
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_all_owned(parent, owner)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            if nix::unistd::geteuid().is_root() {
+                // lchown: never follows a link swapped in after create_dir.
+                let _ = std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Size of an open file.
+pub fn file_len(file: &File) -> u64 {
+    file.metadata().map(|m| m.len()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> TargetUser {
+        TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap()
+    }
+
+    #[test]
+    fn refuses_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = d.path().join("log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = open_append(&link, &me(), 0o600).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn refuses_directory_and_fifo() {
+        let d = tempfile::tempdir().unwrap();
+        let err = open_append(d.path(), &me(), 0o600).unwrap_err().to_string();
+        assert!(!err.is_empty());
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A FIFO must neither block the open nor be accepted.
+        let err = open_append(&fifo, &me(), 0o600).unwrap_err().to_string();
+        assert!(
+            err.contains("not a regular file") || err.contains("No such device"),
+            "{err}"
+        );
+        let err = open_read(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn dir_symlink_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = d.path().join("logs");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(create_dir_all_owned(&link, &me()).is_err());
+        assert!(create_dir_all_owned(&d.path().join("a/b/c"), &me()).is_ok());
+        assert!(d.path().join("a/b/c").is_dir());
+    }
+}

@@ -1,0 +1,321 @@
+//! The monitored-paths store, `~/.local/share/fsmon/monitored.jsonl`: one
+//! line per group, exactly what `fsmon monitored` prints:
+//! `{"cmd":"nginx","paths":{"/var/www/myapp":{"recursive":true,"types":["MODIFY","CREATE"]}}}`
+//!
+//! The CLI writes it when no daemon runs; a running daemon writes it for the
+//! requests it receives. Writers hold an flock on a lock file beside it and
+//! replace the file atomically (temp file + rename).
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Component, Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    event::{EventType, TypeSet},
+    filters::SizeFilter,
+    safefs,
+    user::TargetUser,
+};
+
+/// The group that logs every process's events.
+pub const GLOBAL: &str = "_global";
+
+/// How one path of a group is watched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathOptions {
+    pub recursive: bool,
+    /// Event type names, in the order given.
+    pub types: Vec<EventType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeFilter>,
+}
+
+impl PathOptions {
+    pub fn type_set(&self) -> TypeSet {
+        self.types.iter().fold(TypeSet::EMPTY, |s, t| s.with(*t))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub cmd: String,
+    pub paths: BTreeMap<String, PathOptions>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Store {
+    pub groups: Vec<Group>,
+}
+
+/// Checks a group name: `_global` or a command name that is also a safe
+/// file-name stem (it names `<group>_log.jsonl`).
+pub fn validate_group(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("bad group name '{name}': {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 64 {
+        return bad("longer than 64 bytes");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("must not start with '.' or '-'");
+    }
+    if name.starts_with('_') && name != GLOBAL {
+        return bad("names starting with '_' are reserved (did you mean _global?)");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._+-@:".contains(&b))
+    {
+        return bad("use letters, digits and . _ + - @ : only");
+    }
+    Ok(())
+}
+
+/// Makes `path` absolute (against `cwd`) and lexically clean: no `.`/`..`,
+/// no trailing slash. Then resolves symlinks in the longest existing prefix,
+/// because the kernel reports real paths.
+pub fn normalize_path(path: &str, cwd: &Path) -> Result<PathBuf> {
+    if path.is_empty() {
+        return Err(Error::invalid("empty path"));
+    }
+    if path.contains('\0') {
+        return Err(Error::invalid("path contains a NUL byte"));
+    }
+    let joined = if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        cwd.join(path)
+    };
+    let mut clean = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(p) => clean.push(p),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            _ => {}
+        }
+    }
+    // Canonicalize the longest prefix that exists; keep the rest as is.
+    let mut existing = clean.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_owned()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut real = fs::canonicalize(&existing).unwrap_or(existing);
+    for name in rest.into_iter().rev() {
+        real.push(name);
+    }
+    Ok(real)
+}
+
+impl Store {
+    /// Reads the store; a missing file is an empty store. A line that does
+    /// not parse is skipped with a warning (the rest is still monitored).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match safefs::open_read(path) {
+            Ok(mut f) => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut f, &mut s).map_err(|e| Error::io(path, e))?;
+                s
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Store::default());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut store = Store::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Group>(line) {
+                Ok(g) if validate_group(&g.cmd).is_ok() => store.merge(g),
+                Ok(g) => log::warn!(
+                    "{}:{}: skipping group with bad name '{}'",
+                    path.display(),
+                    i + 1,
+                    g.cmd
+                ),
+                Err(e) => log::warn!(
+                    "{}:{}: skipping unreadable line: {e}",
+                    path.display(),
+                    i + 1
+                ),
+            }
+        }
+        Ok(store)
+    }
+
+    fn merge(&mut self, g: Group) {
+        match self.groups.iter_mut().find(|x| x.cmd == g.cmd) {
+            Some(existing) => existing.paths.extend(g.paths),
+            None => self.groups.push(g),
+        }
+    }
+
+    /// Adds or replaces one path of a group.
+    pub fn add(&mut self, cmd: &str, path: &str, opts: PathOptions) {
+        let mut paths = BTreeMap::new();
+        paths.insert(path.to_string(), opts);
+        self.merge(Group {
+            cmd: cmd.to_string(),
+            paths,
+        });
+    }
+
+    /// Removes one path of a group, or the whole group. Returns whether
+    /// anything was there to remove.
+    pub fn remove(&mut self, cmd: &str, path: Option<&str>) -> bool {
+        let Some(i) = self.groups.iter().position(|g| g.cmd == cmd) else {
+            return false;
+        };
+        let removed = match path {
+            None => {
+                self.groups.remove(i);
+                return true;
+            }
+            Some(p) => self.groups[i].paths.remove(p).is_some(),
+        };
+        if self.groups[i].paths.is_empty() {
+            self.groups.remove(i);
+        }
+        removed
+    }
+
+    /// Groups that have at least one path, as `monitored` prints them.
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.groups
+            .iter()
+            .filter(|g| !g.paths.is_empty())
+            .map(|g| serde_json::to_string(g).expect("store serializes"))
+    }
+
+    /// Writes the store atomically, owned by `owner`.
+    pub fn save(&self, path: &Path, owner: &TargetUser) -> Result<()> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::invalid("store path has no directory"))?;
+        safefs::create_dir_all_owned(dir, owner)?;
+        let tmp = dir.join(format!(".{}.tmp.{}", file_name(path), std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut f = safefs::create_new(&tmp, owner, 0o644)?;
+        let mut text = String::new();
+        for line in self.lines() {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        // rename replaces a symlink at `path` itself, never its target.
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// An exclusive lock on the store for a read-modify-write.
+pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+impl StoreLock {
+    pub fn acquire(store_path: &Path, owner: &TargetUser) -> Result<Self> {
+        let dir = store_path
+            .parent()
+            .ok_or_else(|| Error::invalid("store path has no directory"))?;
+        safefs::create_dir_all_owned(dir, owner)?;
+        let lock_path = dir.join(format!(".{}.lock", file_name(store_path)));
+        let f = safefs::open_append(&lock_path, owner, 0o600)?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map(StoreLock)
+            .map_err(|(_, e)| Error::io(&lock_path, e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names() {
+        for ok in ["_global", "nginx", "php-fpm", "node.js", "a+b"] {
+            validate_group(ok).unwrap();
+        }
+        for bad in [
+            "", "../x", "a/b", ".hidden", "_other", "sp ace", "-rf", "x\u{0}",
+        ] {
+            assert!(validate_group(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn normalize() {
+        let cwd = Path::new("/nonexistent-base");
+        assert_eq!(
+            normalize_path("a/./b/../c/", cwd).unwrap(),
+            PathBuf::from("/nonexistent-base/a/c")
+        );
+        assert_eq!(normalize_path("/", cwd).unwrap(), PathBuf::from("/"));
+        assert!(normalize_path("", cwd).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
+        let n = normalize_path(d.path().join("link/pending/x").to_str().unwrap(), cwd).unwrap();
+        assert_eq!(n, fs::canonicalize(&real).unwrap().join("pending/x"));
+    }
+
+    #[test]
+    fn seed_shape_and_round_trip() {
+        let mut s = Store::default();
+        let opts = PathOptions {
+            recursive: true,
+            types: vec![EventType::Modify, EventType::Create],
+            size: None,
+        };
+        s.add("nginx", "/var/www/myapp", opts.clone());
+        let lines: Vec<String> = s.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                r#"{"cmd":"nginx","paths":{"/var/www/myapp":{"recursive":true,"types":["MODIFY","CREATE"]}}}"#
+            ]
+        );
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/monitored.jsonl");
+        let me = TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap();
+        s.save(&p, &me).unwrap();
+        assert_eq!(Store::load(&p).unwrap(), s);
+        assert!(s.remove("nginx", Some("/var/www/myapp")));
+        assert!(s.groups.is_empty(), "a group with no paths left is dropped");
+        assert!(!s.remove("nginx", None));
+    }
+
+    #[test]
+    fn corrupt_line_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("monitored.jsonl");
+        fs::write(&p, "garbage\n{\"cmd\":\"_global\",\"paths\":{\"/tmp\":{\"recursive\":false,\"types\":[\"CREATE\"]}}}\n").unwrap();
+        let s = Store::load(&p).unwrap();
+        assert_eq!(s.groups.len(), 1);
+    }
+}
