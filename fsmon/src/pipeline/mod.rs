@@ -675,6 +675,7 @@ impl Process {
             if let (Some(at), Some(every)) = (next_sync, self.sync_interval) {
                 if now >= at {
                     self.logs.sync_all();
+                    log::debug!("fdatasync of the logs done");
                     next_sync = Some(now + every);
                 }
             }

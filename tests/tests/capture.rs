@@ -1,0 +1,644 @@
+//! The capture core against the real kernel: the real daemon binary, real
+//! fanotify marks, the real eBPF tracker. Every test has its own daemon,
+//! config, socket and directories.
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use fsmon_tests::{Env, LoopFs, find, read_events, sh_bg, wait_for};
+use serde_json::Value;
+
+fn paths_of<'a>(evs: &'a [Value], kind: &str) -> HashSet<&'a str> {
+    evs.iter()
+        .filter(|e| e["event_type"] == kind)
+        .filter_map(|e| e["path"].as_str())
+        .collect()
+}
+
+fn sh(script: &str) {
+    let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(st.success(), "sh -c {script}");
+}
+
+#[test]
+fn events_carry_path_process_and_seed_fields() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let f = env.watch.join("a.txt");
+    let (sh_pid, touch_pid) = sh_bg(&format!("touch {}", f.display()));
+    fs::write(env.watch.join("b.txt"), b"hello").unwrap();
+    let evs = env.wait_events("_global", "touch and write", |e| {
+        !find(e, "CLOSE_WRITE", &f).is_empty()
+            && !find(e, "CLOSE_WRITE", &env.watch.join("b.txt")).is_empty()
+    });
+    let create = find(&evs, "CREATE", &f)[0];
+    assert_eq!(create["pid"], touch_pid);
+    assert_eq!(create["tgid"], touch_pid);
+    assert_eq!(create["ppid"], sh_pid);
+    assert_eq!(create["cmd"], "touch");
+    assert_eq!(create["user"], "root");
+    assert!(create.get("chain").is_none(), "_global has no chain");
+    let time = create["time"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with("+00:00"),
+        "{time}"
+    );
+    let b = find(&evs, "CLOSE_WRITE", &env.watch.join("b.txt"))[0];
+    assert_eq!(b["file_size"], 5);
+    assert_eq!(b["pid"], std::process::id());
+    // The seed's field order.
+    let line = fs::read_to_string(env.log_path("_global")).unwrap();
+    let first = line.lines().next().unwrap();
+    let order: Vec<usize> = [
+        "\"time\"",
+        "\"event_type\"",
+        "\"path\"",
+        "\"pid\"",
+        "\"cmd\"",
+        "\"user\"",
+        "\"file_size\"",
+        "\"ppid\"",
+        "\"tgid\"",
+    ]
+    .iter()
+    .map(|k| {
+        first
+            .find(k)
+            .unwrap_or_else(|| panic!("{k} missing in {first}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "field order: {first}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn second_daemon_for_the_same_user_is_refused() {
+    let env = Env::new();
+    let _d = env.start(&[]);
+    let out = Command::new(fsmon_tests::fsmon_bin())
+        .args(["--config", env.config.to_str().unwrap(), "daemon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn sigterm_writes_every_event_read() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    for i in 0..2000 {
+        fs::write(env.watch.join(format!("f{i}")), b"").unwrap();
+    }
+    // No waiting: the events are in the kernel queue or in flight.
+    assert!(d.stop().success());
+    let evs = env.events("_global");
+    let created = paths_of(&evs, "CREATE");
+    for i in 0..2000 {
+        let p = env.watch.join(format!("f{i}"));
+        assert!(
+            created.contains(p.to_str().unwrap()),
+            "missing CREATE of {}",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn mkdir_p_then_touch_at_full_speed_loses_nothing() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let _d = env.start(&[]);
+    sh(&format!(
+        "cd {} && i=0; while [ $i -lt 300 ]; do mkdir -p a$i/b/c && touch a$i/b/c/f; i=$((i+1)); done",
+        env.watch.display()
+    ));
+    let want: Vec<PathBuf> = (0..300)
+        .map(|i| env.watch.join(format!("a{i}/b/c/f")))
+        .collect();
+    let evs = env.wait_events("_global", "300 deep creates", |e| {
+        let c = paths_of(e, "CREATE");
+        want.iter().all(|p| c.contains(p.to_str().unwrap()))
+    });
+    let c = paths_of(&evs, "CREATE");
+    for i in 0..300 {
+        for sub in ["", "/b", "/b/c"] {
+            let p = env.watch.join(format!("a{i}{sub}"));
+            assert!(
+                c.contains(p.to_str().unwrap()),
+                "mkdir CREATE of {}",
+                p.display()
+            );
+        }
+    }
+    // mkdir is logged as CREATE, by mkdir.
+    let mk = find(&evs, "CREATE", &env.watch.join("a7/b"));
+    assert_eq!(mk[0]["cmd"], "mkdir");
+}
+
+#[test]
+fn non_recursive_sees_only_direct_children() {
+    let env = Env::new();
+    fs::create_dir_all(env.watch.join("sub")).unwrap();
+    env.add("_global", &env.watch, &["--types", "CREATE"]);
+    let _d = env.start(&[]);
+    fs::write(env.watch.join("sub/deep"), b"").unwrap();
+    fs::write(env.watch.join("top"), b"").unwrap();
+    fs::create_dir(env.watch.join("newdir")).unwrap();
+    env.wait_events("_global", "top-level create", |e| {
+        !find(e, "CREATE", &env.watch.join("newdir")).is_empty()
+    });
+    // Written after "top": if it were going to be logged it would be by now.
+    fs::write(env.watch.join("marker"), b"").unwrap();
+    let evs = env.wait_events("_global", "marker", |e| {
+        !find(e, "CREATE", &env.watch.join("marker")).is_empty()
+    });
+    assert_eq!(find(&evs, "CREATE", &env.watch.join("top")).len(), 1);
+    assert!(
+        find(&evs, "CREATE", &env.watch.join("sub/deep")).is_empty(),
+        "grandchild logged"
+    );
+}
+
+#[test]
+fn pending_paths_are_watched_from_the_moment_they_appear() {
+    let env = Env::new();
+    let rec = env.watch.join("later/deeper");
+    let flat = env.watch.join("flat-later");
+    let out = env.fsmon(&["add", "_global", "--path", rec.to_str().unwrap(), "-r"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist yet"));
+    env.add("_global", &flat, &[]);
+    let _d = env.start(&[]);
+    sh(&format!(
+        "mkdir -p {0}/x && touch {0}/x/f && mkdir {1} && touch {1}/g",
+        rec.display(),
+        flat.display()
+    ));
+    let evs = env.wait_events("_global", "events in the new paths", |e| {
+        !find(e, "CREATE", &rec.join("x/f")).is_empty()
+            && !find(e, "CREATE", &flat.join("g")).is_empty()
+    });
+    assert!(
+        find(&evs, "CREATE", &env.watch.join("later")).is_empty(),
+        "outside the pending path"
+    );
+}
+
+/// Makes `dirs` x `per_dir` files under `root`.
+fn make_tree(root: &Path, dirs: usize, per_dir: usize) -> Vec<String> {
+    let mut all = Vec::new();
+    for d in 0..dirs {
+        let dir = root.join(format!("d{d:03}/inner"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..per_dir {
+            let p = dir.join(format!("file{f:04}"));
+            fs::write(&p, b"x").unwrap();
+            all.push(p.to_string_lossy().into_owned());
+        }
+    }
+    all
+}
+
+fn assert_rm_rf_logged(env: &Env, tree: &Path, files: &[String]) {
+    let (_, rm_pid) = sh_bg(&format!("rm -rf {}", tree.display()));
+    let want: HashSet<&str> = files.iter().map(String::as_str).collect();
+    let evs = env.wait_events("_global", "every DELETE", |e| {
+        let deleted = paths_of(e, "DELETE");
+        want.iter().all(|p| deleted.contains(p)) && deleted.contains(tree.to_str().unwrap())
+    });
+    let deletes: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["event_type"] == "DELETE" && e["pid"] == rm_pid)
+        .collect();
+    assert!(deletes.iter().all(|e| e["cmd"] == "rm"));
+    assert!(
+        evs.iter().all(|e| e.get("unresolved").is_none()),
+        "no unresolved path"
+    );
+    assert!(
+        evs.iter().all(|e| e["event_type"] != "Q_OVERFLOW"),
+        "no overflow"
+    );
+}
+
+#[test]
+fn rm_rf_of_a_tree_made_before_the_daemon() {
+    let env = Env::new();
+    let tree = env.watch.join("old");
+    let files = make_tree(&tree, 100, 100);
+    env.add("_global", &env.watch, &["-r", "--types", "DELETE"]);
+    let _d = env.start(&[]);
+    assert_rm_rf_logged(&env, &tree, &files);
+}
+
+#[test]
+fn rm_rf_of_a_tree_made_after_the_daemon() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "DELETE"]);
+    let _d = env.start(&[]);
+    let tree = env.watch.join("new");
+    let files = make_tree(&tree, 100, 100);
+    assert_rm_rf_logged(&env, &tree, &files);
+}
+
+#[test]
+fn renamed_directory_events_carry_the_new_path() {
+    let env = Env::new();
+    fs::create_dir_all(env.watch.join("old/sub")).unwrap();
+    env.add("_global", &env.watch, &["-r"]);
+    let _d = env.start(&[]);
+    fs::rename(env.watch.join("old"), env.watch.join("new")).unwrap();
+    fs::write(env.watch.join("new/sub/f"), b"1").unwrap();
+    let evs = env.wait_events("_global", "write after rename", |e| {
+        !find(e, "CLOSE_WRITE", &env.watch.join("new/sub/f")).is_empty()
+    });
+    assert_eq!(find(&evs, "MOVED_FROM", &env.watch.join("old")).len(), 1);
+    assert_eq!(find(&evs, "MOVED_TO", &env.watch.join("new")).len(), 1);
+    assert!(
+        evs.iter()
+            .all(|e| !e["path"].as_str().unwrap().contains("/old/")),
+        "stale path"
+    );
+    // A directory moved in from outside the watched tree is learned too.
+    let outside = env.dir.path().join("outside");
+    fs::create_dir_all(outside.join("x/y")).unwrap();
+    fs::rename(&outside, env.watch.join("moved-in")).unwrap();
+    sh(&format!("rm -rf {}", env.watch.join("moved-in").display()));
+    env.wait_events("_global", "delete of moved-in dir", |e| {
+        !find(e, "DELETE", &env.watch.join("moved-in/x/y")).is_empty()
+    });
+}
+
+#[test]
+fn size_and_type_filters_apply_at_capture() {
+    let env = Env::new();
+    env.add(
+        "_global",
+        &env.watch,
+        &["-r", "--types", "CLOSE_WRITE", "--size", ">=1KB"],
+    );
+    let _d = env.start(&[]);
+    fs::write(env.watch.join("small"), vec![0u8; 100]).unwrap();
+    fs::write(env.watch.join("big"), vec![0u8; 4096]).unwrap();
+    let evs = env.wait_events("_global", "big file", |e| {
+        !find(e, "CLOSE_WRITE", &env.watch.join("big")).is_empty()
+    });
+    assert!(
+        find(&evs, "CLOSE_WRITE", &env.watch.join("small")).is_empty(),
+        "size filter"
+    );
+    assert!(
+        evs.iter().all(|e| e["event_type"] == "CLOSE_WRITE"),
+        "type filter"
+    );
+    assert_eq!(
+        find(&evs, "CLOSE_WRITE", &env.watch.join("big"))[0]["file_size"],
+        4096
+    );
+}
+
+#[test]
+fn all_fourteen_types_can_be_selected() {
+    let env = Env::new();
+    let exe = env.watch.join("mytrue");
+    fs::copy("/bin/true", &exe).unwrap();
+    fs::write(env.watch.join("r"), b"data").unwrap();
+    env.add("_global", &env.watch, &["-r", "--types", "all"]);
+    let _d = env.start(&[]);
+    let _ = fs::read(env.watch.join("r")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(env.watch.join("r"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+        .unwrap();
+    assert!(Command::new(&exe).status().unwrap().success());
+    let evs = env.wait_events("_global", "all kinds", |e| {
+        [
+            "OPEN",
+            "ACCESS",
+            "CLOSE_NOWRITE",
+            "MODIFY",
+            "CLOSE_WRITE",
+            "OPEN_EXEC",
+        ]
+        .iter()
+        .all(|k| e.iter().any(|x| x["event_type"] == *k))
+    });
+    let exec = evs.iter().find(|e| e["event_type"] == "OPEN_EXEC").unwrap();
+    assert_eq!(exec["path"], exe.to_str().unwrap());
+}
+
+#[test]
+fn five_hundred_short_lived_touches_are_all_attributed() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["--types", "CREATE"]);
+    let _d = env.start(&[]);
+    let mut expected = Vec::new();
+    for i in 0..500 {
+        let p = env.watch.join(format!("F_{i}"));
+        let (_, pid) = sh_bg(&format!("touch {}", p.display()));
+        expected.push((p, pid));
+    }
+    let evs = env.wait_events("_global", "500 creates", |e| {
+        paths_of(e, "CREATE").len() >= 500
+    });
+    let mut right = 0;
+    for (p, pid) in &expected {
+        let c = find(&evs, "CREATE", p);
+        if c.len() == 1 && c[0]["pid"] == *pid && c[0]["cmd"] == "touch" {
+            right += 1;
+        }
+    }
+    assert_eq!(
+        right, 500,
+        "every short-lived touch attributed with its own pid and name"
+    );
+}
+
+#[test]
+fn command_group_logs_only_descendants_with_their_chain() {
+    let env = Env::new();
+    let bin = env.dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("trackme");
+    fs::write(&script, "#!/bin/sh\nsh -c \"touch $1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    env.add("trackme", &env.watch, &["-r", "--types", "CREATE"]);
+    let _d = env.start(&[]);
+    let mine = env.watch.join("by-trackme");
+    let other = env.watch.join("by-someone-else");
+    assert!(Command::new(&script).arg(&mine).status().unwrap().success());
+    sh(&format!("touch {}", other.display()));
+    let marker = env.watch.join("marker");
+    assert!(
+        Command::new(&script)
+            .arg(&marker)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let evs = env.wait_events("trackme", "tracked creates", |e| {
+        !find(e, "CREATE", &marker).is_empty()
+    });
+    let e = find(&evs, "CREATE", &mine)[0];
+    let chain = e["chain"].as_str().expect("chain present");
+    let parts: Vec<&str> = chain.split(';').collect();
+    assert!(
+        parts[0].starts_with(&format!("{}|touch|root", e["pid"])),
+        "{chain}"
+    );
+    assert!(parts.iter().any(|p| p.contains("|trackme|")), "{chain}");
+    assert!(parts.last().unwrap().starts_with("1|"), "{chain}");
+    assert!(find(&evs, "CREATE", &other).is_empty(), "not a descendant");
+    assert!(
+        !env.log_path("_global").exists(),
+        "no _global group, no _global log"
+    );
+}
+
+#[test]
+fn planted_symlink_in_the_log_directory_is_refused() {
+    let env = Env::new();
+    fs::create_dir_all(&env.logs).unwrap();
+    let victim = env.dir.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    nix::unistd::chown(&victim, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    std::os::unix::fs::symlink(&victim, env.log_path("_global")).unwrap();
+    env.add("_global", &env.watch, &["-r"]);
+    env.add("other", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    fs::write(env.watch.join("f"), b"x").unwrap();
+    wait_for(
+        "the error about the symlink",
+        Duration::from_secs(20),
+        || d.stderr().contains("symbolic link").then_some(()),
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(fs::metadata(&victim).unwrap().uid(), 65534, "not chowned");
+    assert!(
+        env.fsmon(&["health"]).status.success(),
+        "daemon still serving"
+    );
+}
+
+#[test]
+fn partial_last_line_from_a_crash_is_closed_and_kept() {
+    let env = Env::new();
+    fs::create_dir_all(&env.logs).unwrap();
+    let old = "{\"time\":\"2026-01-01T00:00:00+00:00\",\"event_type\":\"CREATE\",\"path\":\"/x\",\"pid\":1,\"cmd\":\"a\",\"user\":\"root\",\"file_size\":0,\"ppid\":0,\"tgid\":1}\n{\"time\":\"2026-01-01T00:00:01+00";
+    fs::write(env.log_path("_global"), old).unwrap();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let _d = env.start(&[]);
+    fs::write(env.watch.join("after"), b"").unwrap();
+    env.wait_events("_global", "new event", |e| {
+        !find(e, "CREATE", &env.watch.join("after")).is_empty()
+    });
+    let text = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(text.starts_with(old), "nothing before the crash point lost");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1], "{\"time\":\"2026-01-01T00:00:01+00",
+        "fragment kept on its own line"
+    );
+    assert!(
+        serde_json::from_str::<Value>(lines[2]).is_ok(),
+        "new event on a fresh line"
+    );
+}
+
+#[test]
+fn kernel_queue_overflow_is_recorded_and_counted() {
+    let env = Env::with_config("[fanotify]\nqueue_size = 16\n");
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    env.add("second", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    // Freeze the daemon so the tiny queue must overflow.
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for i in 0..200 {
+        fs::write(env.watch.join(format!("burst{i}")), b"").unwrap();
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    for group in ["_global", "second"] {
+        let evs = env.wait_events(group, "overflow record", |e| {
+            e.iter().any(|x| x["event_type"] == "Q_OVERFLOW")
+        });
+        let rec = evs
+            .iter()
+            .find(|x| x["event_type"] == "Q_OVERFLOW")
+            .unwrap();
+        assert_eq!(rec["lost"], true);
+        assert!(chrono::DateTime::parse_from_rfc3339(rec["time"].as_str().unwrap()).is_ok());
+    }
+    let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
+    assert!(health["queue_overflows"].as_u64().unwrap() >= 1, "{health}");
+    // And it keeps working.
+    fs::write(env.watch.join("after-overflow"), b"").unwrap();
+    env.wait_events("_global", "event after overflow", |e| {
+        !find(e, "CREATE", &env.watch.join("after-overflow")).is_empty()
+    });
+}
+
+#[test]
+fn logs_and_dirs_belong_to_the_sudo_user() {
+    let name = format!("fsmt{}", std::process::id());
+    let home = tempfile::Builder::new()
+        .prefix("fsmon-home-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home_dir = home.path().join(&name);
+    let st = Command::new("useradd")
+        .args(["-m", "-d"])
+        .arg(&home_dir)
+        .arg(&name)
+        .status()
+        .unwrap();
+    assert!(st.success(), "useradd");
+    let _cleanup = scopeguard(name.clone());
+    let uid = nix::unistd::User::from_name(&name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    let watch = home_dir.join("w");
+    fs::create_dir_all(&watch).unwrap();
+    // No --config: everything comes from the user's home.
+    let run = |args: &[&str]| {
+        Command::new(fsmon_tests::fsmon_bin())
+            .args(args)
+            .env("SUDO_UID", uid.to_string())
+            .env_remove("FSMON_CONFIG")
+            .output()
+            .unwrap()
+    };
+    assert!(
+        run(&["add", "_global", "--path", watch.to_str().unwrap(), "-r"])
+            .status
+            .success()
+    );
+    let store = home_dir.join(".local/share/fsmon/monitored.jsonl");
+    assert!(store.exists());
+    assert_eq!(fs::metadata(&store).unwrap().uid(), uid);
+    let mut child = Command::new(fsmon_tests::fsmon_bin())
+        .arg("daemon")
+        .env("SUDO_UID", uid.to_string())
+        .env_remove("FSMON_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fs::write(watch.join("f"), b"x").unwrap();
+    let log = home_dir.join(".local/state/fsmon/_global_log.jsonl");
+    let ok = wait_for("the user's log", Duration::from_secs(30), || {
+        fs::write(watch.join("g"), b"y").ok()?;
+        (!read_events(&log).is_empty()).then_some(())
+    });
+    let _ = ok;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        fs::metadata(&log).unwrap().uid(),
+        uid,
+        "log owned by the user"
+    );
+    assert_eq!(
+        fs::metadata(log.parent().unwrap()).unwrap().uid(),
+        uid,
+        "log dir owned by the user"
+    );
+    assert!(
+        !Path::new(&format!("/tmp/fsmon-{uid}.sock")).exists(),
+        "socket removed on exit"
+    );
+}
+
+/// Deletes a user when dropped.
+struct UserGuard(String);
+fn scopeguard(name: String) -> UserGuard {
+    UserGuard(name)
+}
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn sync_interval_syncs_periodically() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start_with_env(&["--sync-interval", "1"], &[("FSMON_LOG", "debug")]);
+    fs::write(env.watch.join("f"), b"x").unwrap();
+    wait_for("a sync", Duration::from_secs(10), || {
+        d.stderr().contains("fdatasync").then_some(())
+    });
+}
+
+fn run_on(kind: &str) {
+    let fs_ = LoopFs::new(kind, 400);
+    let env = Env::new();
+    let watch = fs_.mountpoint.join("w");
+    fs::create_dir_all(watch.join("pre/a")).unwrap();
+    for i in 0..50 {
+        fs::write(watch.join(format!("pre/a/f{i}")), b"x").unwrap();
+    }
+    env.add("_global", &watch, &["-r"]);
+    let _d = env.start(&[]);
+    sh(&format!(
+        "mkdir -p {0}/n/b && touch {0}/n/b/f && mv {0}/n {0}/m && echo 1 > {0}/m/b/g && rm -rf {0}/pre {0}/m",
+        watch.display()
+    ));
+    let evs = env.wait_events("_global", &format!("{kind} events"), |e| {
+        !find(e, "DELETE", &watch.join("m")).is_empty()
+    });
+    assert_eq!(
+        find(&evs, "CREATE", &watch.join("n/b/f")).len(),
+        1,
+        "{kind}"
+    );
+    assert_eq!(
+        find(&evs, "CLOSE_WRITE", &watch.join("m/b/g")).len(),
+        1,
+        "{kind}: new path after rename"
+    );
+    for i in 0..50 {
+        assert_eq!(
+            find(&evs, "DELETE", &watch.join(format!("pre/a/f{i}"))).len(),
+            1,
+            "{kind}: rm -rf of pre-existing tree"
+        );
+    }
+    assert!(evs.iter().all(|e| e.get("unresolved").is_none()), "{kind}");
+}
+
+#[test]
+fn works_on_ext4_loop() {
+    run_on("ext4");
+}
+
+#[test]
+fn works_on_xfs_loop() {
+    run_on("xfs");
+}
+
+#[test]
+fn works_on_btrfs_loop() {
+    run_on("btrfs");
+}
