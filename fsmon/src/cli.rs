@@ -55,6 +55,17 @@ pub enum Command {
     },
     /// Print the man page (roff)
     Man,
+    /// Internal: loads the eBPF programs for the daemon and pins them in
+    /// bpffs (run by `fsmon daemon` itself; not for users).
+    #[command(name = "__ebpf-loader", hide = true)]
+    EbpfLoader {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        capacity: u32,
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 #[derive(Debug, Args, Default)]

@@ -22,7 +22,6 @@ use crate::{
     config::{Config, TrackerChoice},
     control::{MAX_REQUEST, REQUEST_TIMEOUT, Request, parse_request},
     error::Error,
-    event::EventType,
     fanotify::{Fanotify, QueueSize},
     filters::SizeFilter,
     metrics::Metrics,
@@ -99,6 +98,9 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             || std::env::var_os("FSMON_TRACKER").is_some_and(|v| v == "procfs"),
         debug,
         proc_ttl: cfg.proc_ttl,
+        // /proc/self/exe: the very binary running, even if its path was
+        // replaced since we started.
+        loader_exe: Some(PathBuf::from("/proc/self/exe")),
     };
     let mut tracker = ProcessTracker::start(&tracker_cfg)?;
     if cfg.tracker == TrackerChoice::Ebpf && tracker.kind() != TrackerKind::Ebpf {
@@ -331,7 +333,13 @@ async fn client(state: Arc<State>, stream: UnixStream) {
             }
         };
         if let Request::Subscribe { group } = req {
-            subscribe(&state, group, write).await;
+            if let Some(Err(e)) = group.as_deref().map(store::validate_group) {
+                if write.write_all(error_line(e).as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            subscribe(&state, group, reader, write).await;
             return;
         }
         let st = state.clone();
@@ -363,11 +371,11 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
             store::validate_group(&group)?;
             let path = store::normalize_path(&path, Path::new("/"))?;
             let path_str = path.to_string_lossy().into_owned();
-            let types = EventType::parse_list(&types).map_err(Error::invalid)?;
+            let types = store::parse_types(&types)?;
             let size = size.map(|s| SizeFilter::parse(&s)).transpose()?;
             let opts = PathOptions {
                 recursive,
-                types: types.iter().collect(),
+                types,
                 size,
             };
             let pending = !path.exists();
@@ -520,6 +528,7 @@ fn clean_swap(
 async fn subscribe(
     state: &State,
     group: Option<String>,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
 ) {
     let mut rx = state.pipeline.subscribe.subscribe();
@@ -527,8 +536,19 @@ async fn subscribe(
     let _ = write
         .write_all(format!("{}\n", json!({"ok": true, "group": group})).as_bytes())
         .await;
+    let mut ignored = [0u8; 512];
     loop {
-        match rx.recv().await {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            // A client that hangs up is dropped now, not at the next event
+            // of its group (which may never come). Anything it sends after
+            // subscribing is ignored.
+            n = reader.read(&mut ignored) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
+        };
+        match received {
             Ok(ev) => {
                 if group.as_deref().is_some_and(|g| g != &*ev.group) {
                     continue;

@@ -17,13 +17,21 @@ fn main() {
             .unwrap_or_default();
         eprintln!("fsmon: internal error: {msg}{at} (please report this)");
     }));
-    env_logger::Builder::new()
+    let cli = fsmon::cli::Cli::parse();
+    let mut logger = env_logger::Builder::new();
+    logger
         .filter_level(log::LevelFilter::Info)
         .filter_module("aya", log::LevelFilter::Warn)
         .parse_env("FSMON_LOG")
-        .format_target(false)
-        .init();
-    let cli = fsmon::cli::Cli::parse();
+        .format_target(false);
+    // `daemon --debug` shows debug lines (ours and the eBPF programs') even
+    // when FSMON_LOG asks for less; aya's own internals stay at warn.
+    if matches!(&cli.command, fsmon::cli::Command::Daemon(a) if a.debug) {
+        logger
+            .filter_level(log::LevelFilter::Debug)
+            .filter_module("aya", log::LevelFilter::Warn);
+    }
+    logger.init();
     if let Err(e) = fsmon::commands::run(cli) {
         eprintln!("fsmon: {}", one_line(&e));
         std::process::exit(1);

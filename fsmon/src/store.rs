@@ -77,6 +77,42 @@ pub fn validate_group(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Parses `--types` values into the list a path keeps: the user's order,
+/// each type once (`--types MODIFY --types CREATE` stays `["MODIFY","CREATE"]`,
+/// as `monitored` shows it in the seed). `all` adds the 14 types; no value
+/// means the seed's default 8, in the seed's order.
+pub fn parse_types<S: AsRef<str>>(items: &[S]) -> Result<Vec<EventType>> {
+    // Validates every name and gives the one-line error.
+    EventType::parse_list(items).map_err(Error::invalid)?;
+    if items.is_empty() {
+        return Ok(EventType::DEFAULT.to_vec());
+    }
+    let mut types = Vec::new();
+    for name in items
+        .iter()
+        .flat_map(|i| i.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let named: &[EventType] = if name.eq_ignore_ascii_case("all") {
+            &EventType::ALL
+        } else {
+            &[EventType::parse(name).expect("validated above")]
+        };
+        for t in named {
+            if !types.contains(t) {
+                types.push(*t);
+            }
+        }
+    }
+    if types.is_empty() {
+        return Err(Error::invalid(
+            "--types: no event type given (use names such as CREATE, or all)",
+        ));
+    }
+    Ok(types)
+}
+
 /// Makes `path` absolute (against `cwd`) and lexically clean: no `.`/`..`,
 /// no trailing slash. Then resolves symlinks in the longest existing prefix,
 /// because the kernel reports real paths.
@@ -308,6 +344,25 @@ mod tests {
         assert!(s.remove("nginx", Some("/var/www/myapp")));
         assert!(s.groups.is_empty(), "a group with no paths left is dropped");
         assert!(!s.remove("nginx", None));
+    }
+
+    #[test]
+    fn types_keep_the_users_order() {
+        assert_eq!(
+            parse_types(&["MODIFY", "CREATE"]).unwrap(),
+            vec![EventType::Modify, EventType::Create]
+        );
+        assert_eq!(
+            parse_types(&["modify,create", "MODIFY"]).unwrap(),
+            vec![EventType::Modify, EventType::Create]
+        );
+        assert_eq!(
+            parse_types::<&str>(&[]).unwrap(),
+            EventType::DEFAULT.to_vec()
+        );
+        assert_eq!(parse_types(&["all"]).unwrap().len(), 14);
+        assert!(parse_types(&["MODIFIED"]).is_err());
+        assert!(parse_types(&[""]).is_err());
     }
 
     #[test]

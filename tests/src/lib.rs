@@ -335,9 +335,14 @@ pub struct LoopFs {
 impl LoopFs {
     /// `kind`: "ext4", "xfs" or "btrfs". `size_mb` of sparse image.
     pub fn new(kind: &str, size_mb: u64) -> Self {
+        Self::new_in("/var/tmp", kind, size_mb)
+    }
+
+    /// The image under `base` (e.g. /dev/shm: a filesystem free of disk noise).
+    pub fn new_in(base: &str, kind: &str, size_mb: u64) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fsmon-loop-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(base)
             .unwrap();
         let image = dir.path().join("fs.img");
         let f = fs::File::create(&image).unwrap();

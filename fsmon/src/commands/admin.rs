@@ -118,7 +118,10 @@ pub fn health(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-const SYSTEMD_UNIT: &str = "/etc/systemd/system/fsmon.service";
+/// Where `init --service` writes the unit; `$FSMON_SYSTEMD_DIR` overrides
+/// the directory (for packaging and tests), and then systemd is not reloaded.
+const SYSTEMD_DIR: &str = "/etc/systemd/system";
+const UNIT_NAME: &str = "fsmon.service";
 
 pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     let path = crate::config::Config::locate(&ctx.user, explicit);
@@ -178,19 +181,27 @@ WantedBy=multi-user.target
 }
 
 fn write_service(ctx: &Context) -> Result<()> {
+    let custom_dir = std::env::var_os("FSMON_SYSTEMD_DIR").filter(|d| !d.is_empty());
+    let dir = custom_dir
+        .clone()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| SYSTEMD_DIR.into());
+    let unit = dir.join(UNIT_NAME);
     if !nix::unistd::geteuid().is_root() {
-        bail!("init --service writes {SYSTEMD_UNIT}: run it with sudo");
+        bail!("init --service writes {}: run it with sudo", unit.display());
     }
     let exe = std::env::current_exe().context("locating the fsmon binary")?;
     let root = crate::user::TargetUser::from_uid(0)?;
-    let _ = std::fs::remove_file(format!("{SYSTEMD_UNIT}.tmp"));
-    let tmp = Path::new(SYSTEMD_UNIT).with_extension("service.tmp");
+    let tmp = dir.join(format!("{UNIT_NAME}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = safefs::create_new(&tmp, &root, 0o644)?;
     std::io::Write::write_all(&mut f, service_unit(&exe, &ctx.user).as_bytes())
         .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, SYSTEMD_UNIT).map_err(|e| Error::io(SYSTEMD_UNIT, e))?;
-    println!("wrote {SYSTEMD_UNIT}");
-    if Path::new("/run/systemd/system").is_dir() {
+    std::fs::rename(&tmp, &unit).map_err(|e| Error::io(&unit, e))?;
+    println!("wrote {}", unit.display());
+    if custom_dir.is_some() {
+        eprintln!("notice: FSMON_SYSTEMD_DIR is set; not running systemctl daemon-reload");
+    } else if Path::new("/run/systemd/system").is_dir() {
         let status = std::process::Command::new("systemctl")
             .arg("daemon-reload")
             .status()?;

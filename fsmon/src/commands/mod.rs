@@ -40,6 +40,14 @@ pub fn run(cli: Cli) -> Result<()> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             return Ok(());
         }
+        Command::EbpfLoader {
+            dir,
+            capacity,
+            debug,
+        } => {
+            crate::process::run_loader(&dir, capacity, debug)?;
+            return Ok(());
+        }
         _ => {}
     }
     let mut ctx = Context::load(cli.config.as_deref())?;
@@ -54,6 +62,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Health => admin::health(&ctx),
         Command::Init(args) => admin::init(&ctx, cli.config.as_deref(), args),
         Command::Cd(args) => admin::cd(&ctx, args),
-        Command::Completions { .. } | Command::Man => unreachable!(),
+        Command::Completions { .. } | Command::Man | Command::EbpfLoader { .. } => unreachable!(),
     }
 }

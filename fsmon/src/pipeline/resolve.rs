@@ -462,14 +462,6 @@ impl PathResolver {
 
     /// Keeps the directory tree in step with creates, renames and deletes.
     fn maintain(&mut self, ev: &RawEvent<'_>, is_dir: bool, path: &str, resolution: Resolution) {
-        if let (Some(obj), false) = (ev.object, is_dir) {
-            if ev.mask & CLOSE_WRITE != 0 {
-                if let Ok(m) = std::fs::symlink_metadata(path) {
-                    self.sizes.insert(obj.key.into(), m.len());
-                }
-            }
-            return;
-        }
         if !is_dir {
             return;
         }
@@ -512,6 +504,16 @@ impl PathResolver {
     }
 
     pub const SELF_EVENTS: u64 = SELF_EVENTS;
+
+    /// Records the size just seen for a written file, so its DELETE can
+    /// report it later (by then the file is gone).
+    pub fn remember_size(&mut self, ev: &RawEvent<'_>, size: u64) {
+        if ev.mask & CLOSE_WRITE != 0 && ev.mask & FAN_ONDIR == 0 {
+            if let Some(obj) = ev.object {
+                self.sizes.insert(obj.key.into(), size);
+            }
+        }
+    }
 
     /// Last known size of the event's object (for DELETE / MOVED_FROM).
     pub fn last_size(&self, ev: &RawEvent<'_>) -> Option<u64> {

@@ -1,11 +1,18 @@
 //! The eBPF backend of the process tracker: loads `fsmon-ebpf`, attaches its
 //! tracepoints, and reads and maintains the process map.
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError},
-    programs::TracePoint,
+    maps::{HashMap, Map, MapData, MapError},
+    programs::{
+        TracePoint,
+        links::{FdLink, PinnedLink},
+        trace_point::TracePointLinkId,
+    },
 };
 use fsmon_common::{
     COMM_LEN, NEW_PROCS_MAP, OFFSET_ABSENT, PROC_MAP, ProcRecord, TRACKED_MAP, globals,
@@ -21,10 +28,51 @@ const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
 pub struct EbpfBackend {
-    /// Owns the loaded programs; dropping it detaches them.
-    ebpf: Ebpf,
+    /// Owns the loaded programs when they were loaded in this process;
+    /// dropping it detaches them.
+    ebpf: Option<Ebpf>,
+    /// The attachments, when the programs were loaded by a loader process
+    /// and handed over through bpffs: closing these detaches them.
+    _links: Vec<FdLink>,
+    /// A program id, for aya-log's reader (handed-over programs).
+    prog_id: Option<u32>,
+    /// Attachments made by `load`, by program name (for pinning).
+    attached: Vec<(&'static str, TracePointLinkId)>,
     procs: HashMap<MapData, u32, ProcRecord>,
     tracked: HashMap<MapData, [u8; COMM_LEN], u64>,
+}
+
+/// Programs and where they attach.
+const PROGRAMS: [(&str, &str, &str); 4] = [
+    ("fsmon_newtask", "task", "task_newtask"),
+    ("fsmon_fork", "sched", "sched_process_fork"),
+    ("fsmon_exec", "sched", "sched_process_exec"),
+    ("fsmon_exit", "sched", "sched_process_exit"),
+];
+
+/// Where bpffs lives; mounted if it is not.
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn ensure_bpffs() -> Result<()> {
+    let is_bpffs = nix::sys::statfs::statfs(BPFFS)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if is_bpffs {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::Ebpf(format!("cannot mount bpffs at {BPFFS}: {e}")))
+}
+
+/// A private pin directory for one hand-over.
+pub fn pin_dir() -> PathBuf {
+    PathBuf::from(format!("{BPFFS}/fsmon-{}", std::process::id()))
 }
 
 fn ebpf_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -77,7 +125,8 @@ impl EbpfBackend {
             .load(OBJECT)
             .map_err(|e| ebpf_err("loading the object", e))?;
 
-        let mut attach = |prog: &str, category: &str, event: &str| -> Result<()> {
+        let mut attached = Vec::new();
+        let mut attach = |prog: &'static str, category: &str, event: &str| -> Result<()> {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| Error::Ebpf(format!("program {prog} missing from the object")))?
@@ -85,16 +134,18 @@ impl EbpfBackend {
                 .map_err(|e| ebpf_err(prog, e))?;
             tp.load()
                 .map_err(|e| ebpf_err(&format!("loading {prog}"), e))?;
-            tp.attach(category, event)
+            let id = tp
+                .attach(category, event)
                 .map_err(|e| ebpf_err(&format!("attaching {prog} to {category}/{event}"), e))?;
+            attached.push((prog, id));
             Ok(())
         };
-        if newtask_pid != OFFSET_ABSENT {
-            attach("fsmon_newtask", "task", "task_newtask")?;
+        for (prog, category, event) in PROGRAMS {
+            if prog == "fsmon_newtask" && newtask_pid == OFFSET_ABSENT {
+                continue;
+            }
+            attach(prog, category, event)?;
         }
-        attach("fsmon_fork", "sched", "sched_process_fork")?;
-        attach("fsmon_exec", "sched", "sched_process_exec")?;
-        attach("fsmon_exit", "sched", "sched_process_exit")?;
 
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -106,15 +157,130 @@ impl EbpfBackend {
             .map_err(|e| ebpf_err(TRACKED_MAP, e))?;
         let _ = NEW_PROCS_MAP; // stays owned by `ebpf`, used only in the kernel
         Ok(Self {
-            ebpf,
+            ebpf: Some(ebpf),
+            _links: Vec::new(),
+            prog_id: None,
+            attached,
             procs,
             tracked,
         })
     }
 
+    /// Loader-process side of the hand-over: loads and attaches, then pins
+    /// the links and the two maps the daemon reads under `dir`. Loading is
+    /// done here, in a short-lived process, because aya's loader parses the
+    /// kernel's whole BTF (~5.5 MB, a ~20 MB heap peak) even when no
+    /// relocation needs it; the daemon never pays that.
+    pub fn load_and_pin(dir: &Path, capacity: u32, debug: bool) -> Result<()> {
+        ensure_bpffs()?;
+        let mut me = Self::load(capacity, debug)?;
+        std::fs::create_dir(dir)
+            .map_err(|e| Error::Ebpf(format!("creating {}: {e}", dir.display())))?;
+        let pin_err =
+            |what: &str, e: &dyn std::fmt::Display| Error::Ebpf(format!("pinning {what}: {e}"));
+        me.procs
+            .pin(dir.join("procs"))
+            .map_err(|e| pin_err(PROC_MAP, &e))?;
+        me.tracked
+            .pin(dir.join("tracked"))
+            .map_err(|e| pin_err(TRACKED_MAP, &e))?;
+        let ebpf = me.ebpf.as_mut().expect("loaded in process");
+        for (prog, id) in std::mem::take(&mut me.attached) {
+            let p = ebpf.program_mut(prog).expect("attached program exists");
+            let tp: &mut TracePoint = p.try_into().map_err(|e| ebpf_err(prog, e))?;
+            // Take the link out of the program, so dropping the Ebpf object
+            // does not detach it; the pin keeps it alive.
+            let link = tp
+                .take_link(id)
+                .map_err(|e| ebpf_err(&format!("{prog} link"), e))?;
+            let fd_link =
+                FdLink::try_from(link).map_err(|e| ebpf_err(&format!("{prog} link"), e))?;
+            fd_link.pin(dir.join(prog)).map_err(|e| pin_err(prog, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Daemon side of the hand-over: opens what the loader pinned under
+    /// `dir`, removes the pins (the open descriptors keep everything
+    /// attached), and removes `dir`.
+    pub fn take_pinned(dir: &Path) -> Result<Self> {
+        let result = (|| {
+            let map = |name: &str| -> Result<Map> {
+                let data = MapData::from_pin(dir.join(name))
+                    .map_err(|e| ebpf_err(&format!("opening pinned {name}"), e))?;
+                Map::from_map_data(data).map_err(|e| ebpf_err(name, e))
+            };
+            let procs = HashMap::try_from(map("procs")?).map_err(|e| ebpf_err(PROC_MAP, e))?;
+            let tracked =
+                HashMap::try_from(map("tracked")?).map_err(|e| ebpf_err(TRACKED_MAP, e))?;
+            let mut links = Vec::new();
+            let mut prog_id = None;
+            for (prog, _, _) in PROGRAMS {
+                let path = dir.join(prog);
+                if !path.exists() {
+                    continue;
+                }
+                let pinned = PinnedLink::from_pin(&path)
+                    .map_err(|e| ebpf_err(&format!("opening pinned {prog}"), e))?;
+                let link = pinned
+                    .unpin()
+                    .map_err(|e| ebpf_err(&format!("unpinning {prog}"), e))?;
+                // aya-log finds its ring through a program that logs.
+                if prog == "fsmon_fork" {
+                    prog_id = link.info().ok().map(|i| i.program_id());
+                }
+                links.push(link);
+            }
+            if links.len() < 3 {
+                return Err(Error::Ebpf(format!(
+                    "the loader pinned {} programs, expected at least 3",
+                    links.len()
+                )));
+            }
+            Ok(Self {
+                ebpf: None,
+                _links: links,
+                prog_id,
+                attached: Vec::new(),
+                procs,
+                tracked,
+            })
+        })();
+        // Whatever happened, leave nothing pinned: a stale pin would keep
+        // the programs attached after we exit.
+        let _ = std::fs::remove_dir_all(dir);
+        result
+    }
+
     /// The aya-log ring for `--debug`: drive it from the daemon's runtime.
     pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| ebpf_err("aya-log", e))
+        match (&mut self.ebpf, self.prog_id) {
+            (Some(ebpf), _) => aya_log::EbpfLogger::init(ebpf).map_err(|e| ebpf_err("aya-log", e)),
+            (None, Some(id)) => {
+                aya_log::EbpfLogger::init_from_id(id).map_err(|e| ebpf_err("aya-log", e))
+            }
+            (None, None) => Err(Error::Ebpf("no program id for aya-log".into())),
+        }
+    }
+
+    /// Removes pin directories left by a daemon that died mid-hand-over
+    /// (their pins would keep programs attached forever).
+    pub fn remove_stale_pins() {
+        let Ok(dir) = std::fs::read_dir(BPFFS) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("fsmon-")
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     pub fn get(&self, tgid: u32) -> Option<ProcRecord> {

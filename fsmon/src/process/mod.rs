@@ -55,6 +55,10 @@ pub struct TrackerConfig {
     pub debug: bool,
     /// TTL of the `/proc` backend's cache.
     pub proc_ttl: Duration,
+    /// Load the eBPF object in a separate process run from this executable
+    /// (`<exe> __ebpf-loader`), so this process never holds aya's load-time
+    /// memory peak. `None`: load in this process (tests, benchmarks).
+    pub loader_exe: Option<std::path::PathBuf>,
 }
 
 /// Bounds for `map_capacity`: below this the map cannot hold a busy host's
@@ -70,6 +74,7 @@ impl Default for TrackerConfig {
             force_procfs: std::env::var_os("FSMON_TRACKER").is_some_and(|v| v == "procfs"),
             debug: false,
             proc_ttl: Duration::from_secs(600),
+            loader_exe: None,
         }
     }
 }
@@ -131,7 +136,11 @@ impl ProcessTracker {
                 Some("the /proc tracker was requested (FSMON_TRACKER=procfs)".to_string()),
             )
         } else {
-            match EbpfBackend::load(cfg.map_capacity, cfg.debug) {
+            let loaded = match &cfg.loader_exe {
+                Some(exe) => load_in_child(exe, cfg),
+                None => EbpfBackend::load(cfg.map_capacity, cfg.debug),
+            };
+            match loaded {
                 Ok(mut b) => {
                     b.seed_from_proc();
                     (Backend::Ebpf(b), None)
@@ -211,6 +220,18 @@ impl ProcessTracker {
         match &self.backend {
             Backend::Ebpf(b) => b.get(tgid),
             Backend::Procfs(_) => None,
+        }
+    }
+
+    /// Benchmarks only: writes a synthetic record into the eBPF map.
+    #[doc(hidden)]
+    pub fn insert_for_bench(&mut self, rec: &ProcRecord) -> bool {
+        match &mut self.backend {
+            Backend::Ebpf(b) => b.insert(rec, false).is_ok(),
+            Backend::Procfs(p) => {
+                p.cache.insert(rec.tgid, *rec);
+                true
+            }
         }
     }
 
@@ -424,6 +445,46 @@ impl ProcfsBackend {
         self.cache.insert(tgid, r);
         Some(r)
     }
+}
+
+/// Runs `<exe> __ebpf-loader`, which loads, attaches and pins the programs,
+/// then takes the pins over. The loader's error, if any, is its stderr.
+fn load_in_child(exe: &std::path::Path, cfg: &TrackerConfig) -> Result<EbpfBackend> {
+    EbpfBackend::remove_stale_pins();
+    let dir = ebpf::pin_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__ebpf-loader")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--capacity")
+        .arg(cfg.map_capacity.to_string());
+    if cfg.debug {
+        cmd.arg("--debug");
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Ebpf(format!("starting the loader {}: {e}", exe.display())))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg
+            .trim()
+            .trim_start_matches("fsmon: ")
+            .trim_start_matches("eBPF: ");
+        return Err(Error::Ebpf(if msg.is_empty() {
+            format!("the loader failed ({})", out.status)
+        } else {
+            msg.to_string()
+        }));
+    }
+    EbpfBackend::take_pinned(&dir)
+}
+
+/// The `__ebpf-loader` side: load, attach, pin under `dir`, exit.
+pub fn run_loader(dir: &std::path::Path, capacity: u32, debug: bool) -> Result<()> {
+    EbpfBackend::load_and_pin(dir, capacity, debug)
 }
 
 fn complete_from_proc(b: &mut EbpfBackend, mut r: ProcRecord) -> ProcRecord {

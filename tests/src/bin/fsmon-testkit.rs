@@ -1,44 +1,169 @@
 //! Small, fast workload programs for tests and benchmarks (no shell loops).
 //!
-//!   fsmon-testkit threads N       start N threads, print "ready", wait for stdin EOF
-use std::{io::Read, process::ExitCode, sync::mpsc, thread};
+//!   fsmon-testkit threads N               start N threads, print "ready", wait for stdin EOF
+//!   fsmon-testkit storm DIR FILES DIRS    create+write, rename, delete FILES files in DIRS new dirs
+//!   fsmon-testkit mktree DIR FILES DIRS   create FILES files spread over DIRS dirs (no deletes)
+//!   fsmon-testkit touches DIR N           N short-lived `touch` processes (fork+exec), prints their pids
+//!   fsmon-testkit shwrites DIR N          N `sh -c 'echo > F'` writes, prints the sh pids
+//!   fsmon-testkit flood DIR N             N create+close events as fast as possible (one dir)
+//!   fsmon-testkit forks N                 N short-lived child processes (fork+exit)
+use std::{
+    fs,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    sync::mpsc,
+    thread,
+};
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> T {
+    args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        eprintln!("fsmon-testkit: missing or bad {what}");
+        std::process::exit(2)
+    })
+}
+
+fn threads(n: usize) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let gate = gate.clone();
+        let tx = tx.clone();
+        handles.push(
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    gate.wait();
+                    gate.wait();
+                    drop(tx);
+                })
+                .expect("spawn thread"),
+        );
+    }
+    gate.wait(); // all threads exist now
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    gate.wait();
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = rx.recv();
+}
+
+/// The create-storm: per file CREATE, CLOSE_WRITE, MOVED_FROM, MOVED_TO,
+/// DELETE; per dir CREATE, DELETE_SELF, DELETE.
+fn storm(dir: &Path, files: usize, dirs: usize) {
+    let dirs: Vec<PathBuf> = (0..dirs).map(|d| dir.join(format!("d{d}"))).collect();
+    for d in &dirs {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    let payload = [b'x'; 64];
+    for i in 0..files {
+        let d = &dirs[i % dirs.len()];
+        let p = d.join(format!("f{i}"));
+        let r = d.join(format!("r{i}"));
+        fs::write(&p, payload).expect("write");
+        fs::rename(&p, &r).expect("rename");
+        fs::remove_file(&r).expect("unlink");
+    }
+    for d in &dirs {
+        fs::remove_dir(d).expect("rmdir");
+    }
+}
+
+fn mktree(dir: &Path, files: usize, dirs: usize) {
+    let dirs: Vec<PathBuf> = (0..dirs).map(|d| dir.join(format!("d{d}"))).collect();
+    for d in &dirs {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    for i in 0..files {
+        fs::write(dirs[i % dirs.len()].join(format!("f{i}")), b"x").expect("write");
+    }
+}
+
+fn touches(dir: &Path, n: usize) {
+    let mut out = String::new();
+    for i in 0..n {
+        let child = Command::new("touch")
+            .arg(dir.join(format!("t{i}")))
+            .spawn()
+            .expect("spawn touch");
+        out.push_str(&format!(
+            "{} {}\n",
+            child.id(),
+            dir.join(format!("t{i}")).display()
+        ));
+        let mut c = child;
+        c.wait().expect("wait touch");
+    }
+    print!("{out}");
+}
+
+fn shwrites(dir: &Path, n: usize) {
+    let mut out = String::new();
+    for i in 0..n {
+        let p = dir.join(format!("s{i}"));
+        let mut c = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo {i} > '{}'", p.display()))
+            .spawn()
+            .expect("spawn sh");
+        out.push_str(&format!("{} {}\n", c.id(), p.display()));
+        c.wait().expect("wait sh");
+    }
+    print!("{out}");
+}
+
+fn flood(dir: &Path, n: usize) {
+    fs::create_dir_all(dir).expect("mkdir");
+    for i in 0..n {
+        // Each create+close is one CREATE and one CLOSE_WRITE.
+        let f = fs::File::create(dir.join(format!("x{}", i % 1000))).expect("create");
+        drop(f);
+    }
+}
+
+fn forks(n: usize) {
+    for _ in 0..n {
+        // SAFETY: the child only calls _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            pid if pid > 0 => {
+                let mut st = 0;
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+            }
+            _ => panic!("fork failed"),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("threads") => {
-            let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
-            let (tx, rx) = mpsc::channel::<()>();
-            let mut handles = Vec::with_capacity(n);
-            let gate = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
-            for _ in 0..n {
-                let gate = gate.clone();
-                let tx = tx.clone();
-                handles.push(
-                    thread::Builder::new()
-                        .stack_size(64 * 1024)
-                        .spawn(move || {
-                            gate.wait();
-                            gate.wait();
-                            drop(tx);
-                        })
-                        .expect("spawn thread"),
-                );
-            }
-            gate.wait(); // all threads exist now
-            println!("ready");
-            let _ = std::io::stdin().read_to_end(&mut Vec::new());
-            gate.wait();
-            drop(tx);
-            for h in handles {
-                let _ = h.join();
-            }
-            let _ = rx.recv();
-            ExitCode::SUCCESS
-        }
+        Some("threads") => threads(arg(&args, 1, "N")),
+        Some("storm") => storm(
+            Path::new(&args[1]),
+            arg(&args, 2, "FILES"),
+            arg(&args, 3, "DIRS"),
+        ),
+        Some("mktree") => mktree(
+            Path::new(&args[1]),
+            arg(&args, 2, "FILES"),
+            arg(&args, 3, "DIRS"),
+        ),
+        Some("touches") => touches(Path::new(&args[1]), arg(&args, 2, "N")),
+        Some("shwrites") => shwrites(Path::new(&args[1]), arg(&args, 2, "N")),
+        Some("flood") => flood(Path::new(&args[1]), arg(&args, 2, "N")),
+        Some("forks") => forks(arg(&args, 1, "N")),
         _ => {
-            eprintln!("usage: fsmon-testkit threads N");
-            ExitCode::from(2)
+            eprintln!(
+                "usage: fsmon-testkit threads N | storm DIR FILES DIRS | mktree DIR FILES DIRS | touches DIR N | shwrites DIR N | flood DIR N | forks N"
+            );
+            return ExitCode::from(2);
         }
     }
+    ExitCode::SUCCESS
 }
