@@ -321,6 +321,20 @@ async fn client(state: Arc<State>, stream: UnixStream) {
                     error_line(format!("request longer than {MAX_REQUEST} bytes")).as_bytes(),
                 )
                 .await;
+            // Closing with unread input would make the client see a reset
+            // instead of our answer: discard the rest first, within bounds.
+            let _ = write.shutdown().await;
+            let mut sink = [0u8; 64 * 1024];
+            let mut left = 64usize << 20;
+            let drain = async {
+                while left > 0 {
+                    match reader.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
             return;
         }
         first = false;
