@@ -53,13 +53,13 @@ impl Attributor {
         self.tracker.record_descends_from(rec, cmd)
     }
 
-    /// The ancestry chain of `pid`, built once per event however many groups
-    /// want it.
-    pub fn chain(&mut self, pid: u32) -> &str {
-        if self.chain_for != Some(pid) {
+    /// The ancestry chain of the process of `rec`, built once per event
+    /// however many groups want it.
+    pub fn chain(&mut self, rec: &ProcRecord) -> &str {
+        if self.chain_for != Some(rec.tgid) {
             self.chain.clear();
-            self.tracker.write_chain(pid, &mut self.chain);
-            self.chain_for = Some(pid);
+            self.tracker.write_chain_from(rec, &mut self.chain);
+            self.chain_for = Some(rec.tgid);
         }
         &self.chain
     }

@@ -785,10 +785,11 @@ impl Process {
             let comm = rec
                 .as_ref()
                 .map(|r| String::from_utf8_lossy(r.comm_bytes()).into_owned());
-            let chain = g
-                .cmd
-                .is_some()
-                .then(|| self.attributor.chain(c.pid).to_string());
+            // Command groups only match known processes (checked above).
+            let chain = match (&g.cmd, &rec) {
+                (Some(_), Some(r)) => Some(self.attributor.chain(r).to_string()),
+                _ => None,
+            };
             for t in EventType::ALL {
                 if types & t.mask() == 0 {
                     continue;

@@ -115,7 +115,16 @@ pub struct ProcessTracker {
     exit_grace: Duration,
     lookups: u64,
     misses: u64,
+    /// Ancestors looked up recently, with when: consecutive chains share
+    /// them (the same shell, sshd, systemd), and each map lookup is a
+    /// syscall. Used for ancestors only, never for the event's own process.
+    ancestors: HashMap<u32, (ProcRecord, u64)>,
 }
+
+/// How long a cached ancestor is trusted. An ancestor that exec'd within
+/// this window may show its previous name in a chain.
+const ANCESTOR_TTL_NS: u64 = 1_000_000_000;
+const ANCESTOR_CACHE_MAX: usize = 4096;
 
 impl ProcessTracker {
     /// Starts the tracker: eBPF when possible, `/proc` otherwise. Fails only
@@ -162,6 +171,7 @@ impl ProcessTracker {
             exit_grace: cfg.exit_grace,
             lookups: 0,
             misses: 0,
+            ancestors: HashMap::new(),
         })
     }
 
@@ -223,6 +233,12 @@ impl ProcessTracker {
         }
     }
 
+    /// Benchmarks only: forgets cached ancestors (to measure cold chains).
+    #[doc(hidden)]
+    pub fn forget_ancestors(&mut self) {
+        self.ancestors.clear();
+    }
+
     /// Benchmarks only: writes a synthetic record into the eBPF map.
     #[doc(hidden)]
     pub fn insert_for_bench(&mut self, rec: &ProcRecord) -> bool {
@@ -255,21 +271,41 @@ impl ProcessTracker {
     /// [`chain`](Self::chain), appended to `out` (no allocation when `out`
     /// has room).
     pub fn write_chain(&mut self, tgid: u32, out: &mut String) {
-        let mut pid = tgid;
+        match self.record(tgid) {
+            Some(r) => self.write_chain_from(&r, out),
+            None => {
+                let _ = write!(out, "{tgid}|?|?");
+            }
+        }
+    }
+
+    /// [`write_chain`](Self::write_chain) for a process whose record the
+    /// caller already has (the pipeline looked it up to attribute the event):
+    /// only ancestors are looked up.
+    pub fn write_chain_from(&mut self, first: &ProcRecord, out: &mut String) {
+        let mut pid = first.tgid;
         let mut expected_start = 0u64;
+        let now = boot_ns();
+        let mut num = itoa::Buffer::new();
         for depth in 0..MAX_CHAIN_DEPTH {
             if depth > 0 {
                 out.push(';');
             }
-            let rec = self.record(pid).filter(|r| {
+            let rec = if depth == 0 {
+                Some(*first)
+            } else {
+                self.ancestor(pid, expected_start, now)
+            };
+            let rec = rec.filter(|r| {
                 // A different start time means the pid was reused since.
                 expected_start == 0 || r.start_ns == 0 || r.start_ns == expected_start
             });
+            out.push_str(num.format(pid));
             let Some(r) = rec else {
-                let _ = write!(out, "{pid}|?|?");
+                out.push_str("|?|?");
                 return;
             };
-            let _ = write!(out, "{pid}|");
+            out.push('|');
             push_comm(out, r.comm_bytes());
             out.push('|');
             out.push_str(self.users.name(r.uid));
@@ -279,6 +315,23 @@ impl ProcessTracker {
             expected_start = r.parent_start_ns;
             pid = r.ppid;
         }
+    }
+
+    /// An ancestor's record, from the short-lived cache when it is the same
+    /// process (same start time) and fresh.
+    fn ancestor(&mut self, pid: u32, expected_start: u64, now: u64) -> Option<ProcRecord> {
+        if let Some((r, at)) = self.ancestors.get(&pid) {
+            let same = expected_start == 0 || r.start_ns == expected_start;
+            if same && now.saturating_sub(*at) < ANCESTOR_TTL_NS {
+                return Some(*r);
+            }
+        }
+        let r = self.record(pid)?;
+        if self.ancestors.len() >= ANCESTOR_CACHE_MAX {
+            self.ancestors.clear();
+        }
+        self.ancestors.insert(pid, (r, now));
+        Some(r)
     }
 
     /// Starts tracking `name`: from now on, processes that exec it and all
