@@ -72,7 +72,17 @@ pub fn parse_request(line: &str) -> Result<Request> {
     serde_json::from_str(line.trim()).map_err(|e| {
         let msg = e.to_string();
         let msg = msg.split(" at line ").next().unwrap_or(&msg);
-        Error::Socket(format!("bad request: {msg}"))
+        // serde quotes unknown names raw: escape control characters so the
+        // error stays one line.
+        let mut shown = String::with_capacity(msg.len());
+        for c in msg.chars() {
+            if c.is_control() {
+                shown.extend(c.escape_default());
+            } else {
+                shown.push(c);
+            }
+        }
+        Error::Socket(format!("bad request: {shown}"))
     })
 }
 

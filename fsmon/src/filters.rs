@@ -15,6 +15,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
+/// A value as shown in a message: control characters (a newline pasted
+/// into an argument) are escaped, so the message stays on one line.
+fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Comparison operators
 // ---------------------------------------------------------------------------
@@ -101,7 +115,10 @@ impl SizeFilter {
 
     pub fn parse(text: &str) -> Result<SizeFilter> {
         let bad = |why: &str| {
-            Error::invalid(format!("invalid size filter '{text}': {why}; {SIZE_FORMS}"))
+            Error::invalid(format!(
+                "invalid size filter '{}': {why}; {SIZE_FORMS}",
+                shown(text)
+            ))
         };
         let s = text.trim();
         if s.is_empty() {
@@ -270,7 +287,8 @@ pub enum TimeValue {
 pub struct TimeFilter {
     op: Op,
     value: TimeValue,
-    /// What the user typed (trimmed), for messages.
+    /// What the user typed (trimmed, control characters escaped), for
+    /// messages.
     text: String,
 }
 
@@ -294,7 +312,10 @@ impl Bound {
 impl TimeFilter {
     pub fn parse(text: &str) -> Result<TimeFilter> {
         let bad = |why: &str| {
-            Error::invalid(format!("invalid time filter '{text}': {why}; {TIME_FORMS}"))
+            Error::invalid(format!(
+                "invalid time filter '{}': {why}; {TIME_FORMS}",
+                shown(text)
+            ))
         };
         let s = text.trim();
         if s.is_empty() {
@@ -312,7 +333,7 @@ impl TimeFilter {
         Ok(TimeFilter {
             op,
             value,
-            text: s.to_owned(),
+            text: shown(s),
         })
     }
 

@@ -3,6 +3,7 @@
 //!
 //! Tasks are idempotent: a second `setup` finds everything in place and
 //! returns in seconds.
+mod fuzz;
 mod setup;
 
 use std::{
@@ -22,6 +23,7 @@ tasks:
   run [ARGS]   setup, build, install /usr/local/bin/fsmon, run `sudo fsmon daemon [ARGS]`
   test [ARGS]  setup, build, run the whole test suite as root (ARGS go to cargo test)
   bench        setup, build, run the benchmarks and write bench-report.md
+  soak         setup, build (release), run the 10-minute RSS soak in tests/tests/drills.rs
   fuzz [SECS]  run each fuzz target for SECS seconds (default 30)";
 
 fn main() -> ExitCode {
@@ -38,6 +40,8 @@ fn main() -> ExitCode {
         "run" => run(rest),
         "test" => test(rest),
         "bench" => bench(rest),
+        "soak" => soak(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -153,6 +157,23 @@ fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         // Tests need root (fanotify, BPF, loop devices): build as the user,
         // run each test binary through sudo.
+        cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+    }
+    run_cmd(&mut cmd)
+}
+
+/// The 10-minute soak, ignored by the normal suite: the release daemon's RSS
+/// at a steady event rate (`ARGS` go to the test binary).
+fn soak(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    build(true)?;
+    let mut cmd = cargo();
+    cmd.current_dir(root())
+        .args(["test", "--package", "fsmon-tests", "--test", "drills", "--"])
+        .args(["--ignored", "--nocapture", "soak"])
+        .args(args)
+        .env("FSMON_BIN", root().join("target/release/fsmon"));
+    if !is_root() {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
     run_cmd(&mut cmd)
