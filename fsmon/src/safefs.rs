@@ -67,24 +67,38 @@ pub fn create_new(path: &Path, owner: &TargetUser, mode: u32) -> Result<File> {
 }
 
 fn refuse_or_io(path: &Path, e: std::io::Error) -> Error {
-    if e.raw_os_error() == Some(libc::ELOOP) {
-        Error::Unsafe {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::Unsafe {
             path: path.into(),
             reason: "it is a symbolic link".into(),
-        }
-    } else {
-        Error::io(path, e)
+        },
+        // What open() says of a FIFO without a reader (with O_NONBLOCK), a
+        // socket, or a device node without a driver.
+        Some(libc::ENXIO) => Error::Unsafe {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        },
+        _ => Error::io(path, e),
     }
 }
 
-/// Verifies an open file is a regular file owned by root or `owner`, and
-/// gives it to `owner` (through the descriptor: no path race).
+/// Verifies an open file is a regular file owned by root or `owner`, with
+/// no other hard link, and gives it to `owner` (through the descriptor: no
+/// path race). A second link would be a way to make root append to, and
+/// give away, a root-owned file elsewhere (where `fs.protected_hardlinks`
+/// is off, anyone may link to any file).
 pub fn check_and_own(file: &File, path: &Path, owner: &TargetUser) -> Result<()> {
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.file_type().is_file() {
         return Err(Error::Unsafe {
             path: path.into(),
             reason: "not a regular file".into(),
+        });
+    }
+    if meta.nlink() > 1 {
+        return Err(Error::Unsafe {
+            path: path.into(),
+            reason: format!("it has {} hard links (expected 1)", meta.nlink()),
         });
     }
     if meta.uid() != 0 && meta.uid() != owner.uid {
@@ -181,6 +195,18 @@ mod tests {
         );
         let err = open_read(&fifo).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn refuses_hard_link() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = d.path().join("log");
+        std::fs::hard_link(&target, &link).unwrap();
+        let err = open_append(&link, &me(), 0o600).unwrap_err().to_string();
+        assert!(err.contains("hard links"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! Lines are built in a buffer and written once per batch, whole lines only.
 //! If a write fails (disk full), the partial tail is cut off again so the
 //! file never holds half a line in the middle, the events are counted as
-//! unwritten, and writing resumes with the next batch.
+//! unwritten, and writing resumes with the next batch. A file that ends in
+//! the middle of a line (a crash's fragment, or a failed write that could
+//! not be cut back) gets a newline before the next line written to it, for
+//! as many attempts as that takes.
 use std::{
     collections::HashMap,
     fs::File,
@@ -31,6 +34,10 @@ pub struct LogWriter {
     buf: Vec<u8>,
     /// Events in `buf`.
     pending: u64,
+    /// The file ends in the middle of a line: the next successful write
+    /// must start with a newline. Kept out of `buf`, so a failed write
+    /// (which drops `buf`) cannot lose it.
+    open_line: bool,
     /// Set while writes fail; cleared (with a notice) when one succeeds.
     failing: bool,
 }
@@ -58,19 +65,25 @@ impl LogWriter {
             path,
             buf: Vec::with_capacity(64 * 1024),
             pending: 0,
+            open_line: false,
             failing: false,
         };
-        if w.len > 0 {
-            let mut last = [0u8; 1];
-            if w.file.read_exact_at(&mut last, w.len - 1).is_ok() && last[0] != b'\n' {
-                log::warn!(
-                    "{}: last line was cut short (crash?); starting on a new line",
-                    w.path.display()
-                );
-                w.buf.push(b'\n');
-            }
+        w.check_tail();
+        if w.open_line {
+            log::warn!(
+                "{}: last line was cut short (crash?); starting on a new line",
+                w.path.display()
+            );
         }
         Ok(w)
+    }
+
+    /// Sets `open_line` from the file's last byte at `len`.
+    fn check_tail(&mut self) {
+        let mut last = [0u8; 1];
+        self.open_line = self.len > 0
+            && self.file.read_exact_at(&mut last, self.len - 1).is_ok()
+            && last[0] != b'\n';
     }
 
     pub fn path(&self) -> &Path {
@@ -97,10 +110,15 @@ impl LogWriter {
             return Flushed::default();
         }
         let events = self.pending;
+        if self.open_line {
+            // Rare (once after a crash or a failed write): the copy is fine.
+            self.buf.insert(0, b'\n');
+        }
         let result = self.file.write_all(&self.buf);
         let outcome = match result {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
+                self.open_line = false;
                 if self.failing {
                     self.failing = false;
                     log::warn!("{}: writing again", self.path.display());
@@ -112,8 +130,15 @@ impl LogWriter {
                 }
             }
             Err(e) => {
-                // Cut back whatever part of the batch did land.
-                let _ = self.file.set_len(self.len);
+                // Cut back whatever part of the batch did land. If that
+                // fails too, take the file as it is and close its last line
+                // before the next one.
+                if self.file.set_len(self.len).is_err() {
+                    if let Ok(m) = self.file.metadata() {
+                        self.len = m.len();
+                    }
+                    self.check_tail();
+                }
                 if !self.failing {
                     self.failing = true;
                     log::warn!(
@@ -143,7 +168,9 @@ impl LogWriter {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.ino() == self.ino => {
                 if m.len() < self.len {
+                    // Truncated by hand, maybe in the middle of a line.
                     self.len = m.len();
+                    self.check_tail();
                 }
             }
             _ => {
@@ -272,6 +299,29 @@ mod tests {
         w.end_line();
         let f = w.flush();
         assert_eq!(f.events, 1);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"trunc\n{\"b\":2}\n"
+        );
+    }
+
+    #[test]
+    fn newline_closing_a_fragment_survives_failed_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g_log.jsonl");
+        std::fs::write(&p, "{\"a\":1}\n{\"trunc").unwrap();
+        let mut w = LogWriter::open(p.clone(), &me()).unwrap();
+        // A read-only descriptor: every write fails (as on a full disk).
+        let writable = std::mem::replace(&mut w.file, File::open(&p).unwrap());
+        for _ in 0..2 {
+            w.line_buf().extend_from_slice(b"{\"lost\":1}");
+            w.end_line();
+            assert_eq!(w.flush().lost, 1);
+        }
+        w.file = writable;
+        w.line_buf().extend_from_slice(b"{\"b\":2}");
+        w.end_line();
+        assert_eq!(w.flush().events, 1);
         assert_eq!(
             std::fs::read_to_string(&p).unwrap(),
             "{\"a\":1}\n{\"trunc\n{\"b\":2}\n"

@@ -310,8 +310,20 @@ impl EbpfBackend {
             .collect()
     }
 
+    /// Entries in the map. A walk of a map the kernel changes meanwhile
+    /// restarts from the first key when the key it stands on is evicted,
+    /// which counts entries twice: stop when the first key comes round
+    /// again, and never report more than the map can hold.
     pub fn len(&self) -> usize {
-        self.procs.keys().filter(|k| k.is_ok()).count()
+        let mut keys = self.procs.keys().filter_map(|k| k.ok());
+        let Some(first) = keys.next() else {
+            return 0;
+        };
+        let seen = 1 + keys.take_while(|k| *k != first).count();
+        let capacity = aya::maps::IterableMap::map(&self.procs)
+            .info()
+            .map_or(usize::MAX, |i| i.max_entries() as usize);
+        seen.min(capacity)
     }
 
     /// Sets the tracked-command mask for a comm key (0 removes it).
