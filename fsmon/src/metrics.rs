@@ -176,6 +176,14 @@ impl Metrics {
         }
     }
 
+    /// Stops exporting `fsmon_log_disk_free_bytes` (file output is off:
+    /// there is no log filesystem to measure).
+    pub fn drop_disk_free(&self) {
+        let _ = self
+            .registry
+            .unregister(Box::new(self.disk_free_bytes.clone()));
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

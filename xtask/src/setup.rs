@@ -29,7 +29,16 @@ const TEST_PACKAGES: &[&str] = &[
     "jq",
     "python3",
     "sudo",
+    // extensions/ tests: the servers the scripts feed (started by the tests
+    // only), and pip for nats-py.
+    "prometheus",
+    "influxdb",
+    "nats-server",
+    "python3-pip",
 ];
+/// Python packages the extensions tests import, installed into
+/// `.tools/python` (the tests put it on PYTHONPATH): Debian has no nats-py.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("nats-py==2.16.0", "nats")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -72,12 +81,51 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     }
     println!("xtask: installing {}", missing.join(" "));
     run_cmd(privileged("apt-get").args(["update", "-q"]))?;
-    run_cmd(
+    // Servers (prometheus, influxdb, nats-server) must not be started by
+    // their packages: the tests start their own. policy-rc.d exit 101 tells
+    // invoke-rc.d and deb-systemd-invoke not to start anything.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        run_cmd(privileged("sh").args([
+            "-c",
+            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+        ]))?;
+    }
+    let result = run_cmd(
         privileged("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
-    )
+    );
+    if own_policy {
+        run_cmd(privileged("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
+    }
+    result
+}
+
+/// The directory `PYTHON_PACKAGES` go to.
+pub fn python_dir() -> PathBuf {
+    tools_dir().join("python")
+}
+
+fn install_python_packages() -> Result<()> {
+    for (spec, module) in PYTHON_PACKAGES {
+        if python_dir().join(module).join("__init__.py").exists() {
+            continue;
+        }
+        println!("xtask: installing {spec} into {}", python_dir().display());
+        run_cmd(
+            Command::new("python3")
+                .env("PIP_ROOT_USER_ACTION", "ignore")
+                .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+                .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
+                .arg(python_dir())
+                .arg(spec),
+        )
+        .with_context(|| format!("installing {spec}"))?;
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> PathBuf {
@@ -127,6 +175,7 @@ pub fn setup() -> Result<()> {
         apt_install(&all)?;
     }
     install_bpf_linker()?;
+    install_python_packages()?;
     Ok(())
 }
 
