@@ -133,6 +133,10 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         );
     }
     let metrics = Arc::new(Metrics::new());
+    if cfg.log_dir.is_none() {
+        // No log filesystem: a 0 there would read as a full disk.
+        metrics.drop_disk_free();
+    }
     let pipeline = Pipeline::start(
         fan,
         tracker,
@@ -162,10 +166,19 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(state.clone(), ebpf_logger));
+    let mut bound = false;
+    let result = runtime.block_on(async {
+        let listener = bind_socket(&state.cfg.socket_path, &state.user)?;
+        bound = true;
+        serve(state.clone(), listener, ebpf_logger).await
+    });
     log::info!("stopping: writing what is queued");
     state.pipeline.shutdown();
-    let _ = std::fs::remove_file(&state.cfg.socket_path);
+    if bound {
+        // Only the socket we bound: whatever made the bind fail (a planted
+        // symlink, another user's socket) is not ours to remove.
+        let _ = std::fs::remove_file(&state.cfg.socket_path);
+    }
     result
 }
 
@@ -209,9 +222,9 @@ fn bind_socket(path: &Path, user: &TargetUser) -> anyhow::Result<UnixListener> {
 
 async fn serve(
     state: Arc<State>,
+    listener: UnixListener,
     ebpf_logger: Option<crate::Result<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 ) -> anyhow::Result<()> {
-    let listener = bind_socket(&state.cfg.socket_path, &state.user)?;
     if let Some(logger) = ebpf_logger {
         match logger {
             Ok(l) => {
@@ -219,6 +232,23 @@ async fn serve(
             }
             Err(e) => log::warn!("--debug: eBPF log output unavailable: {e}"),
         }
+    }
+    if let Some(addr) = state.cfg.metrics_listen.clone() {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+        log::info!(
+            "serving Prometheus metrics at http://{}/metrics",
+            listener.local_addr()?
+        );
+        tokio::spawn(serve_metrics(listener, state.metrics.clone()));
+    }
+    if let Some(dir) = state.cfg.log_dir.clone() {
+        tokio::spawn(disk_guard(
+            dir,
+            state.cfg.disk_min_free,
+            state.metrics.clone(),
+        ));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -230,6 +260,8 @@ async fn serve(
         state.cfg.socket_path.display(),
         state.pipeline.status.info.lock().unwrap().tracker
     );
+    // Under systemd (Type=notify): ready now that the socket answers.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -244,7 +276,71 @@ async fn serve(
             },
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// `GET /metrics` in the Prometheus text format (axum: a real HTTP server,
+/// not a hand-written parser).
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use axum::{Router, http::header, routing::get};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        log::error!("metrics HTTP server stopped: {e}");
+    }
+}
+
+/// Free space on the log filesystem: the gauge, and one warning when it
+/// drops below the threshold, one notice when it is back above.
+async fn disk_guard(
+    dir: PathBuf,
+    threshold: Option<crate::config::DiskMinFree>,
+    metrics: Arc<Metrics>,
+) {
+    let mut low = false;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Ok(st) = nix::sys::statvfs::statvfs(&dir) else {
+            continue;
+        };
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let total = st.blocks() as u64 * st.fragment_size() as u64;
+        metrics.disk_free_bytes.set(free as i64);
+        let Some(t) = threshold else { continue };
+        let below = match t {
+            crate::config::DiskMinFree::Percent(p) => {
+                total > 0 && (free as f64) * 100.0 < p * total as f64
+            }
+            crate::config::DiskMinFree::Bytes(b) => free < b,
+        };
+        if below && !low {
+            log::warn!(
+                "free space on the log filesystem ({}) is low: {} MiB free of {} MiB, below the --disk-min-free threshold",
+                dir.display(),
+                free >> 20,
+                total >> 20
+            );
+        } else if !below && low {
+            log::warn!(
+                "free space on the log filesystem ({}) is back above the threshold: {} MiB free",
+                dir.display(),
+                free >> 20
+            );
+        }
+        low = below;
+    }
 }
 
 async fn drive_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -292,6 +388,22 @@ async fn client(state: Arc<State>, stream: UnixStream) {
                     .as_bytes(),
             )
             .await;
+        // Take in (and ignore) what the client sends, within bounds: closing
+        // at once would make its request fail with EPIPE, or reset the
+        // connection before it reads the answer.
+        let _ = write.shutdown().await;
+        let mut read = read;
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut left = MAX_REQUEST;
+            while left > 0 {
+                match read.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
         return;
     }
     let mut reader = BufReader::new(read);

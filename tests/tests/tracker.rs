@@ -99,6 +99,10 @@ fn chain_survives_exit_of_the_middle_process() {
         .trim()
         .parse()
         .unwrap();
+    // The child may not have exec'd sleep yet (forked by sh, still "sh").
+    wait_for("the child to exec sleep", Duration::from_secs(10), || {
+        (procfs::read_process(sleep_pid)?.comm_bytes() == b"sleep").then_some(())
+    });
     let chain = t.chain(sleep_pid);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sleep_pid as i32),

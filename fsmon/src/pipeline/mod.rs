@@ -355,11 +355,7 @@ impl Capture {
             }
             if Instant::now() >= next_sweep {
                 self.resolver.sweep();
-                let s = self.resolver.stats;
-                self.metrics.dir_cache_entries.set(s.dir_entries as i64);
-                self.metrics
-                    .file_size_cache_entries
-                    .set(s.size_entries as i64);
+                self.publish_resolver_stats();
                 next_sweep = Instant::now() + Duration::from_secs(5);
             }
             if let (Some(at), Some(every)) = (next_stats, self.stats_interval) {
@@ -381,6 +377,28 @@ impl Capture {
                 }
             }
         }
+    }
+
+    /// Copies the resolver's counters into the metrics (counters move by
+    /// the difference since the last publication).
+    fn publish_resolver_stats(&mut self) {
+        let s = self.resolver.stats;
+        let m = &self.metrics;
+        m.dir_cache_entries.set(s.dir_entries as i64);
+        m.file_size_cache_entries.set(s.size_entries as i64);
+        let bump = |c: &prometheus::IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        bump(&m.dir_cache_hits, s.dir_hits);
+        bump(&m.dir_cache_misses, s.dir_misses);
+        bump(&m.dir_cache_kernel_lookups, s.kernel_lookups);
+        bump(&m.dir_cache_evictions, s.evicted);
+        bump(
+            &m.unresolved_paths.with_label_values(&["maybe_inside"]),
+            s.unresolved,
+        );
+        bump(
+            &m.unresolved_paths.with_label_values(&["outside"]),
+            s.unresolved_outside,
+        );
     }
 
     /// Reads until the queue is empty, sending batches on.

@@ -5,7 +5,7 @@
 //!   fsmon-testkit mktree DIR FILES DIRS   create FILES files spread over DIRS dirs (no deletes)
 //!   fsmon-testkit touches DIR N           N short-lived `touch` processes (fork+exec), prints their pids
 //!   fsmon-testkit shwrites DIR N          N `sh -c 'echo > F'` writes, prints the sh pids
-//!   fsmon-testkit flood DIR N             N create+close events as fast as possible (one dir)
+//!   fsmon-testkit flood DIR N [RATE]      N x (create, close, unlink) of new names, <= RATE events/s
 //!   fsmon-testkit forks N                 N short-lived child processes (fork+exit)
 use std::{
     fs,
@@ -117,12 +117,22 @@ fn shwrites(dir: &Path, n: usize) {
     print!("{out}");
 }
 
-fn flood(dir: &Path, n: usize) {
+/// `n` iterations of create+close+unlink of a new name (CREATE,
+/// CLOSE_WRITE, DELETE: 3 events, never merged by the kernel since every
+/// name is new), at most `rate` events per second (0: as fast as possible).
+fn flood(dir: &Path, n: usize, rate: u64) {
     fs::create_dir_all(dir).expect("mkdir");
+    let start = std::time::Instant::now();
     for i in 0..n {
-        // Each create+close is one CREATE and one CLOSE_WRITE.
-        let f = fs::File::create(dir.join(format!("x{}", i % 1000))).expect("create");
-        drop(f);
+        if rate > 0 && i % 64 == 0 {
+            let due = std::time::Duration::from_secs_f64((i as f64 * 3.0) / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let p = dir.join(format!("x{i}"));
+        drop(fs::File::create(&p).expect("create"));
+        fs::remove_file(&p).expect("unlink");
     }
 }
 
@@ -156,7 +166,11 @@ fn main() -> ExitCode {
         ),
         Some("touches") => touches(Path::new(&args[1]), arg(&args, 2, "N")),
         Some("shwrites") => shwrites(Path::new(&args[1]), arg(&args, 2, "N")),
-        Some("flood") => flood(Path::new(&args[1]), arg(&args, 2, "N")),
+        Some("flood") => flood(
+            Path::new(&args[1]),
+            arg(&args, 2, "N"),
+            args.get(3).and_then(|r| r.parse().ok()).unwrap_or(0),
+        ),
         Some("forks") => forks(arg(&args, 1, "N")),
         _ => {
             eprintln!(
