@@ -58,6 +58,18 @@ impl EventType {
         EventType::MoveSelf,
     ];
 
+    /// Position in [`EventType::ALL`] (for per-type tables).
+    pub const fn index(self) -> usize {
+        let mut i = 0;
+        while i < EventType::ALL.len() {
+            if EventType::ALL[i] as u8 == self as u8 {
+                return i;
+            }
+            i += 1;
+        }
+        unreachable!()
+    }
+
     pub const fn mask(self) -> u64 {
         match self {
             EventType::Access => 0x1,
@@ -229,6 +241,13 @@ mod tests {
             assert_eq!(EventType::parse(&t.as_str().to_lowercase()), Some(t));
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, t) in EventType::ALL.iter().enumerate() {
+            assert_eq!(t.index(), i);
         }
     }
 

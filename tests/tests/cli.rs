@@ -1258,7 +1258,7 @@ fn init_service_writes_a_valid_unit() {
     assert!(out.status.success());
     assert_eq!(fs::read_to_string(&unit).unwrap(), u);
 
-    // systemd's own check, when the tool exists. --man=no: the man page is
+    // systemd's own check. --man=no: the man page is
     // installed by packaging, not by the build.
     match Command::new("systemd-analyze")
         .args(["--man=no", "verify"])
@@ -1274,7 +1274,9 @@ fn init_service_writes_a_valid_unit() {
                 .collect();
             assert!(complaints.is_empty(), "systemd-analyze: {err}");
         }
-        Err(e) => eprintln!("systemd-analyze not available ({e}); unit not verified"),
+        Err(e) => panic!(
+            "systemd-analyze not available ({e}): install the systemd package (cargo xtask setup does)"
+        ),
     }
 }
 
@@ -1647,7 +1649,7 @@ fn daemon_sync_interval_fdatasyncs_the_logs() {
         (d.stderr().matches("fdatasync of the logs done").count() >= base + 2).then_some(())
     });
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
-    // And it is a real fdatasync of the open log (strace, when installed).
+    // And it is a real fdatasync of the open log.
     match Command::new("timeout")
         .args([
             "-s",
@@ -1670,7 +1672,7 @@ fn daemon_sync_interval_fdatasyncs_the_logs() {
                 "no fdatasync seen by strace:\n{err}"
             );
         }
-        _ => eprintln!("strace not available; fdatasync not traced"),
+        _ => panic!("strace not available: install the strace package (cargo xtask setup does)"),
     }
     assert!(d.stop().success());
 }

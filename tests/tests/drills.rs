@@ -831,7 +831,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 #[test]
-#[ignore = "10-minute soak: run with cargo xtask soak"]
+#[ignore = "10-minute soak against the release binary: cargo xtask test runs it last (or cargo xtask soak)"]
 fn soak_ten_minutes_at_a_steady_rate_keeps_rss_flat() {
     const RATE: u64 = 200;
     const SAMPLE: Duration = Duration::from_secs(5);

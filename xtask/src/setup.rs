@@ -29,6 +29,14 @@ const TEST_PACKAGES: &[&str] = &[
     "jq",
     "python3",
     "sudo",
+    // `init --service` is checked with systemd-analyze; --sync-interval with strace.
+    "systemd",
+    "strace",
+    // Peers for `cargo xtask bench`, and stdbuf for fatrace's output.
+    "fatrace",
+    "auditd",
+    "inotify-tools",
+    "coreutils",
     // extensions/ tests: the servers the scripts feed (started by the tests
     // only), and pip for nats-py.
     "prometheus",

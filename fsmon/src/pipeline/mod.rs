@@ -226,7 +226,7 @@ impl Pipeline {
             },
             subscribe: subscribe.clone(),
             metrics: metrics.clone(),
-            counters: HashMap::new(),
+            counters: Vec::new(),
             recycle: recycle_tx,
             in_flight,
             drained_before: 0,
@@ -651,8 +651,8 @@ struct Process {
     clock: Clock,
     subscribe: tokio::sync::broadcast::Sender<Arc<SubEvent>>,
     metrics: Arc<Metrics>,
-    /// (group index, type) -> counter handle, resolved once.
-    counters: HashMap<(usize, EventType), prometheus::IntCounter>,
+    /// Counter handles by group index x event type, resolved on first use.
+    counters: Vec<Option<prometheus::IntCounter>>,
     recycle: mpsc::Sender<Batch>,
     in_flight: Arc<AtomicUsize>,
     drained_before: u64,
@@ -722,8 +722,8 @@ impl Process {
             }
         }
         self.tracked = wanted;
+        self.counters = vec![None; groups.groups.len() * EventType::ALL.len()];
         self.groups = groups;
-        self.counters.clear();
     }
 
     fn flush(&mut self) {
@@ -786,6 +786,13 @@ impl Process {
 
     fn event(&mut self, c: &Captured, path: &str) {
         let rec = self.attributor.process(c.pid);
+        let (ppid, tgid) = rec.map_or((0, c.pid), |r| (r.ppid, r.tgid));
+        // Per event, not per group or line: the name borrows the record (no
+        // allocation for UTF-8 names), the user is a shared string.
+        let comm = rec
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(r.comm_bytes()));
+        let user = rec.map(|r| self.attributor.user(r.uid));
         let groups = self.groups.clone();
         for (gi, g) in groups.groups.iter().enumerate() {
             let types = g.match_types(path, c.types, c.size, c.unresolved);
@@ -798,14 +805,10 @@ impl Process {
                     _ => continue,
                 }
             }
-            let (ppid, tgid, uid) = rec.map_or((0, c.pid, None), |r| (r.ppid, r.tgid, Some(r.uid)));
-            let user = uid.map(|u| self.attributor.user(u));
-            let comm = rec
-                .as_ref()
-                .map(|r| String::from_utf8_lossy(r.comm_bytes()).into_owned());
-            // Command groups only match known processes (checked above).
+            // Command groups only match known processes (checked above); the
+            // chain is built once per event and borrowed here.
             let chain = match (&g.cmd, &rec) {
-                (Some(_), Some(r)) => Some(self.attributor.chain(r).to_string()),
+                (Some(_), Some(r)) => Some(self.attributor.chain(r)),
                 _ => None,
             };
             for t in EventType::ALL {
@@ -822,7 +825,7 @@ impl Process {
                     file_size: c.size,
                     ppid,
                     tgid,
-                    chain: chain.as_deref().map(Cow::Borrowed),
+                    chain: chain.map(Cow::Borrowed),
                     unresolved: c.unresolved,
                     lost: false,
                 };
@@ -833,14 +836,13 @@ impl Process {
                     &g.name,
                     &ev,
                 );
-                self.counters
-                    .entry((gi, t))
-                    .or_insert_with(|| {
-                        self.metrics
-                            .events_logged
-                            .with_label_values(&[&g.name, t.as_str()])
-                    })
-                    .inc();
+                let slot = &mut self.counters[gi * EventType::ALL.len() + t.index()];
+                slot.get_or_insert_with(|| {
+                    self.metrics
+                        .events_logged
+                        .with_label_values(&[&g.name, t.as_str()])
+                })
+                .inc();
             }
         }
     }
