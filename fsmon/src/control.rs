@@ -74,15 +74,10 @@ pub fn parse_request(line: &str) -> Result<Request> {
         let msg = msg.split(" at line ").next().unwrap_or(&msg);
         // serde quotes unknown names raw: escape control characters so the
         // error stays one line.
-        let mut shown = String::with_capacity(msg.len());
-        for c in msg.chars() {
-            if c.is_control() {
-                shown.extend(c.escape_default());
-            } else {
-                shown.push(c);
-            }
-        }
-        Error::Socket(format!("bad request: {shown}"))
+        Error::Socket(format!(
+            "bad request: {}",
+            crate::error::escape_controls(msg)
+        ))
     })
 }
 

@@ -41,3 +41,18 @@ impl Error {
         Error::Invalid(msg.into())
     }
 }
+
+/// `text` with control characters escaped (a newline pasted into an
+/// argument, or quoted back by a parser), so a message built from user input
+/// stays on one line.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

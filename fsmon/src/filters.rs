@@ -15,19 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
-/// A value as shown in a message: control characters (a newline pasted
-/// into an argument) are escaped, so the message stays on one line.
-fn shown(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use crate::error::escape_controls as shown;
 
 // ---------------------------------------------------------------------------
 // Comparison operators

@@ -19,29 +19,37 @@ use crate::{
 // otherwise block the open until someone reads it. On regular files it has
 // no effect.
 
+/// Options every open here shares: never follow a final symlink, never
+/// block on a planted FIFO, never leak the descriptor to a child.
+fn safe_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK);
+    o
+}
+
+fn open_with(path: &Path, options: &OpenOptions) -> Result<File> {
+    options.open(path).map_err(|e| refuse_or_io(path, e))
+}
+
 /// Opens (creating if needed) a file for appending: O_APPEND|O_NOFOLLOW,
 /// must be a regular file; if root created it or it is root's, it is handed
 /// to `owner`. Refuses a file owned by anyone but root or `owner`.
 pub fn open_append(path: &Path, owner: &TargetUser, mode: u32) -> Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .read(true)
-        .create(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| refuse_or_io(path, e))?;
+    let file = open_with(
+        path,
+        safe_options()
+            .append(true)
+            .read(true)
+            .create(true)
+            .mode(mode),
+    )?;
     check_and_own(&file, path, owner)?;
     Ok(file)
 }
 
 /// Opens an existing file read-only with O_NOFOLLOW; must be regular.
 pub fn open_read(path: &Path) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| refuse_or_io(path, e))?;
+    let file = open_with(path, safe_options().read(true))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.file_type().is_file() {
         return Err(Error::Unsafe {
@@ -54,14 +62,14 @@ pub fn open_read(path: &Path) -> Result<File> {
 
 /// Creates a new file that must not exist yet (O_EXCL|O_NOFOLLOW).
 pub fn create_new(path: &Path, owner: &TargetUser, mode: u32) -> Result<File> {
-    let file = OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| refuse_or_io(path, e))?;
+    let file = open_with(
+        path,
+        safe_options()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(mode),
+    )?;
     check_and_own(&file, path, owner)?;
     Ok(file)
 }
