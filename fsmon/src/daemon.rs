@@ -315,8 +315,8 @@ async fn disk_guard(
         let Ok(st) = nix::sys::statvfs::statvfs(&dir) else {
             continue;
         };
-        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-        let total = st.blocks() as u64 * st.fragment_size() as u64;
+        let free = st.blocks_available() * st.fragment_size();
+        let total = st.blocks() * st.fragment_size();
         metrics.disk_free_bytes.set(free as i64);
         let Some(t) = threshold else { continue };
         let below = match t {

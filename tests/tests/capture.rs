@@ -542,11 +542,10 @@ fn logs_and_dirs_belong_to_the_sudo_user() {
         .unwrap();
     fs::write(watch.join("f"), b"x").unwrap();
     let log = home_dir.join(".local/state/fsmon/_global_log.jsonl");
-    let ok = wait_for("the user's log", Duration::from_secs(30), || {
+    wait_for("the user's log", Duration::from_secs(30), || {
         fs::write(watch.join("g"), b"y").ok()?;
         (!read_events(&log).is_empty()).then_some(())
     });
-    let _ = ok;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -1,7 +1,6 @@
 //! `add`, `remove`, `monitored`: the monitoring list. When the daemon runs,
 //! it applies the change live and writes the store; otherwise we write the
 //! store and the daemon reads it when it starts.
-use std::path::Path;
 
 use anyhow::Result;
 
@@ -115,6 +114,5 @@ pub fn monitored(ctx: &Context) -> Result<()> {
         out.push('\n');
     }
     print!("{out}");
-    let _ = Path::new("");
     Ok(())
 }

@@ -358,23 +358,23 @@ impl Capture {
                 self.publish_resolver_stats();
                 next_sweep = Instant::now() + Duration::from_secs(5);
             }
-            if let (Some(at), Some(every)) = (next_stats, self.stats_interval) {
-                if Instant::now() >= at {
-                    let s = self.resolver.stats;
-                    log::info!(
-                        "cache stats: dir entries {} (hits {}, misses {}, kernel lookups {}, evicted {}), \
+            if let (Some(at), Some(every)) = (next_stats, self.stats_interval)
+                && Instant::now() >= at
+            {
+                let s = self.resolver.stats;
+                log::info!(
+                    "cache stats: dir entries {} (hits {}, misses {}, kernel lookups {}, evicted {}), \
                          file sizes {}, unresolved {} (+{} outside)",
-                        s.dir_entries,
-                        s.dir_hits,
-                        s.dir_misses,
-                        s.kernel_lookups,
-                        s.evicted,
-                        s.size_entries,
-                        s.unresolved,
-                        s.unresolved_outside
-                    );
-                    next_stats = Some(at + every);
-                }
+                    s.dir_entries,
+                    s.dir_hits,
+                    s.dir_misses,
+                    s.kernel_lookups,
+                    s.evicted,
+                    s.size_entries,
+                    s.unresolved,
+                    s.unresolved_outside
+                );
+                next_stats = Some(at + every);
             }
         }
     }
@@ -407,13 +407,13 @@ impl Capture {
             // Back-pressure: with a bounded channel, stop reading while the
             // process thread is that far behind (the kernel queue fills, and
             // overflows are reported).
-            if let Some(cap) = self.capacity {
+            if let Some(cap) = self.capacity
+                && self.in_flight.load(Ordering::Acquire) >= cap
+            {
+                std::thread::sleep(Duration::from_millis(1));
                 if self.in_flight.load(Ordering::Acquire) >= cap {
-                    std::thread::sleep(Duration::from_millis(1));
-                    if self.in_flight.load(Ordering::Acquire) >= cap {
-                        self.send(batch);
-                        return;
-                    }
+                    self.send(batch);
+                    return;
                 }
             }
             let before = boot_ns();
@@ -701,12 +701,12 @@ impl Process {
                 self.logs.maintain();
                 next_gc = now + Duration::from_secs(1);
             }
-            if let (Some(at), Some(every)) = (next_sync, self.sync_interval) {
-                if now >= at {
-                    self.logs.sync_all();
-                    log::debug!("fdatasync of the logs done");
-                    next_sync = Some(now + every);
-                }
+            if let (Some(at), Some(every)) = (next_sync, self.sync_interval)
+                && now >= at
+            {
+                self.logs.sync_all();
+                log::debug!("fdatasync of the logs done");
+                next_sync = Some(now + every);
             }
         }
     }

@@ -32,7 +32,6 @@ use crate::{
 const CREATE: u64 = EventType::Create.mask();
 const DELETE: u64 = EventType::Delete.mask();
 const MOVED_TO: u64 = EventType::MovedTo.mask();
-const MOVED_FROM: u64 = EventType::MovedFrom.mask();
 const CLOSE_WRITE: u64 = EventType::CloseWrite.mask();
 const SELF_EVENTS: u64 = EventType::DeleteSelf.mask() | EventType::MoveSelf.mask();
 
@@ -180,7 +179,7 @@ impl PathResolver {
     /// its handles can be opened. Returns its fsid.
     pub fn add_mount(&mut self, existing: &Path) -> std::io::Result<u64> {
         let fsid = fanotify::fsid_of(existing)?;
-        if !self.mounts.contains_key(&fsid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.mounts.entry(fsid) {
             let root = mount_root_of(existing);
             let c = cstr(&root).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
             // Not O_PATH: open_by_handle_at rejects O_PATH mount descriptors.
@@ -196,13 +195,10 @@ impl PathResolver {
             }
             // SAFETY: new descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            self.mounts.insert(
-                fsid,
-                Mount {
-                    fd,
-                    root: root.to_string_lossy().into_owned(),
-                },
-            );
+            e.insert(Mount {
+                fd,
+                root: root.to_string_lossy().into_owned(),
+            });
         }
         Ok(fsid)
     }
@@ -293,10 +289,10 @@ impl PathResolver {
             let old_parent = old.parent.clone();
             self.unlink_child(old_parent.as_deref());
         }
-        if let Some(p) = parent.as_deref() {
-            if let Some(pn) = self.dirs.get_mut(p) {
-                pn.children += 1;
-            }
+        if let Some(p) = parent.as_deref()
+            && let Some(pn) = self.dirs.get_mut(p)
+        {
+            pn.children += 1;
         }
         let children = self.dirs.get(&key).map_or(0, |n| n.children);
         self.dirs.insert(
@@ -315,16 +311,16 @@ impl PathResolver {
     }
 
     fn unlink_child(&mut self, parent: Option<&[u8]>) {
-        if let Some(p) = parent {
-            if let Some(pn) = self.dirs.get_mut(p) {
-                pn.children = pn.children.saturating_sub(1);
-            }
+        if let Some(p) = parent
+            && let Some(pn) = self.dirs.get_mut(p)
+        {
+            pn.children = pn.children.saturating_sub(1);
         }
     }
 
     /// The full path of directory `key`, rebuilding stale cached paths and
     /// asking the kernel for unknown handles.
-    fn dir_path(&mut self, fid: &Fid<'_>) -> Option<(&str, Place)> {
+    fn dir_path(&mut self, fid: &Fid<'_>) -> Option<&str> {
         let fresh = self
             .dirs
             .get(fid.key)
@@ -341,7 +337,7 @@ impl PathResolver {
         let now = self.now;
         let node = self.dirs.get_mut(fid.key)?;
         node.last_used = now;
-        Some((node.path.as_str(), node.place))
+        Some(node.path.as_str())
     }
 
     /// Recomputes the cached path of `key` and of its stale ancestors.
@@ -417,7 +413,7 @@ impl PathResolver {
             (Some(dir), _) => {
                 let name = ev.name.unwrap_or(b".");
                 match self.dir_path(&dir) {
-                    Some((path, place)) => {
+                    Some(path) => {
                         out.push_str(path);
                         if name != b"." {
                             if !path.ends_with('/') {
@@ -425,7 +421,6 @@ impl PathResolver {
                             }
                             out.push_str(&String::from_utf8_lossy(name));
                         }
-                        let _ = place;
                         Resolution::Path {
                             inside: self.scope.contains_event(&out[start..]),
                         }
@@ -485,12 +480,11 @@ impl PathResolver {
                 }
             }
         }
-        if ev.mask & DELETE != 0 {
-            if let Some(n) = self.dirs.get_mut(target.key) {
-                n.deleted_at = self.now.max(1);
-            }
+        if ev.mask & DELETE != 0
+            && let Some(n) = self.dirs.get_mut(target.key)
+        {
+            n.deleted_at = self.now.max(1);
         }
-        let _ = MOVED_FROM;
     }
 
     /// Whether self events (DELETE_SELF, MOVE_SELF) of this event should be
@@ -508,10 +502,11 @@ impl PathResolver {
     /// Records the size just seen for a written file, so its DELETE can
     /// report it later (by then the file is gone).
     pub fn remember_size(&mut self, ev: &RawEvent<'_>, size: u64) {
-        if ev.mask & CLOSE_WRITE != 0 && ev.mask & FAN_ONDIR == 0 {
-            if let Some(obj) = ev.object {
-                self.sizes.insert(obj.key.into(), size);
-            }
+        if ev.mask & CLOSE_WRITE != 0
+            && ev.mask & FAN_ONDIR == 0
+            && let Some(obj) = ev.object
+        {
+            self.sizes.insert(obj.key.into(), size);
         }
     }
 

@@ -14,9 +14,7 @@ use aya::{
         trace_point::TracePointLinkId,
     },
 };
-use fsmon_common::{
-    COMM_LEN, NEW_PROCS_MAP, OFFSET_ABSENT, PROC_MAP, ProcRecord, TRACKED_MAP, globals,
-};
+use fsmon_common::{COMM_LEN, OFFSET_ABSENT, PROC_MAP, ProcRecord, TRACKED_MAP, globals};
 
 use super::{procfs, tracefs};
 use crate::error::{Error, Result};
@@ -155,7 +153,6 @@ impl EbpfBackend {
             HashMap::try_from(take(&mut ebpf, PROC_MAP)?).map_err(|e| ebpf_err(PROC_MAP, e))?;
         let tracked = HashMap::try_from(take(&mut ebpf, TRACKED_MAP)?)
             .map_err(|e| ebpf_err(TRACKED_MAP, e))?;
-        let _ = NEW_PROCS_MAP; // stays owned by `ebpf`, used only in the kernel
         Ok(Self {
             ebpf: Some(ebpf),
             _links: Vec::new(),

@@ -91,6 +91,8 @@ impl TrackerConfig {
     }
 }
 
+// One per daemon: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Ebpf(EbpfBackend),
     Procfs(ProcfsBackend),
@@ -579,11 +581,12 @@ fn retro_tag(b: &mut EbpfBackend, key: &[u8; COMM_LEN], bit: u64) {
         m
     }
     for r in &all {
-        if r.tracked & bit == 0 && marked(r.tgid, key, &by_pid, &mut memo, 0) {
-            if let Some(mut fresh) = b.get(r.tgid) {
-                fresh.tracked |= bit;
-                let _ = b.update_existing(&fresh);
-            }
+        if r.tracked & bit == 0
+            && marked(r.tgid, key, &by_pid, &mut memo, 0)
+            && let Some(mut fresh) = b.get(r.tgid)
+        {
+            fresh.tracked |= bit;
+            let _ = b.update_existing(&fresh);
         }
     }
 }
