@@ -2,7 +2,7 @@
 //! and shuts down cleanly on SIGTERM/SIGINT, writing every event it read.
 //!
 //! Order matters: lock (one daemon per user) -> store -> process tracker
-//! (eBPF load is the memory peak, trimmed right after) -> fanotify group ->
+//! (loaded by a short-lived child, which keeps aya's memory peak) -> fanotify group ->
 //! log files -> pipeline threads -> socket.
 use std::{
     os::unix::fs::{FileTypeExt, MetadataExt},
@@ -70,13 +70,6 @@ impl DaemonLock {
     }
 }
 
-/// Releases the heap pages freed after loading the eBPF object (aya parses
-/// the kernel's 5.5 MB BTF even when told not to use it).
-fn trim_heap() {
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-}
-
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let DaemonOptions {
         config: cfg,
@@ -114,7 +107,6 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    trim_heap();
 
     let queue = match cfg.queue_size {
         None => QueueSize::SystemDefault,

@@ -59,8 +59,6 @@ pub enum QueueSize {
 /// A fanotify group in FID mode.
 pub struct Fanotify {
     fd: OwnedFd,
-    /// Whether create/delete/move events carry the child's own fid.
-    pub target_fid: bool,
 }
 
 const MAX_QUEUED_SYSCTL: &str = "/proc/sys/fs/fanotify/max_queued_events";
@@ -90,22 +88,20 @@ impl Fanotify {
             _ => None,
         };
         let result = Self::init_flags(flags | FAN_REPORT_TARGET_FID)
-            .map(|fd| Fanotify {
-                fd,
-                target_fid: true,
-            })
             .or_else(|e| {
                 if e.raw_os_error() == Some(libc::EINVAL) {
-                    // Before 5.17: no target fid; dir renames then fall back
-                    // to resolving handles through the kernel.
-                    Self::init_flags(flags).map(|fd| Fanotify {
-                        fd,
-                        target_fid: false,
-                    })
+                    // Before 5.17: no target fid. New and renamed directories
+                    // are then found through the kernel, and one deleted at
+                    // once after creation may leave its files unresolved.
+                    log::warn!(
+                        "this kernel has no FAN_REPORT_TARGET_FID (Linux 5.17+): directory tracking is weaker"
+                    );
+                    Self::init_flags(flags)
                 } else {
                     Err(e)
                 }
-            });
+            })
+            .map(|fd| Fanotify { fd });
         if let Some(old) = restore {
             let _ = std::fs::write(MAX_QUEUED_SYSCTL, old.trim());
         }

@@ -641,3 +641,24 @@ fn works_on_xfs_loop() {
 fn works_on_btrfs_loop() {
     run_on("btrfs");
 }
+
+#[test]
+fn delete_reports_the_last_size_seen_at_close_write() {
+    let env = Env::new();
+    env.add(
+        "_global",
+        &env.watch,
+        &["-r", "--types", "CLOSE_WRITE,DELETE"],
+    );
+    let _d = env.start(&[]);
+    let f = env.watch.join("sized");
+    fs::write(&f, vec![b'x'; 1234]).unwrap();
+    env.wait_events("_global", "the write", |e| {
+        !find(e, "CLOSE_WRITE", &f).is_empty()
+    });
+    fs::remove_file(&f).unwrap();
+    let evs = env.wait_events("_global", "the delete", |e| {
+        !find(e, "DELETE", &f).is_empty()
+    });
+    assert_eq!(find(&evs, "DELETE", &f)[0]["file_size"], 1234);
+}

@@ -132,7 +132,6 @@ pub struct PipelineInfo {
     pub tracker: String,
     pub tracker_fallback: Option<String>,
     pub watch_errors: WatchErrors,
-    pub target_fid: bool,
 }
 
 pub struct Status {
@@ -171,7 +170,6 @@ impl Pipeline {
         cfg: PipelineConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let target_fid = fan.target_fid;
         let (reader, waker) = EventReader::new(fan, cfg.buffer_size)?;
         let (capture_tx, capture_rx) = mpsc::channel();
         let (process_tx, process_rx) = mpsc::channel();
@@ -188,7 +186,6 @@ impl Pipeline {
                 tracker: tracker.kind().as_str().to_string(),
                 tracker_fallback: tracker.fallback_reason().map(str::to_string),
                 watch_errors: Vec::new(),
-                target_fid,
             }),
         });
 
@@ -472,9 +469,14 @@ impl Capture {
                 } else if wanted & DELETE_LIKE != 0 {
                     self.resolver.last_size(&ev).unwrap_or(0)
                 } else {
-                    lstat_size(&mut self.stat_buf, &batch.paths[start..])
-                        .or_else(|| self.resolver.last_size(&ev))
-                        .unwrap_or(0)
+                    match lstat_size(&mut self.stat_buf, &batch.paths[start..]) {
+                        // Remembered for its DELETE, when the file is gone.
+                        Some(size) => {
+                            self.resolver.remember_size(&ev, size);
+                            size
+                        }
+                        None => self.resolver.last_size(&ev).unwrap_or(0),
+                    }
                 };
                 batch.items.push(Item::Event(Captured {
                     types: wanted,

@@ -525,10 +525,6 @@ impl PathResolver {
         self.complete = true;
     }
 
-    pub fn is_complete(&self) -> bool {
-        self.complete
-    }
-
     /// Periodic housekeeping: forgets deleted directories once their events
     /// are drained, expires directories outside every watched tree, and keeps
     /// the cache within its capacity (inside nodes are never evicted).
@@ -579,10 +575,6 @@ impl PathResolver {
         }
         self.stats.dir_entries = self.dirs.len() as u64;
         self.stats.size_entries = self.sizes.entry_count();
-    }
-
-    pub fn dir_entries(&self) -> usize {
-        self.dirs.len()
     }
 }
 

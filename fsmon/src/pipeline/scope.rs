@@ -1,7 +1,6 @@
 //! Which paths are watched at all: the union of every group's paths. Used
 //! by the resolver to keep in-scope directories pinned and to drop events
 //! outside every watched tree as early as possible.
-use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchRoot {
@@ -79,14 +78,6 @@ impl Scope {
             }
         }
         place
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.roots.is_empty()
-    }
-
-    pub fn root_paths(&self) -> impl Iterator<Item = &Path> {
-        self.roots.iter().map(|r| Path::new(r.path.as_str()))
     }
 }
 
