@@ -7,190 +7,21 @@ use std::{
     fs,
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output},
+    time::Duration,
 };
 
-use fsmon_tests::{Env, find, fsmon_bin, wait_for};
+use fsmon_tests::{
+    Env, NOBODY, TestUser, Victim, find, fsmon_bin, open_env, run_bounded, wait_for,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// A system user made for the test; deleted on drop, even on failure.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn new(tag: &str) -> TestUser {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "fsmon-{tag}-{:x}{:x}",
-            std::process::id() & 0xffff,
-            nanos & 0xfffff
-        );
-        // useradd takes a lock on /etc/passwd: other tests may hold it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = Command::new("useradd")
-                .args(["-M", "-r", "-s", "/usr/sbin/nologin", &name])
-                .output()
-                .expect("useradd");
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "useradd {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let u = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .expect("the new user exists");
-        TestUser {
-            name,
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-        }
-    }
-
-    /// Runs `program args` as this user (no supplementary groups).
-    fn run(&self, program: &Path, args: &[&str]) -> Output {
-        Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .env_remove("SUDO_UID")
-            .env_remove("FSMON_CONFIG")
-            .env("HOME", "/")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .expect("setpriv")
-    }
-
-    fn fsmon(&self, env: &Env, args: &[&str]) -> Output {
-        let mut all = vec!["--config", env.config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.run(&fsmon_bin(), &all)
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !Command::new("userdel")
-            .arg(&self.name)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A file that must never change: owned by `nobody` (or root), mode 0644,
-/// known content.
-struct Victim {
-    path: PathBuf,
-    content: String,
-    uid: u32,
-    mtime: (i64, i64),
-}
-
-impl Victim {
-    fn new(dir: &Path, uid: u32) -> Victim {
-        let path = dir.join("victim");
-        let content = format!("precious {}\n", std::process::id());
-        fs::write(&path, &content).unwrap();
-        nix::unistd::chown(
-            &path,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(uid)),
-        )
-        .unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let m = fs::metadata(&path).unwrap();
-        Victim {
-            path,
-            content,
-            uid,
-            mtime: (m.mtime(), m.mtime_nsec()),
-        }
-    }
-
-    #[track_caller]
-    fn assert_untouched(&self, when: &str) {
-        let m = fs::symlink_metadata(&self.path).unwrap();
-        assert!(m.is_file(), "{when}: victim replaced");
-        assert_eq!(
-            fs::read_to_string(&self.path).unwrap(),
-            self.content,
-            "{when}: victim written"
-        );
-        assert_eq!(
-            (m.uid(), m.gid()),
-            (self.uid, self.uid),
-            "{when}: victim chowned"
-        );
-        assert_eq!(m.mode() & 0o7777, 0o644, "{when}: victim chmodded");
-        assert_eq!(
-            (m.mtime(), m.mtime_nsec()),
-            self.mtime,
-            "{when}: victim modified"
-        );
-    }
-}
-
-const NOBODY: u32 = 65534;
-
-/// An Env whose temp dir other users may traverse (it is 0700 by default).
-fn open_env() -> Env {
-    let env = Env::new();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    env
-}
-
 fn lock_path(env: &Env) -> PathBuf {
     PathBuf::from(format!("{}.lock", env.socket.display()))
-}
-
-/// Runs a command that must finish (not hang) within `timeout`.
-fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("{cmd:?} hung for more than {timeout:?}");
-        }
-    }
 }
 
 /// Starts a daemon that must refuse to start; returns its `fsmon:` error line.
