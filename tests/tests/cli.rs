@@ -1593,11 +1593,11 @@ fn daemon_cache_stats_interval_logs_stats() {
     let env = Env::new();
     let d = env.start(&["--cache-stats-interval", "1"]);
     Command::new("true").status().unwrap();
-    let t0 = Instant::now();
-    wait_for("two cache stats lines", Duration::from_secs(15), || {
+    // Two lines within the deadline: the 1 s interval is in force (the
+    // default is 60 s, so the default could not produce them in time).
+    wait_for("two cache stats lines", Duration::from_secs(30), || {
         (d.stderr().matches("cache stats:").count() >= 2).then_some(())
     });
-    assert!(t0.elapsed() < Duration::from_secs(10));
     let err = d.stderr();
     let line = err.lines().find(|l| l.contains("cache stats:")).unwrap();
     assert!(line.contains("dir entries"), "{line}");
@@ -1643,12 +1643,10 @@ fn daemon_sync_interval_fdatasyncs_the_logs() {
     let f = env.watch.join("s");
     fs::write(&f, b"").unwrap();
     env.wait_events("_global", "CREATE", |e| !find(e, "CREATE", &f).is_empty());
-    let t0 = Instant::now();
     let base = d.stderr().matches("fdatasync of the logs done").count();
-    wait_for("two more sync rounds", Duration::from_secs(15), || {
+    wait_for("two more sync rounds", Duration::from_secs(30), || {
         (d.stderr().matches("fdatasync of the logs done").count() >= base + 2).then_some(())
     });
-    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     // And it is a real fdatasync of the open log.
     match Command::new("timeout")
         .args([
