@@ -2,7 +2,8 @@
 //!
 //! One line per event, fields in the seed's order:
 //! `{"time":..,"event_type":..,"path":..,"pid":..,"cmd":..,"user":..,"file_size":..,"ppid":..,"tgid":..}`
-//! plus `chain` for groups that track a command, and two markers that only
+//! plus `chain` for groups that track a command, `cgroup` and `container`
+//! for the process's cgroup v2 path and container, and two markers that only
 //! appear when something could not be seen: `unresolved` and `lost`.
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +221,15 @@ pub struct FileEvent<'a> {
     /// Ancestry `pid|cmd|user;...` for groups that track a command.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<std::borrow::Cow<'a, str>>,
+    /// The process's cgroup v2 path (as of its fork or last exec), or
+    /// `#<id>` when the cgroup was gone before it could be named. Absent
+    /// when the process is unknown or the tracker is the `/proc` fallback.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::borrow::Cow<'a, str>>,
+    /// The container id when the cgroup is a container runtime's; absent
+    /// for host processes.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<std::borrow::Cow<'a, str>>,
     /// Present (true) when the directory of the event could not be resolved
     /// to a path; `path` then holds what is known (the file name).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

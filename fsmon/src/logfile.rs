@@ -1084,6 +1084,8 @@ mod tests {
             ppid: 1,
             tgid: 42,
             chain: None,
+            cgroup: None,
+            container: None,
             unresolved: false,
             lost: false,
         };

@@ -43,6 +43,11 @@ const TEST_PACKAGES: &[&str] = &[
     "influxdb",
     "nats-server",
     "python3-pip",
+    // The container test runs a real podman container (runc: crun refuses
+    // hybrid cgroup hierarchies) from an image made of busybox-static.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 /// Python packages the extensions tests import, installed into
 /// `.tools/python` (the tests put it on PYTHONPATH): Debian has no nats-py.

@@ -1,16 +1,24 @@
 //! Stage 4, attribute: who caused the event. A thin layer over the
 //! [`ProcessTracker`] that remembers the last process looked up, because a
 //! batch usually holds several events of the same process (touch: CREATE,
-//! ATTRIB, CLOSE_WRITE), and keeps the buffers chains are built in.
+//! ATTRIB, CLOSE_WRITE), and keeps the buffers chains are built in. It
+//! also names the process's cgroup and container.
+use std::sync::Arc;
+
 use fsmon_common::ProcRecord;
 
-use crate::process::ProcessTracker;
+use crate::process::{
+    ProcessTracker,
+    cgroup::{CgroupInfo, CgroupNames},
+};
 
 pub struct Attributor {
     pub tracker: ProcessTracker,
     last: Option<(u32, Option<ProcRecord>)>,
     chain: String,
     chain_for: Option<u32>,
+    cgroups: CgroupNames,
+    last_cgroup: Option<(u64, Arc<CgroupInfo>)>,
 }
 
 impl Attributor {
@@ -20,6 +28,8 @@ impl Attributor {
             last: None,
             chain: String::with_capacity(256),
             chain_for: None,
+            cgroups: CgroupNames::open(),
+            last_cgroup: None,
         }
     }
 
@@ -41,6 +51,19 @@ impl Attributor {
                 };
                 self.last = Some((pid, rec));
                 rec
+            }
+        }
+    }
+
+    /// The cgroup (and container) of the process of `rec`; `None` when the
+    /// record has no cgroup id (the `/proc` fallback).
+    pub fn cgroup(&mut self, rec: &ProcRecord) -> Option<Arc<CgroupInfo>> {
+        match &self.last_cgroup {
+            Some((id, info)) if *id == rec.cgroup_id => Some(info.clone()),
+            _ => {
+                let info = self.cgroups.get(rec.cgroup_id)?;
+                self.last_cgroup = Some((rec.cgroup_id, info.clone()));
+                Some(info)
             }
         }
     }

@@ -772,6 +772,8 @@ impl Process {
                 ppid: 0,
                 tgid: 0,
                 chain: None,
+                cgroup: None,
+                container: None,
                 unresolved: false,
                 lost: true,
             };
@@ -795,6 +797,7 @@ impl Process {
             .as_ref()
             .map(|r| String::from_utf8_lossy(r.comm_bytes()));
         let user = rec.map(|r| self.attributor.user(r.uid));
+        let cgroup = rec.as_ref().and_then(|r| self.attributor.cgroup(r));
         let groups = self.groups.clone();
         for (gi, g) in groups.groups.iter().enumerate() {
             let types = g.match_types(path, c.types, c.size, c.unresolved);
@@ -828,6 +831,11 @@ impl Process {
                     ppid,
                     tgid,
                     chain: chain.map(Cow::Borrowed),
+                    cgroup: cgroup.as_ref().map(|g| Cow::Borrowed(&*g.path)),
+                    container: cgroup
+                        .as_ref()
+                        .and_then(|g| g.container.as_deref())
+                        .map(Cow::Borrowed),
                     unresolved: c.unresolved,
                     lost: false,
                 };

@@ -9,6 +9,7 @@
 //! time its event is read is still attributed. When eBPF cannot be loaded the
 //! tracker falls back to reading `/proc`, which cannot see processes that
 //! have already exited.
+pub mod cgroup;
 mod ebpf;
 pub mod procfs;
 pub mod tracefs;

@@ -74,8 +74,8 @@ fn read_small(path: &str, buf: &mut Vec<u8>) -> Option<()> {
 }
 
 /// Reads one process from `/proc`. `None` when it does not exist (any more).
-/// `tracked` and `cgroup_id` are left 0; `parent_start_ns` is filled by the
-/// caller, which knows the parent's record.
+/// `tracked` is left 0; `parent_start_ns` is filled by the caller, which
+/// knows the parent's record.
 pub fn read_process(tgid: u32) -> Option<ProcRecord> {
     let mut buf = Vec::with_capacity(1024);
     read_small(&format!("/proc/{tgid}/stat"), &mut buf)?;
@@ -93,6 +93,7 @@ pub fn read_process(tgid: u32) -> Option<ProcRecord> {
         gid,
         comm,
         start_ns,
+        cgroup_id: super::cgroup::id_of_process(tgid),
         ..ProcRecord::default()
     })
 }
