@@ -103,6 +103,22 @@ fn main() {
     }
 }
 
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if s.contains(&text) {
+                continue;
+            }
+            s.push_str(": ");
+        }
+        s.push_str(&text);
+    }
+    s.replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::usage_error_line;
@@ -131,20 +147,4 @@ mod tests {
             "fsmon: bad (more: fsmon --help)"
         );
     }
-}
-
-/// The error and its causes on one line.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for (i, cause) in e.chain().enumerate() {
-        let text = cause.to_string();
-        if i > 0 {
-            if s.contains(&text) {
-                continue;
-            }
-            s.push_str(": ");
-        }
-        s.push_str(&text);
-    }
-    s.replace('\n', " ")
 }
