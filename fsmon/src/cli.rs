@@ -3,7 +3,35 @@
 //! flags and defaults.
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueHint};
+use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
+
+/// Completion candidates for a group argument: the groups in the store
+/// (read as the user running the completion) and `_global`.
+fn group_candidates() -> Vec<CompletionCandidate> {
+    let mut groups = vec![crate::store::GLOBAL.to_string()];
+    let known = crate::user::TargetUser::resolve().ok().and_then(|user| {
+        let path = crate::config::Config::locate(&user, None);
+        let config = crate::config::Config::load(&user, &path).ok()?;
+        crate::store::Store::load(&config.store_path).ok()
+    });
+    if let Some(store) = known {
+        groups.extend(store.groups.into_iter().map(|g| g.cmd));
+    }
+    groups.sort();
+    groups.dedup();
+    groups.into_iter().map(CompletionCandidate::new).collect()
+}
+
+/// Completion candidates for `--types`: the 14 names and `all`.
+fn type_candidates() -> Vec<CompletionCandidate> {
+    crate::event::EventType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(["all"])
+        .map(CompletionCandidate::new)
+        .collect()
+}
 
 const TIME_HELP: &str = "Time filter: >1h, <30m, >7d, >=2026-05-01, >=\"2026-05-01 10:00\", an RFC 3339 time, or now. \
 Operators > >= < <=; give two for a range. Units s m h d w. A date without offset is in the log's zone";
@@ -48,13 +76,17 @@ pub enum Command {
     Init(InitArgs),
     /// Open a subshell in the log directory (-l) or the store directory (-m)
     Cd(CdArgs),
-    /// Print shell completions
+    /// Print the shell code that registers completions (bash, zsh, fish, elvish, powershell)
     Completions {
-        /// bash, zsh, fish, elvish or powershell
-        shell: clap_complete::Shell,
+        #[arg(value_parser = ["bash", "zsh", "fish", "elvish", "powershell"])]
+        shell: String,
     },
-    /// Print the man page (roff)
-    Man,
+    /// Print the man page (roff), or write every page to a directory
+    Man {
+        /// Write fsmon.1 and one fsmon-<command>.1 per command into DIR
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
+        dir: Option<PathBuf>,
+    },
     /// Internal: loads the eBPF programs for the daemon and pins them in
     /// bpffs (run by `fsmon daemon` itself; not for users).
     #[command(name = "__ebpf-loader", hide = true)]
@@ -110,7 +142,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "SECS")]
     pub cache_stats_interval: Option<u64>,
     /// Process tracker: auto (eBPF, else /proc), ebpf, procfs
-    #[arg(long, value_name = "KIND")]
+    #[arg(long, value_name = "KIND", value_parser = ["auto", "ebpf", "procfs"])]
     pub tracker: Option<String>,
     /// eBPF process map capacity (default 65536)
     #[arg(long, value_name = "ENTRIES")]
@@ -126,51 +158,68 @@ pub struct DaemonArgs {
 #[derive(Debug, Args)]
 pub struct AddArgs {
     /// Group: a command name to track (it and its descendants), or _global
-    #[arg(value_name = "CMD")]
+    #[arg(value_name = "CMD", add = ArgValueCandidates::new(group_candidates))]
     pub group: String,
     /// Path to watch (may not exist yet)
-    #[arg(long)]
+    #[arg(long, value_hint = ValueHint::DirPath)]
     pub path: String,
     /// Watch the whole tree below the path
     #[arg(short, long)]
     pub recursive: bool,
     /// Event types to log (repeatable; comma lists and "all" accepted; default: the 8 core types)
-    #[arg(long = "types", value_name = "TYPE")]
+    #[arg(long = "types", value_name = "TYPE", add = ArgValueCandidates::new(type_candidates))]
     pub types: Vec<String>,
-    #[arg(long, value_name = "FILTER", help = SIZE_HELP)]
+    #[arg(long, value_name = "FILTER", help = SIZE_HELP, value_hint = ValueHint::Other)]
     pub size: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
-    #[arg(value_name = "CMD")]
+    #[arg(value_name = "CMD", add = ArgValueCandidates::new(group_candidates))]
     pub group: String,
     /// Remove only this path (default: the whole group)
-    #[arg(long)]
+    #[arg(long, value_hint = ValueHint::AnyPath)]
     pub path: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    #[arg(value_name = "CMD")]
+    #[arg(value_name = "CMD", add = ArgValueCandidates::new(group_candidates))]
     pub group: String,
-    #[arg(short = 't', long = "time", value_name = "FILTER", help = TIME_HELP, allow_hyphen_values = true)]
+    #[arg(short = 't', long = "time", value_name = "FILTER", help = TIME_HELP, allow_hyphen_values = true, value_hint = ValueHint::Other)]
     pub time: Vec<String>,
+    /// Only events after TIME: the same as -t '>TIME' (1h, 2026-05-01, ...)
+    #[arg(long, value_name = "TIME", value_hint = ValueHint::Other)]
+    pub since: Option<String>,
+    /// Only events before TIME: the same as -t '<TIME'
+    #[arg(long, value_name = "TIME", value_hint = ValueHint::Other)]
+    pub until: Option<String>,
     /// Only events at or below this path (whole components)
-    #[arg(long, value_name = "PREFIX")]
+    #[arg(long, value_name = "PREFIX", value_hint = ValueHint::AnyPath)]
     pub path: Option<String>,
+}
+
+impl QueryArgs {
+    /// Every time filter, `--since`/`--until` spelled as `-t` filters.
+    pub fn time_filters(&self) -> Vec<String> {
+        let mut all = self.time.clone();
+        all.extend(self.since.iter().map(|t| format!(">{t}")));
+        all.extend(self.until.iter().map(|t| format!("<{t}")));
+        all
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
-    #[arg(value_name = "CMD")]
+    #[arg(value_name = "CMD", add = ArgValueCandidates::new(group_candidates))]
     pub group: String,
     /// Keep events matching this time filter (default: >{keep_days}d from the config)
-    #[arg(long, value_name = "FILTER")]
+    #[arg(long, value_name = "FILTER", value_hint = ValueHint::Other)]
     pub time: Option<String>,
     #[arg(
         long,
         value_name = "LIMIT",
+        value_hint = ValueHint::Other,
         help = "Trim the log to this size, oldest lines first (default from the config: >=1GB). Units are powers of 1024"
     )]
     pub size: Option<String>,

@@ -2,7 +2,56 @@
 //! one line on stderr with a non-zero exit.
 use clap::Parser;
 
+/// clap's multi-line usage error as one line with a hint:
+/// `fsmon: unexpected argument '--bogus' found (usage: fsmon query <CMD>; more: fsmon query --help)`.
+/// `sub` is the subcommand named on the command line, if any, for the hint
+/// when clap's message has no usage line.
+fn usage_error_line(rendered: &str, sub: Option<&str>) -> String {
+    let mut message = Vec::new();
+    let mut usage = None;
+    let mut in_message = true;
+    for line in rendered.lines() {
+        let t = line.trim();
+        if let Some(u) = t.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+            in_message = false;
+        } else if t.is_empty() {
+            in_message = message.is_empty();
+        } else if in_message && !t.starts_with("tip:") {
+            message.push(t.strip_prefix("error: ").unwrap_or(t));
+        }
+    }
+    // `the following ... were not provided:` then one item per line.
+    let mut out = format!(
+        "fsmon: {}",
+        message.first().copied().unwrap_or("bad arguments")
+    );
+    if message.len() > 1 {
+        out.push(' ');
+        out.push_str(&message[1..].join(", "));
+    }
+    if let Some(usage) = usage {
+        // `fsmon add --path <PATH> <CMD>` -> help for `fsmon add`.
+        let help: Vec<&str> = usage
+            .split_whitespace()
+            .take_while(|w| !w.starts_with('-') && !w.starts_with('<') && !w.starts_with('['))
+            .collect();
+        out.push_str(&format!(
+            " (usage: {usage}; more: {} --help)",
+            help.join(" ")
+        ));
+    } else {
+        let help = sub.map_or("fsmon".to_string(), |s| format!("fsmon {s}"));
+        out.push_str(&format!(" (more: {help} --help)"));
+    }
+    out
+}
+
 fn main() {
+    // Shell completion requests (`COMPLETE=bash fsmon -- ...`, from the
+    // code `fsmon completions bash` prints) are answered here and exit.
+    clap_complete::CompleteEnv::with_factory(<fsmon::cli::Cli as clap::CommandFactory>::command)
+        .complete();
     // Never a backtrace for the user: a bug still gets one clear line.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -17,7 +66,23 @@ fn main() {
             .unwrap_or_default();
         eprintln!("fsmon: internal error: {msg}{at} (please report this)");
     }));
-    let cli = fsmon::cli::Cli::parse();
+    let cli = match fsmon::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let sub = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+            let sub = sub.filter(|s| {
+                <fsmon::cli::Cli as clap::CommandFactory>::command()
+                    .find_subcommand(s)
+                    .is_some()
+            });
+            eprintln!(
+                "{}",
+                usage_error_line(&e.render().to_string(), sub.as_deref())
+            );
+            std::process::exit(2);
+        }
+    };
     let mut logger = env_logger::Builder::new();
     logger
         .filter_level(log::LevelFilter::Info)
@@ -52,4 +117,34 @@ fn one_line(e: &anyhow::Error) -> String {
         s.push_str(&text);
     }
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_error_line;
+
+    #[test]
+    fn clap_errors_become_one_line_with_a_hint() {
+        let missing = "error: the following required arguments were not provided:\n  --path <PATH>\n  <CMD>\n\nUsage: fsmon add --path <PATH> <CMD>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(missing, Some("add")),
+            "fsmon: the following required arguments were not provided: --path <PATH>, <CMD> (usage: fsmon add --path <PATH> <CMD>; more: fsmon add --help)"
+        );
+        let unexpected = "error: unexpected argument '--bogus' found\n\n  tip: to pass '--bogus' as a value, use '-- --bogus'\n\nUsage: fsmon query <CMD>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(unexpected, Some("query")),
+            "fsmon: unexpected argument '--bogus' found (usage: fsmon query <CMD>; more: fsmon query --help)"
+        );
+        assert_eq!(
+            usage_error_line(
+                "error: bad value\n\nFor more information, try '--help'.\n",
+                Some("daemon")
+            ),
+            "fsmon: bad value (more: fsmon daemon --help)"
+        );
+        assert_eq!(
+            usage_error_line("error: bad\n", None),
+            "fsmon: bad (more: fsmon --help)"
+        );
+    }
 }

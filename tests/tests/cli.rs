@@ -182,10 +182,10 @@ fn help_of_every_subcommand_lists_the_seed_flags() {
         bash.contains("complete") && bash.contains("fsmon"),
         "{bash}"
     );
-    assert!(
-        bash.contains("--cache-stats-interval"),
-        "completions know flags"
-    );
+    // The registration asks fsmon itself for candidates at completion time.
+    assert!(bash.contains("COMPLETE=\"bash\""), "{bash}");
+    let flags = complete(&env, &["fsmon", "daemon", "--cache-s"]);
+    assert_eq!(flags, ["--cache-stats-interval"], "completions know flags");
     let man = env.fsmon_ok(&["man"]);
     assert!(man.contains(".TH") && man.contains("fsmon"), "{man}");
 }
@@ -568,6 +568,135 @@ fn query_time_and_path_filters() {
         lines_of(&env, &["query", "zoned", "-t", ">=2020-01-02"]),
         pick(&z, &[1])
     );
+}
+
+#[test]
+fn since_and_until_are_spellings_of_time_filters() {
+    let env = Env::new();
+    let lines: Vec<String> = (0..6)
+        .map(|i| ev(&ago(mins(50 - 10 * i)), "CREATE", &format!("/w/f{i}")))
+        .collect();
+    write_log(&env, "_global", &lines);
+    let since = lines_of(&env, &["query", "_global", "--since", "25m"]);
+    assert_eq!(since, lines_of(&env, &["query", "_global", "-t", ">25m"]));
+    assert_eq!(since, pick(&lines, &[3, 4, 5]));
+    let until = lines_of(&env, &["query", "_global", "--until", "25m"]);
+    assert_eq!(until, pick(&lines, &[0, 1, 2]));
+    let both = lines_of(
+        &env,
+        &["changes", "_global", "--since", "45m", "--until", "15m"],
+    );
+    assert_eq!(
+        both,
+        lines_of(&env, &["changes", "_global", "-t", ">45m", "-t", "<15m"])
+    );
+    assert_eq!(both.len(), 3, "{both:?}");
+    assert_one_line_error(
+        &env.fsmon(&["query", "_global", "--since", "yesterday-ish"]),
+        "a bad --since",
+    );
+}
+
+/// What bash completion offers for the last word of `words` (the protocol
+/// the code from `fsmon completions bash` speaks).
+fn complete(env: &Env, words: &[&str]) -> Vec<String> {
+    let out = Command::new(fsmon_bin())
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_IFS", "\n")
+        .env("FSMON_CONFIG", &env.config)
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn completions_offer_groups_types_and_trackers_but_no_internal_command() {
+    let env = Env::new();
+    env.add("nginx", &env.watch, &[]);
+    let reg = env.fsmon_ok(&["completions", "bash"]);
+    assert!(
+        reg.contains("complete ") && reg.contains("COMPLETE=\"bash\""),
+        "{reg}"
+    );
+    let top = complete(&env, &["fsmon", ""]);
+    assert!(top.contains(&"query".to_string()), "{top:?}");
+    assert!(!top.iter().any(|c| c.contains("ebpf-loader")), "{top:?}");
+    let groups = complete(&env, &["fsmon", "query", ""]);
+    assert!(
+        groups.contains(&"nginx".to_string()) && groups.contains(&"_global".to_string()),
+        "{groups:?}"
+    );
+    let types = complete(&env, &["fsmon", "add", "x", "--types", ""]);
+    for t in ["CLOSE_WRITE", "FS_ERROR", "all"] {
+        assert!(types.contains(&t.to_string()), "{types:?}");
+    }
+    assert_eq!(types.len(), 15, "{types:?}");
+    let trackers = complete(&env, &["fsmon", "daemon", "--tracker", ""]);
+    assert_eq!(trackers, ["auto", "ebpf", "procfs"]);
+    // --size takes a filter, not a file name.
+    let size = complete(&env, &["fsmon", "add", "x", "--size", ""]);
+    assert!(size.is_empty(), "{size:?}");
+}
+
+#[test]
+fn man_pages_have_every_section() {
+    let env = Env::new();
+    let page = env.fsmon_ok(&["man"]);
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "FILES",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        assert!(page.contains(&format!(".SH {section}")), "no {section}");
+    }
+    let dir = env.dir.path().join("man");
+    env.fsmon_ok(&["man", "--dir", dir.to_str().unwrap()]);
+    let mut pages: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for p in ["fsmon.1", "fsmon-add.1", "fsmon-daemon.1", "fsmon-query.1"] {
+        assert!(pages.contains(&p.to_string()), "{pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("ebpf")), "{pages:?}");
+    // man(1) renders them.
+    let out = Command::new("man")
+        .arg("-l")
+        .arg(dir.join("fsmon-add.1"))
+        .env("MANWIDTH", "80")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).contains("--recursive"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line_with_a_hint() {
+    for args in [
+        &["add"][..],
+        &["query", "_global", "--bogus"],
+        &["nosuch"],
+        &["clean"],
+    ] {
+        let line = assert_one_line_error(&Env::new().fsmon(args), &format!("{args:?}"));
+        assert!(line.starts_with("fsmon: "), "{line}");
+        assert!(line.contains("(usage: fsmon"), "{line}");
+        assert!(line.contains("--help)"), "{line}");
+    }
 }
 
 #[test]
@@ -1492,7 +1621,7 @@ fn bad_input_is_one_line_and_changes_nothing() {
         );
     }
     assert!(!env.socket.exists());
-    // Values clap rejects: its own error (first line "error: ..."), exit 2.
+    // Values clap rejects: its error as one line with a hint, exit 2.
     for args in [
         &["daemon", "--buffer-size", "abc"][..],
         &["add", "_global"],
@@ -1502,9 +1631,11 @@ fn bad_input_is_one_line_and_changes_nothing() {
     ] {
         let out = env.fsmon(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = text(&out.stderr);
-        assert!(err.starts_with("error: "), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        let err = assert_one_line_error(&out, &format!("{args:?}"));
+        assert!(
+            err.starts_with("fsmon: ") && err.ends_with("--help)"),
+            "{args:?}: {err}"
+        );
     }
     assert_eq!(store_bytes(&env).unwrap(), store_before);
 }

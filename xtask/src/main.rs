@@ -17,10 +17,12 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  setup        install what is missing (apt packages, bpf-linker into .tools/)
+  setup        install what the build, tests and benchmarks need (apt packages, bpf-linker
+               into .tools/); test servers installed here are left disabled at boot
   build-ebpf   compile fsmon-ebpf for bpfel-unknown-none
   build        build-ebpf, then the fsmon binary (release)
-  run [ARGS]   setup, build, install /usr/local/bin/fsmon, run `sudo fsmon daemon [ARGS]`
+  run [ARGS]   install the build tools only, build, install /usr/local/bin/fsmon,
+               run `sudo fsmon daemon [ARGS]`
   test [ARGS]  setup, build, run the whole test suite as root, ending with a 3-minute soak drill
                (ARGS go to cargo test; with ARGS the soak is skipped)
   bench        setup, build, run the benchmarks and write bench-report.md
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "setup" => setup::setup(),
         "build-ebpf" => build_ebpf(),
-        "build" => setup::setup().and_then(|_| build(true)),
+        "build" => setup::setup_build().and_then(|_| build(true)),
         "run" => run(rest),
         "test" => test(rest),
         "bench" => bench(rest),
@@ -129,7 +131,7 @@ fn build(release: bool) -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    setup::setup()?;
+    setup::setup_build()?;
     build(true)?;
     let bin = root().join("target/release/fsmon");
     let dest = "/usr/local/bin/fsmon";

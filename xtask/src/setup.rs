@@ -32,6 +32,8 @@ const TEST_PACKAGES: &[&str] = &[
     // `init --service` is checked with systemd-analyze; --sync-interval with strace.
     "systemd",
     "strace",
+    // The man pages are checked with man(1).
+    "man-db",
     // Peers for `cargo xtask bench`, and stdbuf for fatrace's output.
     "fatrace",
     "auditd",
@@ -105,6 +107,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
             "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
         ]))?;
     }
+    let enabled_before = units_enabled_at_boot();
     let result = run_cmd(
         privileged("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -114,7 +117,44 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     if own_policy {
         run_cmd(privileged("rm").args(["-f", "/usr/sbin/policy-rc.d"]))?;
     }
+    // Servers installed for the tests (auditd, influxdb, prometheus,
+    // nats-server, podman's units) must not start at the next boot either:
+    // whatever the packages enabled, we disable again.
+    let newly: Vec<String> = units_enabled_at_boot()
+        .difference(&enabled_before)
+        .cloned()
+        .collect();
+    for unit in &newly {
+        let _ = privileged("systemctl")
+            .args(["disable", "--quiet", unit])
+            .stderr(Stdio::null())
+            .status();
+    }
+    if !newly.is_empty() {
+        println!("xtask: left disabled at boot: {}", newly.join(" "));
+    }
     result
+}
+
+/// Units enabled at boot: the entries of /etc/systemd/system/*.wants/.
+fn units_enabled_at_boot() -> std::collections::BTreeSet<String> {
+    let mut units = std::collections::BTreeSet::new();
+    let Ok(dirs) = std::fs::read_dir("/etc/systemd/system") else {
+        return units;
+    };
+    for dir in dirs.flatten() {
+        if !dir.file_name().to_string_lossy().ends_with(".wants") {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(dir.path()) {
+            units.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    units
 }
 
 /// The directory `PYTHON_PACKAGES` go to.
@@ -177,17 +217,23 @@ fn install_bpf_linker() -> Result<()> {
     .context("installing bpf-linker")
 }
 
-/// Installs everything the build and the test suite need.
-pub fn setup() -> Result<()> {
-    let nightly = nightly_with_rust_src();
-    if nightly {
-        apt_install(TEST_PACKAGES)?;
+/// Installs what building fsmon needs, and nothing else: the eBPF
+/// toolchain and bpf-linker. This is all `run`, `build` and `install` need.
+pub fn setup_build() -> Result<()> {
+    if nightly_with_rust_src() {
         apt_install(&["llvm-22-dev"])?;
     } else {
-        let all: Vec<&str> = EBPF_PACKAGES.iter().chain(TEST_PACKAGES).copied().collect();
-        apt_install(&all)?;
+        apt_install(EBPF_PACKAGES)?;
     }
-    install_bpf_linker()?;
+    install_bpf_linker()
+}
+
+/// Installs everything the build, the test suite and the benchmarks need:
+/// the build's tools, then the test tools, peers and servers (never left
+/// enabled at boot).
+pub fn setup() -> Result<()> {
+    setup_build()?;
+    apt_install(TEST_PACKAGES)?;
     install_python_packages()?;
     Ok(())
 }

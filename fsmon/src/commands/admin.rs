@@ -237,3 +237,27 @@ pub fn cd(ctx: &Context, args: CdArgs) -> Result<()> {
         .with_context(|| format!("starting {shell}"))?;
     std::process::exit(status.code().unwrap_or(0));
 }
+
+/// `fsmon completions SHELL`: the shell code that registers fsmon's
+/// completions. They are computed by fsmon itself at completion time
+/// (`COMPLETE=<shell> fsmon -- <words>`), so they offer the groups in the
+/// store as they are then, event types and tracker names, and never the
+/// internal subcommands.
+pub fn completions(shell: &str) -> anyhow::Result<()> {
+    use clap_complete::env::{Bash, Elvish, EnvCompleter, Fish, Powershell, Zsh};
+    let completer: &dyn EnvCompleter = match shell {
+        "bash" => &Bash,
+        "zsh" => &Zsh,
+        "fish" => &Fish,
+        "elvish" => &Elvish,
+        _ => &Powershell,
+    };
+    completer.write_registration(
+        "COMPLETE",
+        "fsmon",
+        "fsmon",
+        "fsmon",
+        &mut std::io::stdout(),
+    )?;
+    Ok(())
+}

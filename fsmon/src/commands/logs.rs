@@ -36,7 +36,7 @@ fn no_log(group: &str, path: &std::path::Path) -> Result<()> {
 pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     let path = group_log(ctx, &args.group)?;
     let filters = args
-        .time
+        .time_filters()
         .iter()
         .map(|t| TimeFilter::parse(t))
         .collect::<Result<Vec<_>, _>>()?;

@@ -2,12 +2,12 @@
 //! prints an error as one line and exits non-zero.
 mod admin;
 mod logs;
+mod man;
 mod paths;
 
 use std::path::Path;
 
 use anyhow::Result;
-use clap::CommandFactory;
 
 use crate::{
     cli::{Cli, Command},
@@ -33,12 +33,13 @@ impl Context {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "fsmon", &mut std::io::stdout());
-            return Ok(());
+            return admin::completions(&shell);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            return Ok(());
+        Command::Man { dir } => {
+            return match dir {
+                Some(dir) => man::write_all(&dir),
+                None => man::render_main(&mut std::io::stdout()),
+            };
         }
         Command::EbpfLoader {
             dir,
@@ -62,6 +63,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Health => admin::health(&ctx),
         Command::Init(args) => admin::init(&ctx, cli.config.as_deref(), args),
         Command::Cd(args) => admin::cd(&ctx, args),
-        Command::Completions { .. } | Command::Man | Command::EbpfLoader { .. } => unreachable!(),
+        Command::Completions { .. } | Command::Man { .. } | Command::EbpfLoader { .. } => {
+            unreachable!()
+        }
     }
 }
