@@ -337,49 +337,44 @@ impl Config {
 
 /// Parses the TOML text; errors become one line: file, line, key, problem.
 /// Never the text itself: what the parser quotes is taken out, and a key is
-/// named only once the text has parsed as TOML (a line of a file that is not
-/// TOML at all, such as a secret the config was linked to, is not a key).
+/// named only when its line reads `key = ...` with a plain TOML key (a line
+/// of a file that is not TOML at all, such as a secret the config was
+/// linked to, names no key).
 pub fn parse_file(text: &str, path: &Path) -> Result<ConfigFile> {
-    let line_of = |span: Option<std::ops::Range<usize>>| {
-        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-    };
-    let one_line = |line: Option<usize>, msg: String| {
-        let where_ = line.map(|n| format!(" line {n}")).unwrap_or_default();
-        Error::invalid(format!("{}:{where_}: {msg}", path.display()))
-    };
-    // Syntax first: a message without a key.
-    if let Err(e) = text.parse::<toml::Table>() {
-        let msg = crate::error::redact_quoted(e.message().trim()).replace('\n', " ");
-        return Err(one_line(line_of(e.span()), msg));
-    }
-    toml::from_str(text).map_err(|e| {
-        let mut msg = crate::error::redact_quoted(e.message().trim()).replace('\n', " ");
-        let line_no = line_of(e.span());
-        if let (Some(n), Some(span)) = (line_no, e.span()) {
-            let line = text.lines().nth(n - 1).unwrap_or("").trim();
-            let table = text[..span.start.min(text.len())]
+    let describe = |message: &str, span: Option<std::ops::Range<usize>>| {
+        let mut msg = crate::error::redact_quoted(message.trim()).replace('\n', " ");
+        let mut where_ = String::new();
+        if let Some(span) = span {
+            let before = &text[..span.start.min(text.len())];
+            let line_no = before.matches('\n').count() + 1;
+            where_ = format!(" line {line_no}");
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            let table = before
                 .lines()
                 .rev()
                 .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
                 .unwrap_or("");
-            let key = line.split('=').next().unwrap_or("").trim();
             let bare_key = |k: &str| {
                 !k.is_empty()
                     && k.len() <= 64
                     && k.chars()
                         .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
             };
-            if bare_key(key) && (table.is_empty() || bare_key(table)) && !msg.contains(key) {
-                let full = if table.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{table}.{key}")
-                };
-                msg = format!("key `{full}`: {msg}");
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if bare_key(key) && (table.is_empty() || bare_key(table)) && !msg.contains(key) {
+                    let full = if table.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{table}.{key}")
+                    };
+                    msg = format!("key `{full}`: {msg}");
+                }
             }
         }
-        one_line(line_no, msg)
-    })
+        Error::invalid(format!("{}:{where_}: {msg}", path.display()))
+    };
+    toml::from_str(text).map_err(|e| describe(e.message(), e.span()))
 }
 
 /// The text `fsmon init` writes: every setting present but commented out,

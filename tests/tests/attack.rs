@@ -580,6 +580,18 @@ impl RootFile {
     }
 }
 
+/// The env's config with the store and the log directory elsewhere.
+fn write_paths(env: &Env, store: &Path, logs: &Path) {
+    fs::write(
+        &env.config,
+        format!(
+            "[monitored]\npath = {store:?}\n[logging]\npath = {logs:?}\n[socket]\npath = {:?}\n",
+            env.socket
+        ),
+    )
+    .unwrap();
+}
+
 /// A root-owned 0755 directory inside `env`.
 fn root_dir(env: &Env, name: &str) -> PathBuf {
     let d = env.dir.path().join(name);
@@ -635,7 +647,7 @@ fn store_and_log_paths_at_root_files_are_refused() {
         let watch = env.watch.to_str().unwrap().to_string();
 
         // [monitored] path at root's file: `sudo fsmon add` and the daemon.
-        env.write_config(&format!("[monitored]\npath = {:?}\n", store.path));
+        write_paths(&env, &store.path, &env.logs);
         let out = fsmon_for(&env, a.uid, &["add", "_global", "--path", &watch, "-r"]);
         one_error_naming(&out, &rootdir, &format!("{mode:o}: sudo fsmon add"));
         store.assert_untouched("sudo fsmon add");
@@ -654,7 +666,7 @@ fn store_and_log_paths_at_root_files_are_refused() {
         );
 
         // [logging] path: the daemon starts, but never writes root's log.
-        env.write_config(&format!("[logging]\npath = {rootdir:?}\n"));
+        write_paths(&env, &env.store, &rootdir);
         add_for(&env, &a, "_global", &env.watch);
         add_for(&env, &a, "touch", &env.watch);
         let d = env.start_with_env(&[], &[("SUDO_UID", &a.uid.to_string())]);
@@ -700,11 +712,11 @@ fn a_symlinked_dot_local_to_a_root_directory_gets_nothing_created_in_it() {
     let local = home.join(".local");
     std::os::unix::fs::symlink(&rootdir, &local).unwrap();
     chown(&local, a.uid, a.gid);
-    env.write_config(&format!(
-        "[monitored]\npath = {:?}\n[logging]\npath = {:?}\n",
-        local.join("share/fsmon/monitored.jsonl"),
-        local.join("state/fsmon"),
-    ));
+    write_paths(
+        &env,
+        &local.join("share/fsmon/monitored.jsonl"),
+        &local.join("state/fsmon"),
+    );
     let watch = env.watch.to_str().unwrap();
     let out = fsmon_for(&env, a.uid, &["add", "_global", "--path", watch, "-r"]);
     one_error_naming(&out, &local.join("share/fsmon"), "sudo fsmon add");
@@ -939,44 +951,77 @@ fn an_unparsable_store_line_survives_add_and_remove_and_is_shown() {
 
 #[test]
 fn clean_prints_exactly_what_it_removed_including_a_partial_last_line() {
-    let env = Env::new();
-    fs::create_dir_all(&env.logs).unwrap();
-    let line = |i: u32| {
-        format!(
-            "{{\"time\":\"2020-01-01T00:00:{i:02}Z\",\"event_type\":\"CREATE\",\"path\":\"/x/{i}\",\"pid\":1,\"cmd\":\"c\",\"user\":\"root\",\"file_size\":0,\"ppid\":0,\"tgid\":1}}\n"
-        )
-    };
-    let fragment = "{\"time\":\"2020-01-01T00:01:00Z\",\"event_ty";
-    for daemon in [false, true] {
-        let log = env.log_path("g");
-        let lines: Vec<String> = (0..10).map(line).collect();
-        fs::write(&log, format!("{}{fragment}", lines.concat())).unwrap();
-        // Keep the last 3 whole lines.
-        let keep: usize = lines[7..].iter().map(String::len).sum();
-        let removed: usize = lines[..7].iter().map(String::len).sum();
-        let d = daemon.then(|| env.start(&[]));
-        let limit = format!(">={keep}B");
-        let dry = env.fsmon_ok(&["clean", "g", "--size", &limit, "--dry-run"]);
-        assert!(
-            dry.contains(&format!("unfinished last line of {} bytes", fragment.len())),
-            "{dry}"
-        );
-        let out = env.fsmon_ok(&["clean", "g", "--size", &limit]);
-        assert!(
-            out.contains(&format!("removed 7 lines ({removed} bytes)")),
-            "daemon {daemon}: {out}"
-        );
-        assert!(
-            out.contains(&format!("unfinished last line of {} bytes", fragment.len())),
-            "daemon {daemon}: {out}"
-        );
-        assert!(
-            out.contains(&format!("now holds {keep} bytes")),
-            "daemon {daemon}: {out}"
-        );
-        assert_eq!(fs::read_to_string(&log).unwrap(), lines[7..].concat());
-        if let Some(d) = d {
-            assert!(d.stop().success());
+    // Root's own logs, and A's through `sudo fsmon clean` (with A's daemon
+    // finishing the trim, and without a daemon).
+    let a = TestUser::new("k");
+    for user in [None, Some(&a)] {
+        let env = match user {
+            Some(u) => env_owned_by(u),
+            None => Env::new(),
+        };
+        fs::create_dir_all(&env.logs).unwrap();
+        if let Some(u) = user {
+            chown(&env.logs, u.uid, u.gid);
+        }
+        let uid = user.map_or(0, |u| u.uid);
+        let line = |i: u32| {
+            format!(
+                "{{\"time\":\"2020-01-01T00:00:{i:02}Z\",\"event_type\":\"CREATE\",\"path\":\"/x/{i}\",\"pid\":1,\"cmd\":\"c\",\"user\":\"root\",\"file_size\":0,\"ppid\":0,\"tgid\":1}}\n"
+            )
+        };
+        let fragment = "{\"time\":\"2020-01-01T00:01:00Z\",\"event_ty";
+        for daemon in [false, true] {
+            let what = format!("uid {uid}, daemon {daemon}");
+            let log = env.log_path("g");
+            let lines: Vec<String> = (0..10).map(line).collect();
+            let _ = fs::remove_file(&log);
+            fs::write(&log, format!("{}{fragment}", lines.concat())).unwrap();
+            fs::set_permissions(&log, fs::Permissions::from_mode(0o600)).unwrap();
+            chown(&log, uid, user.map_or(0, |u| u.gid));
+            // Keep the last 3 whole lines (the size counts the fragment).
+            let keep: usize = lines[7..].iter().map(String::len).sum();
+            let removed: usize = lines[..7].iter().map(String::len).sum();
+            let d = daemon.then(|| env.start_with_env(&[], &[("SUDO_UID", &uid.to_string())]));
+            let limit = format!(">={}B", keep + fragment.len());
+            // (The lines are old: a time filter that keeps them all.)
+            let keep_all = ">=2019-01-01";
+            let run = |args: &[&str]| {
+                let out = fsmon_for(&env, uid, args);
+                assert!(out.status.success(), "{what}: {args:?}: {}", stderr(&out));
+                String::from_utf8(out.stdout).unwrap()
+            };
+            let dry = run(&[
+                "clean",
+                "g",
+                "--time",
+                keep_all,
+                "--size",
+                &limit,
+                "--dry-run",
+            ]);
+            assert!(
+                dry.contains(&format!("unfinished last line of {} bytes", fragment.len())),
+                "{what}: {dry}"
+            );
+            let out = run(&["clean", "g", "--time", keep_all, "--size", &limit]);
+            for expected in [
+                format!("removed 7 lines ({removed} bytes)"),
+                format!("unfinished last line of {} bytes", fragment.len()),
+                format!("now holds {keep} bytes"),
+            ] {
+                assert!(out.contains(&expected), "{what}: {out}");
+            }
+            assert_eq!(fs::read_to_string(&log).unwrap(), lines[7..].concat());
+            let m = fs::metadata(&log).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600), "{what}");
+            assert_eq!(
+                names_in(&env.logs),
+                ["g_log.jsonl"],
+                "{what}: temp files left"
+            );
+            if let Some(d) = d {
+                assert!(d.stop().success());
+            }
         }
     }
 }
