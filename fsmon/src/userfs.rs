@@ -425,4 +425,22 @@ mod tests {
         let inner = fs.clone();
         assert_eq!(fs.run(move || inner.run(|| 7)), 7);
     }
+
+    /// The cost of one job on the worker (run by hand:
+    /// `cargo test -p fsmon --lib userfs -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn round_trip_cost() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let fs = UserFs::new(&TargetUser::from_uid(65534).unwrap()).unwrap();
+        let n = 20_000;
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            assert_eq!(fs.run(move || i), i);
+        }
+        let per = start.elapsed() / n;
+        eprintln!("one UserFs round trip: {per:?}");
+    }
 }

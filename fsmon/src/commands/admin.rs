@@ -163,8 +163,9 @@ ExecStart={exe} daemon
 Restart=on-failure
 RestartSec=2
 # fanotify needs CAP_SYS_ADMIN; the eBPF tracker CAP_BPF and CAP_PERFMON;
-# chown of logs to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH.
-CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE
+# chown of the socket to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH;
+# the user's filesystem credentials for the user's files CAP_SETUID CAP_SETGID.
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE CAP_SETUID CAP_SETGID
 NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHostname=yes
