@@ -261,6 +261,29 @@ mod tests {
     }
 
     #[test]
+    fn user_files_must_be_the_users_own() {
+        let d = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 0 { 65534 } else { 0 };
+        let p = d.path().join("log");
+        std::fs::write(&p, "keep").unwrap();
+        // Someone else's file (as seen by `other`): refused, not taken.
+        let err = open_user_append(&p, other, 0o600).unwrap_err().to_string();
+        assert!(err.contains("owned by") && err.contains("log"), "{err}");
+        assert!(open_user_read(&p, other).is_err());
+        open_user_append(&p, me, 0o600).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let err = open_user_read(&link, me).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::hard_link(&p, d.path().join("hard")).unwrap();
+        let err = open_user_append(&p, me, 0o600).unwrap_err().to_string();
+        assert!(err.contains("hard links"), "{err}");
+        assert!(create_user_new(&p, me, 0o600).is_err(), "exists");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "keep");
+    }
+
+    #[test]
     fn dir_symlink_refused() {
         let d = tempfile::tempdir().unwrap();
         let real = d.path().join("real");
