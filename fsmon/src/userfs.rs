@@ -78,7 +78,9 @@ impl UserFs {
                 let _ = ready_tx.send(switched);
                 if ok {
                     for job in rx {
-                        job();
+                        // A panicking job (a bug) fails its caller, whose
+                        // answer channel is dropped; the thread serves on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                     }
                 }
             })
@@ -123,8 +125,8 @@ impl UserFs {
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        // The thread lives as long as a sender does: these only fail if a
-        // job panicked on it, which is a bug.
+        // The thread lives as long as a sender does and survives a job that
+        // panics: these fail only if this job panicked, which is a bug.
         w.jobs.send(job).expect("the user-files thread is gone");
         rx.recv().expect("a job on the user-files thread panicked")
     }
