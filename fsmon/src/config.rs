@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     filters::SizeFilter,
     user::TargetUser,
+    userfs::UserFs,
 };
 
 pub const DEFAULT_CONFIG: &str = "~/.config/fsmon/fsmon.toml";
@@ -178,14 +179,20 @@ impl Config {
         user.expand(DEFAULT_CONFIG)
     }
 
-    /// Loads the config for `user` from `path` (absent file: defaults).
+    /// Loads the config for `user` from `path` (absent file: defaults),
+    /// read with the caller's credentials.
     pub fn load(user: &TargetUser, path: &Path) -> Result<Self> {
-        let (file, text_present) = match std::fs::read_to_string(path) {
-            Ok(text) => (parse_file(&text, path)?, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ConfigFile::default(), false),
-            Err(e) => return Err(Error::io(path, e)),
+        Self::load_as(&UserFs::direct(user.clone()), path)
+    }
+
+    /// Loads the config, read with the user's credentials: a symlink to a
+    /// file the user may not read is refused by the kernel (EACCES).
+    pub fn load_as(fs: &UserFs, path: &Path) -> Result<Self> {
+        let (file, text_present) = match fs.read_to_string(path)? {
+            Some(text) => (parse_file(&text, path)?, true),
+            None => (ConfigFile::default(), false),
         };
-        Self::resolve(user, file, text_present.then(|| path.to_path_buf()))
+        Self::resolve(fs.user(), file, text_present.then(|| path.to_path_buf()))
     }
 
     fn resolve(user: &TargetUser, f: ConfigFile, file: Option<PathBuf>) -> Result<Self> {
@@ -329,31 +336,45 @@ impl Config {
 }
 
 /// Parses the TOML text; errors become one line: file, line, key, problem.
+/// Never the text itself: what the parser quotes is taken out, and a key is
+/// named only when its line reads `key = ...` with a plain TOML key (a line
+/// of a file that is not TOML at all, such as a secret the config was
+/// linked to, names no key).
 pub fn parse_file(text: &str, path: &Path) -> Result<ConfigFile> {
-    toml::from_str(text).map_err(|e| {
-        let mut msg = e.message().trim().replace('\n', " ");
+    let describe = |message: &str, span: Option<std::ops::Range<usize>>| {
+        let mut msg = crate::error::redact_quoted(message.trim()).replace('\n', " ");
         let mut where_ = String::new();
-        if let Some(span) = e.span() {
-            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        if let Some(span) = span {
+            let before = &text[..span.start.min(text.len())];
+            let line_no = before.matches('\n').count() + 1;
+            where_ = format!(" line {line_no}");
             let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-            let table = text[..span.start.min(text.len())]
+            let table = before
                 .lines()
                 .rev()
                 .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
                 .unwrap_or("");
-            let key = line.split('=').next().unwrap_or("").trim();
-            where_ = format!(" line {line_no}");
-            if !key.is_empty() && !key.starts_with('[') && !msg.contains(key) {
-                let full = if table.is_empty() {
-                    key.to_string()
-                } else {
-                    format!("{table}.{key}")
-                };
-                msg = format!("key `{full}`: {msg}");
+            let bare_key = |k: &str| {
+                !k.is_empty()
+                    && k.len() <= 64
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            };
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if bare_key(key) && (table.is_empty() || bare_key(table)) && !msg.contains(key) {
+                    let full = if table.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{table}.{key}")
+                    };
+                    msg = format!("key `{full}`: {msg}");
+                }
             }
         }
         Error::invalid(format!("{}:{where_}: {msg}", path.display()))
-    })
+    };
+    toml::from_str(text).map_err(|e| describe(e.message(), e.span()))
 }
 
 /// The text `fsmon init` writes: every setting present but commented out,
@@ -470,6 +491,26 @@ mod tests {
         ] {
             let e = load_text(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fsmon.toml"), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_never_quote_the_file() {
+        for text in [
+            "root:$6$s3cretHASH:19000:0:99999:7:::\n",
+            "[cache]\nbuffer_size = \"s3cretHASH\"\n",
+            "[logging]\nkeep_days = 's3cretHASH'\n",
+            "s3cretHASH\n",
+            "[s3cretHASH:x]\n",
+            "[cache]\ndir_capacity = 918273645\nbuffer_size = \"x\"\n",
+        ] {
+            let e = load_text(text).unwrap_err().to_string();
+            assert!(
+                !e.contains("s3cretHASH") && !e.contains("918273645"),
+                "{text:?}: {e}"
+            );
+            assert!(e.contains("fsmon.toml") && e.contains("line"), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
     }

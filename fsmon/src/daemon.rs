@@ -30,11 +30,14 @@ use crate::{
     safefs,
     store::{self, PathOptions, Store, StoreLock},
     user::TargetUser,
+    userfs::UserFs,
 };
 
 pub struct DaemonOptions {
     pub config: Config,
     pub user: TargetUser,
+    /// The user's files (config, store, logs) are touched through this.
+    pub fs: UserFs,
     pub debug: bool,
 }
 
@@ -42,6 +45,7 @@ pub struct DaemonOptions {
 struct State {
     cfg: Config,
     user: TargetUser,
+    fs: UserFs,
     store: Mutex<Store>,
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
@@ -74,14 +78,18 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let DaemonOptions {
         config: cfg,
         user,
+        fs,
         debug,
     } = opts;
     if !nix::unistd::geteuid().is_root() {
         bail!("the daemon needs root (fanotify and BPF): run it as `sudo fsmon daemon`");
     }
     let _lock = DaemonLock::acquire(&cfg.socket_path, &user)?;
-    let store = Store::load(&cfg.store_path)
+    let store = Store::load(&fs, &cfg.store_path)
         .with_context(|| format!("reading {}", cfg.store_path.display()))?;
+    for u in &store.unparsed {
+        log::warn!("{}", u.describe(&cfg.store_path));
+    }
     let groups = Arc::new(GroupSet::from_store(&store));
 
     let tracker_cfg = TrackerConfig {
@@ -114,7 +122,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         Some(n) => QueueSize::Events(n),
     };
     let fan = Fanotify::init(queue)?;
-    let logs = LogSet::new(cfg.log_dir.clone(), user.clone())?;
+    let logs = LogSet::new(cfg.log_dir.clone(), fs.clone())?;
     if cfg.log_dir.is_none() {
         log::warn!(
             "file output is off: {} has no [logging] section",
@@ -150,6 +158,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let state = Arc::new(State {
         cfg,
         user,
+        fs,
         store: Mutex::new(store),
         pipeline,
         metrics,
@@ -351,8 +360,11 @@ async fn drive_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
 }
 
 fn reload_store(state: &State) {
-    match Store::load(&state.cfg.store_path) {
+    match Store::load(&state.fs, &state.cfg.store_path) {
         Ok(s) => {
+            for u in &s.unparsed {
+                log::warn!("{}", u.describe(&state.cfg.store_path));
+            }
             let groups = Arc::new(GroupSet::from_store(&s));
             *state.store.lock().unwrap() = s;
             state.pipeline.set_groups(groups);
@@ -487,7 +499,14 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
             size,
         } => {
             store::validate_group(&group)?;
-            let path = store::normalize_path(&path, Path::new("/"))?;
+            // Resolved and checked with the user's credentials: the user
+            // may watch only what the user may read.
+            let (path, pending) = state.fs.run(move || -> crate::Result<_> {
+                let path = store::normalize_path(&path, Path::new("/"))?;
+                crate::userfs::check_watchable(&path)?;
+                let pending = !path.exists();
+                Ok((path, pending))
+            })?;
             let path_str = path.to_string_lossy().into_owned();
             let types = store::parse_types(&types)?;
             let size = size.map(|s| SizeFilter::parse(&s)).transpose()?;
@@ -496,14 +515,14 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
                 types,
                 size,
             };
-            let pending = !path.exists();
             update_store(state, |s| s.add(&group, &path_str, opts.clone()), &path_str)?;
             Ok(json!({"ok": true, "group": group, "path": path_str, "pending": pending}))
         }
         Request::Remove { group, path } => {
-            let path = path
-                .map(|p| store::normalize_path(&p, Path::new("/")))
-                .transpose()?;
+            let path = state.fs.run(move || {
+                path.map(|p| store::normalize_path(&p, Path::new("/")))
+                    .transpose()
+            })?;
             let p = path.as_ref().map(|p| p.to_string_lossy().into_owned());
             let mut removed = false;
             update_store(state, |s| removed = s.remove(&group, p.as_deref()), "")?;
@@ -539,8 +558,8 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
 /// Read-modify-write of the store under its lock, then applies the new
 /// groups live. A path the kernel refuses to watch is taken back out.
 fn update_store(state: &State, change: impl FnOnce(&mut Store), path: &str) -> crate::Result<()> {
-    let _lock = StoreLock::acquire(&state.cfg.store_path, &state.user)?;
-    let mut store = Store::load(&state.cfg.store_path)?;
+    let _lock = StoreLock::acquire(&state.fs, &state.cfg.store_path)?;
+    let mut store = Store::load(&state.fs, &state.cfg.store_path)?;
     let before = store.clone();
     change(&mut store);
     let groups = Arc::new(GroupSet::from_store(&store));
@@ -551,7 +570,7 @@ fn update_store(state: &State, change: impl FnOnce(&mut Store), path: &str) -> c
             .set_groups(Arc::new(GroupSet::from_store(&before)));
         return Err(Error::invalid(format!("cannot watch {path}: {e}")));
     }
-    store.save(&state.cfg.store_path, &state.user)?;
+    store.save(&state.fs, &state.cfg.store_path)?;
     *state.store.lock().unwrap() = store;
     Ok(())
 }
@@ -591,6 +610,7 @@ fn health(state: &State) -> serde_json::Value {
         "tracker_fallback": info.tracker_fallback,
         "groups": store.groups.iter().filter(|g| !g.paths.is_empty()).count(),
         "paths": paths,
+        "store_unparsed": store.unparsed.iter().map(|u| json!({"path": state.cfg.store_path, "line": u.line, "error": u.reason})).collect::<Vec<_>>(),
         "watch_errors": info.watch_errors.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
         "log_dir": state.cfg.log_dir,
         "events_logged": logged,
@@ -629,9 +649,12 @@ fn clean_swap(
     let (tx, rx) = std::sync::mpsc::channel();
     let group = group.to_string();
     let sent = state.pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
-        // The writer is flushed; close it, finish the trim, reopen on demand.
+        // The writer is flushed; close it, finish the trim (as the user),
+        // reopen on demand.
         logs.close(&group);
-        let r = crate::logfile::finish_trim_at(&tmp, copied_until, &log_path);
+        let r = logs
+            .fs()
+            .run(move || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path));
         let _ = tx.send(r);
     }));
     if !sent {
@@ -640,7 +663,12 @@ fn clean_swap(
     let result = rx
         .recv()
         .map_err(|_| Error::Socket("the daemon is stopping".into()))??;
-    Ok(json!({"ok": true, "appended_bytes": result}))
+    Ok(json!({
+        "ok": true,
+        "appended_bytes": result.appended_bytes,
+        "new_len": result.new_len,
+        "dropped_partial_bytes": result.dropped_partial_bytes,
+    }))
 }
 
 async fn subscribe(

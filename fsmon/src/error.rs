@@ -56,3 +56,66 @@ pub fn escape_controls(text: &str) -> String {
     }
     out
 }
+
+/// A parser's message with what it quotes from the input taken out: text
+/// in double or single quotes becomes `"…"`, text in backticks is kept only
+/// when it looks like a key or type name (letters, digits, `_ - .`, at
+/// most 64 bytes). Errors about a file then never show its content (a
+/// config symlinked to a secret file, a store line), only where it is.
+pub fn redact_quoted(msg: &str) -> String {
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    };
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(start) = rest.find(['"', '`', '\'']) {
+        let quote = rest[start..].chars().next().unwrap();
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find(quote) {
+            Some(end) => {
+                let inner = &after[..end];
+                out.push(quote);
+                let grammar = inner.len() <= 3 && inner.chars().all(|c| c.is_ascii_punctuation());
+                if quote == '`' && (is_name(inner) || grammar) {
+                    out.push_str(inner);
+                } else {
+                    out.push('…');
+                }
+                out.push(quote);
+                rest = &after[end + 1..];
+            }
+            None => {
+                // An unclosed quote: drop the rest, it may be content.
+                out.push(quote);
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    escape_controls(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_quoted() {
+        let r = super::redact_quoted;
+        assert_eq!(
+            r("invalid type: string \"hunter2\", expected u64"),
+            "invalid type: string \"…\", expected u64"
+        );
+        assert_eq!(
+            r("unknown field `bufer_size`, expected one of `a`, `b`"),
+            "unknown field `bufer_size`, expected one of `a`, `b`"
+        );
+        assert_eq!(r("integer `1234`"), "integer `…`");
+        assert_eq!(r("key `root:$6$x`"), "key `…`");
+        assert_eq!(r("unexpected 'x' then \"open"), "unexpected '…' then \"…");
+    }
+}

@@ -18,3 +18,4 @@ pub mod pipeline;
 pub mod safefs;
 pub mod store;
 pub mod user;
+pub mod userfs;

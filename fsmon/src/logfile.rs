@@ -625,6 +625,9 @@ pub struct CleanPlan {
     pub removed_last: Option<DateTime<FixedOffset>>,
     /// The size limit moved the cut past what the age limit alone removes.
     pub cut_for_size: Option<u64>,
+    /// A partial last line (no newline: a crash's fragment) when planned;
+    /// a trim drops it.
+    pub partial_tail: u64,
     /// Identity of the planned file, so a plan is not applied to another.
     dev: u64,
     ino: u64,
@@ -673,7 +676,65 @@ impl fmt::Display for CleanPlan {
                 format_size(limit)
             )?;
         }
+        if self.partial_tail > 0 {
+            write!(
+                f,
+                ", and an unfinished last line of {} bytes",
+                self.partial_tail
+            )?;
+        }
         write!(f, "; {kept} kept")
+    }
+}
+
+impl CleanPlan {
+    /// What a clean that ran removed, exactly: the lines and bytes cut,
+    /// the unfinished last line dropped (if any), and the log's new size.
+    pub fn done(&self, result: &TrimResult) -> impl fmt::Display + '_ {
+        let result = *result;
+        DoneReport { plan: self, result }
+    }
+}
+
+struct DoneReport<'a> {
+    plan: &'a CleanPlan,
+    result: TrimResult,
+}
+
+impl fmt::Display for DoneReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (plan, r) = (self.plan, &self.result);
+        write!(
+            f,
+            "{}: removed {} lines ({} bytes)",
+            plan.path.display(),
+            plan.lines_removed,
+            r.bytes_removed
+        )?;
+        if let (Some(first), Some(last)) = (plan.removed_first, plan.removed_last) {
+            let stamp = |t: DateTime<FixedOffset>| t.to_rfc3339_opts(SecondsFormat::AutoSi, false);
+            write!(f, " from {} to {}", stamp(first), stamp(last))?;
+        }
+        if let Some(limit) = plan.cut_for_size {
+            write!(
+                f,
+                " (older lines also removed to fit {})",
+                format_size(limit)
+            )?;
+        }
+        if r.dropped_partial_bytes > 0 {
+            write!(
+                f,
+                ", and an unfinished last line of {} bytes",
+                r.dropped_partial_bytes
+            )?;
+        }
+        write!(
+            f,
+            "; the log now holds {} bytes ({})",
+            r.new_len,
+            format_size(r.new_len)
+        )
     }
 }
 
@@ -720,6 +781,7 @@ pub fn plan_clean(
         removed_first,
         removed_last,
         cut_for_size: max_bytes.filter(|_| by_size > by_time),
+        partial_tail: log.partial_tail(),
         dev: meta.dev(),
         ino: meta.ino(),
     })
@@ -882,9 +944,9 @@ pub fn complete_trim(mut prepared: PreparedTrim, log_path: &Path) -> Result<Trim
 /// calls this. The temp file must be a regular file with one link, owned
 /// like the log, and end with the same bytes as the log before
 /// `copied_until`, so a request cannot make root write or rename anything
-/// else. Returns the bytes appended. On error nothing is renamed and the
-/// temp file is left for its creator to remove.
-pub fn finish_trim_at(tmp_path: &Path, copied_until: u64, log_path: &Path) -> Result<u64> {
+/// else. Returns the bytes appended and what the log became. On error
+/// nothing is renamed and the temp file is left for its creator to remove.
+pub fn finish_trim_at(tmp_path: &Path, copied_until: u64, log_path: &Path) -> Result<FinishedTrim> {
     let log = LogReader::open(log_path)?;
     let log_meta = log.file.metadata().map_err(|e| Error::io(log_path, e))?;
     let tmp = OpenOptions::new()
@@ -920,7 +982,23 @@ pub fn finish_trim_at(tmp_path: &Path, copied_until: u64, log_path: &Path) -> Re
     if !(got_ours && got_theirs && ours == theirs) {
         return Err(refuse("its content is not the end of the log"));
     }
-    append_and_swap(&log, &tmp, tmp_path, copied_until, log_path)
+    let appended_bytes = append_and_swap(&log, &tmp, tmp_path, copied_until, log_path)?;
+    Ok(FinishedTrim {
+        appended_bytes,
+        new_len: tmp_len + appended_bytes,
+        dropped_partial_bytes: log.partial_tail(),
+    })
+}
+
+/// What [`finish_trim_at`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedTrim {
+    /// Lines written since the copy, appended to it.
+    pub appended_bytes: u64,
+    /// Size of the log after the swap.
+    pub new_len: u64,
+    /// A partial last line of the old log, not carried over.
+    pub dropped_partial_bytes: u64,
 }
 
 /// The end of a trim, shared by both ways in: append the complete lines in
@@ -1627,7 +1705,9 @@ mod tests {
         fs::remove_file(&hard).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), lines.concat());
 
-        let appended = finish_trim_at(&tmp, copied_until, &path).unwrap();
+        let appended = finish_trim_at(&tmp, copied_until, &path)
+            .unwrap()
+            .appended_bytes;
         assert_eq!(appended, (lines[4].len() + lines[5].len()) as u64);
         assert_eq!(fs::read_to_string(&path).unwrap(), lines[2..].concat());
         assert!(!tmp.exists());

@@ -1,9 +1,15 @@
-//! Opening files as root without being tricked by symlinks.
+//! Opening files without being tricked by symlinks, FIFOs or hard links.
 //!
-//! The daemon runs as root but writes into places other users might reach
-//! (the socket in /tmp) or that a user controls. Every file it writes is
-//! opened with O_NOFOLLOW, checked to be a regular file, and chowned through
-//! the open descriptor, never by path.
+//! Files in the user's locations (store, logs, their locks and temp files)
+//! are opened on the [`UserFs`](crate::userfs::UserFs) thread, with the
+//! user's credentials, by the `*_user_*` functions here: O_NOFOLLOW,
+//! O_NONBLOCK, a regular file with one link, owned by the user. Nothing is
+//! chowned: what the user creates is the user's, and anything else
+//! (root's files included) is refused with one line naming the path.
+//!
+//! The other functions are for root's own locations (the socket and the
+//! daemon's lock beside it, the systemd unit): same checks, and a file root
+//! creates there is handed to the user through the descriptor.
 use std::{
     fs::{File, OpenOptions},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
@@ -163,6 +169,43 @@ pub fn create_dir_all_owned(dir: &Path, owner: &TargetUser) -> Result<()> {
     }
 }
 
+/// Opens (creating if needed) a file of user `uid` for appending. Run it
+/// with the user's credentials (on the `UserFs` thread).
+pub fn open_user_append(path: &Path, uid: u32, mode: u32) -> Result<File> {
+    let file = open_with(
+        path,
+        safe_options()
+            .append(true)
+            .read(true)
+            .create(true)
+            .mode(mode),
+    )?;
+    crate::userfs::check_owned(&file, path, uid)?;
+    Ok(file)
+}
+
+/// Creates a new file (O_EXCL|O_NOFOLLOW) with the user's credentials.
+pub fn create_user_new(path: &Path, uid: u32, mode: u32) -> Result<File> {
+    let file = open_with(
+        path,
+        safe_options()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(mode),
+    )?;
+    crate::userfs::check_owned(&file, path, uid)?;
+    Ok(file)
+}
+
+/// Opens an existing file of user `uid` read-only (O_NOFOLLOW, regular,
+/// one link, owned by the user).
+pub fn open_user_read(path: &Path, uid: u32) -> Result<File> {
+    let file = open_with(path, safe_options().read(true))?;
+    crate::userfs::check_owned(&file, path, uid)?;
+    Ok(file)
+}
+
 /// Size of an open file.
 pub fn file_len(file: &File) -> u64 {
     file.metadata().map(|m| m.len()).unwrap_or(0)
@@ -215,6 +258,29 @@ mod tests {
         let err = open_append(&link, &me(), 0o600).unwrap_err().to_string();
         assert!(err.contains("hard links"), "{err}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    }
+
+    #[test]
+    fn user_files_must_be_the_users_own() {
+        let d = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 0 { 65534 } else { 0 };
+        let p = d.path().join("log");
+        std::fs::write(&p, "keep").unwrap();
+        // Someone else's file (as seen by `other`): refused, not taken.
+        let err = open_user_append(&p, other, 0o600).unwrap_err().to_string();
+        assert!(err.contains("owned by") && err.contains("log"), "{err}");
+        assert!(open_user_read(&p, other).is_err());
+        open_user_append(&p, me, 0o600).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let err = open_user_read(&link, me).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::hard_link(&p, d.path().join("hard")).unwrap();
+        let err = open_user_append(&p, me, 0o600).unwrap_err().to_string();
+        assert!(err.contains("hard links"), "{err}");
+        assert!(create_user_new(&p, me, 0o600).is_err(), "exists");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "keep");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     event::{EventType, TypeSet},
     filters::SizeFilter,
     safefs,
-    user::TargetUser,
+    userfs::UserFs,
 };
 
 /// The group that logs every process's events.
@@ -50,6 +50,8 @@ pub struct Group {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
     pub groups: Vec<Group>,
+    /// Lines that are not a valid group: kept, reported, never dropped.
+    pub unparsed: Vec<Unparsed>,
 }
 
 /// Checks a group name: `_global` or a command name that is also a safe
@@ -160,42 +162,77 @@ pub fn normalize_path(path: &str, cwd: &Path) -> Result<PathBuf> {
     Ok(real)
 }
 
+/// A store line that could not be read as a group. It is kept byte for
+/// byte (written back at the end of the file by every save) and reported
+/// by `monitored` and `health`, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsed {
+    /// 1-based line number in the file as read.
+    pub line: usize,
+    pub raw: Vec<u8>,
+    /// Why, without quoting the line.
+    pub reason: String,
+}
+
+impl Unparsed {
+    /// One line for a warning: file, line number, reason; never the content.
+    pub fn describe(&self, path: &Path) -> String {
+        format!(
+            "{}: line {}: kept as is but not applied ({}); fix or remove it by hand",
+            path.display(),
+            self.line,
+            self.reason
+        )
+    }
+}
+
 impl Store {
-    /// Reads the store; a missing file is an empty store. A line that does
-    /// not parse is skipped with a warning (the rest is still monitored).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = match safefs::open_read(path) {
-            Ok(mut f) => {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut f, &mut s).map_err(|e| Error::io(path, e))?;
-                s
+    /// Reads the store as the user (see [`UserFs`]); a missing file is an
+    /// empty store. The file must be the user's own regular file.
+    pub fn load(fs: &UserFs, path: &Path) -> Result<Self> {
+        let (p, uid) = (path.to_path_buf(), fs.user().uid);
+        let bytes = fs.run(move || -> Result<Option<Vec<u8>>> {
+            match safefs::open_user_read(&p, uid) {
+                Ok(mut f) => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut b).map_err(|e| Error::io(&p, e))?;
+                    Ok(Some(b))
+                }
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
             }
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Store::default());
-            }
-            Err(e) => return Err(e),
-        };
+        })?;
+        Ok(bytes.map(|b| Self::parse(&b)).unwrap_or_default())
+    }
+
+    /// Parses the store's bytes. Lines that are not a valid group are kept
+    /// in `unparsed`.
+    pub fn parse(bytes: &[u8]) -> Self {
         let mut store = Store::default();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<Group>(line) {
-                Ok(g) if validate_group(&g.cmd).is_ok() => store.merge(g),
-                Ok(g) => log::warn!(
-                    "{}:{}: skipping group with bad name '{}'",
-                    path.display(),
-                    i + 1,
-                    g.cmd
-                ),
-                Err(e) => log::warn!(
-                    "{}:{}: skipping unreadable line: {e}",
-                    path.display(),
-                    i + 1
-                ),
-            }
+            let reason = match std::str::from_utf8(raw) {
+                Err(_) => "not UTF-8".to_string(),
+                Ok(line) => match serde_json::from_str::<Group>(line) {
+                    Ok(g) if validate_group(&g.cmd).is_ok() => {
+                        store.merge(g);
+                        continue;
+                    }
+                    Ok(_) => "the group name is not valid".to_string(),
+                    Err(e) => crate::error::redact_quoted(&e.to_string()),
+                },
+            };
+            store.unparsed.push(Unparsed {
+                line: i + 1,
+                raw: raw.to_vec(),
+                reason,
+            });
         }
-        Ok(store)
+        store
     }
 
     fn merge(&mut self, g: Group) {
@@ -242,25 +279,49 @@ impl Store {
             .map(|g| serde_json::to_string(g).expect("store serializes"))
     }
 
-    /// Writes the store atomically, owned by `owner`.
-    pub fn save(&self, path: &Path, owner: &TargetUser) -> Result<()> {
+    /// The file's bytes: the groups, then the unparsed lines verbatim.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in self.lines() {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        for u in &self.unparsed {
+            out.extend_from_slice(&u.raw);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Writes the store atomically as the user: a new temp file beside it,
+    /// synced, renamed over it.
+    pub fn save(&self, fs: &UserFs, path: &Path) -> Result<()> {
         let dir = path
             .parent()
-            .ok_or_else(|| Error::invalid("store path has no directory"))?;
-        safefs::create_dir_all_owned(dir, owner)?;
+            .ok_or_else(|| Error::invalid("store path has no directory"))?
+            .to_path_buf();
+        fs.create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.tmp.{}", file_name(path), std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let mut f = safefs::create_new(&tmp, owner, 0o644)?;
-        let mut text = String::new();
-        for line in self.lines() {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        // rename replaces a symlink at `path` itself, never its target.
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let (path, uid, bytes) = (path.to_path_buf(), fs.user().uid, self.to_bytes());
+        fs.run(move || {
+            // Whatever is at the temp path (a planted link) goes; it is
+            // never followed.
+            let _ = fs::remove_file(&tmp);
+            let mut f = safefs::create_user_new(&tmp, uid, 0o644)?;
+            let written = f
+                .write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            // rename replaces a symlink at `path` itself, never its target.
+            fs::rename(&tmp, &path).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                Error::io(&path, e)
+            })
+        })
     }
 }
 
@@ -274,13 +335,15 @@ fn file_name(path: &Path) -> String {
 pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 impl StoreLock {
-    pub fn acquire(store_path: &Path, owner: &TargetUser) -> Result<Self> {
+    /// Creates (as the user) and locks `.<store name>.lock` beside the
+    /// store. The wait for the lock happens on the caller's thread.
+    pub fn acquire(fs: &UserFs, store_path: &Path) -> Result<Self> {
         let dir = store_path
             .parent()
             .ok_or_else(|| Error::invalid("store path has no directory"))?;
-        safefs::create_dir_all_owned(dir, owner)?;
+        fs.create_dir_all(dir)?;
         let lock_path = dir.join(format!(".{}.lock", file_name(store_path)));
-        let f = safefs::open_append(&lock_path, owner, 0o600)?;
+        let f = fs.open_append(&lock_path, 0o600)?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map(StoreLock)
             .map_err(|(_, e)| Error::io(&lock_path, e.into()))
@@ -338,9 +401,9 @@ mod tests {
         );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/monitored.jsonl");
-        let me = TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap();
-        s.save(&p, &me).unwrap();
-        assert_eq!(Store::load(&p).unwrap(), s);
+        let me = me();
+        s.save(&me, &p).unwrap();
+        assert_eq!(Store::load(&me, &p).unwrap(), s);
         assert!(s.remove("nginx", Some("/var/www/myapp")));
         assert!(s.groups.is_empty(), "a group with no paths left is dropped");
         assert!(!s.remove("nginx", None));
@@ -365,12 +428,49 @@ mod tests {
         assert!(parse_types(&[""]).is_err());
     }
 
+    fn me() -> UserFs {
+        UserFs::direct(crate::user::TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap())
+    }
+
     #[test]
-    fn corrupt_line_skipped() {
+    fn unparsable_lines_are_kept_verbatim_and_survive_a_save() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("monitored.jsonl");
-        fs::write(&p, "garbage\n{\"cmd\":\"_global\",\"paths\":{\"/tmp\":{\"recursive\":false,\"types\":[\"CREATE\"]}}}\n").unwrap();
-        let s = Store::load(&p).unwrap();
+        let good = "{\"cmd\":\"_global\",\"paths\":{\"/tmp\":{\"recursive\":false,\"types\":[\"CREATE\"]}}}";
+        let bad_type =
+            "{\"cmd\":\"x\",\"paths\":{\"/etc/ssh\":{\"recursive\":\"hunter2\",\"types\":[]}}}";
+        let mut bytes = b"garbage\n".to_vec();
+        bytes.extend_from_slice(good.as_bytes());
+        bytes.extend_from_slice(b"\n\xff\xfe not utf-8\n");
+        bytes.extend_from_slice(bad_type.as_bytes());
+        bytes.extend_from_slice(b"\n{\"cmd\":\"../x\",\"paths\":{}}");
+        fs::write(&p, &bytes).unwrap();
+        let me = me();
+        let mut s = Store::load(&me, &p).unwrap();
         assert_eq!(s.groups.len(), 1);
+        let lines: Vec<usize> = s.unparsed.iter().map(|u| u.line).collect();
+        assert_eq!(lines, [1, 3, 4, 5]);
+        for u in &s.unparsed {
+            let d = u.describe(&p);
+            assert!(!d.contains("hunter2") && !d.contains("garbage"), "{d}");
+        }
+        s.add("nginx", "/srv", s.groups[0].paths["/tmp"].clone());
+        s.save(&me, &p).unwrap();
+        let text = fs::read(&p).unwrap();
+        for kept in [
+            &b"garbage"[..],
+            b"\xff\xfe not utf-8",
+            bad_type.as_bytes(),
+            b"../x",
+        ] {
+            assert!(
+                text.windows(kept.len()).any(|w| w == kept),
+                "{:?} dropped",
+                String::from_utf8_lossy(kept)
+            );
+        }
+        let again = Store::load(&me, &p).unwrap();
+        assert_eq!(again.groups.len(), 2);
+        assert_eq!(again.unparsed.len(), 4);
     }
 }

@@ -107,6 +107,7 @@ pub fn daemon(ctx: &mut Context, args: DaemonArgs) -> Result<()> {
     daemon::run(DaemonOptions {
         config: ctx.config.clone(),
         user: ctx.user.clone(),
+        fs: ctx.fs.clone(),
         debug: args.debug,
     })
 }
@@ -125,14 +126,19 @@ const UNIT_NAME: &str = "fsmon.service";
 
 pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()> {
     let path = crate::config::Config::locate(&ctx.user, explicit);
-    if std::fs::symlink_metadata(&path).is_ok() {
+    let (p, uid) = (path.clone(), ctx.user.uid);
+    let exists = ctx.fs.run(move || std::fs::symlink_metadata(p).is_ok());
+    if exists {
         eprintln!("{} already exists; left unchanged", path.display());
     } else {
         let dir = path.parent().context("config path has no directory")?;
-        safefs::create_dir_all_owned(dir, &ctx.user)?;
-        let mut f = safefs::create_new(&path, &ctx.user, 0o644)?;
-        std::io::Write::write_all(&mut f, INIT_TEMPLATE.as_bytes())
-            .map_err(|e| Error::io(&path, e))?;
+        ctx.fs.create_dir_all(dir)?;
+        let p = path.clone();
+        ctx.fs.run(move || -> crate::Result<()> {
+            let mut f = safefs::create_user_new(&p, uid, 0o644)?;
+            std::io::Write::write_all(&mut f, INIT_TEMPLATE.as_bytes())
+                .map_err(|e| Error::io(&p, e))
+        })?;
         println!("wrote {}", path.display());
     }
     if args.service {
@@ -157,8 +163,9 @@ ExecStart={exe} daemon
 Restart=on-failure
 RestartSec=2
 # fanotify needs CAP_SYS_ADMIN; the eBPF tracker CAP_BPF and CAP_PERFMON;
-# chown of logs to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH.
-CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE
+# chown of the socket to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH;
+# the user's filesystem credentials for the user's files CAP_SETUID CAP_SETGID.
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE CAP_SETUID CAP_SETGID
 NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHostname=yes
@@ -228,7 +235,7 @@ pub fn cd(ctx: &Context, args: CdArgs) -> Result<()> {
             .context("store path has no directory")?
             .to_path_buf()
     };
-    safefs::create_dir_all_owned(&dir, &ctx.user)?;
+    ctx.fs.create_dir_all(&dir)?;
     let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
     eprintln!("entering {} (type exit to return)", dir.display());
     let status = std::process::Command::new(&shell)

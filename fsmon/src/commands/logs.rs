@@ -11,7 +11,7 @@ use crate::{
     control::{Client, Request},
     error::Error,
     filters::{Bound, Side, SizeFilter, TimeFilter},
-    logfile::{self, QueryOptions},
+    logfile::{self, CleanPlan, QueryOptions, QueryStats, TrimResult},
     pipeline::write::log_path,
     store,
 };
@@ -40,38 +40,43 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
         .iter()
         .map(|t| TimeFilter::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let prefix = match &args.path {
-        Some(p) => Some(
-            store::normalize_path(p, &std::env::current_dir()?)?
-                .to_string_lossy()
-                .into_owned(),
-        ),
-        None => None,
-    };
-    if std::fs::symlink_metadata(&path).is_err() {
-        return no_log(&args.group, &path);
-    }
-    let range = logfile::resolve_range(&path, &filters, Utc::now())?;
-    let opts = QueryOptions {
-        range,
-        path_prefix: prefix,
-    };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let result = if changes {
-        logfile::changes(&path, &opts, &mut out)
-    } else {
-        logfile::query(&path, &opts, &mut out)
-    };
-    let stats = match result {
-        Ok(s) => s,
-        // `fsmon query | head` closing the pipe is not an error.
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
-            return Ok(());
+    let cwd = std::env::current_dir()?;
+    let log = path.clone();
+    // Everything that touches files runs as the user (also under sudo).
+    let result = ctx.fs.run(move || -> crate::Result<Option<QueryStats>> {
+        let path_prefix = match &args.path {
+            Some(p) => Some(
+                store::normalize_path(p, &cwd)?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            None => None,
+        };
+        if std::fs::symlink_metadata(&log).is_err() {
+            return Ok(None);
         }
-        Err(e) => return Err(e.into()),
+        let range = logfile::resolve_range(&log, &filters, Utc::now())?;
+        let opts = QueryOptions { range, path_prefix };
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let result = if changes {
+            logfile::changes(&log, &opts, &mut out)
+        } else {
+            logfile::query(&log, &opts, &mut out)
+        };
+        let _ = out.flush();
+        match result {
+            Ok(s) => Ok(Some(s)),
+            // `fsmon query | head` closing the pipe is not an error.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                Ok(Some(QueryStats::default()))
+            }
+            Err(e) => Err(e),
+        }
+    })?;
+    let Some(stats) = result else {
+        return no_log(&args.group, &path);
     };
-    let _ = out.flush();
     if let Some(w) = stats.corrupt_warning(&path) {
         eprintln!("warning: {w}");
     }
@@ -98,39 +103,66 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
         Some(s) => SizeFilter::parse(s)?,
         None => ctx.config.clean_size,
     };
-    if std::fs::symlink_metadata(&path).is_err() {
+    let keep_days = ctx.config.keep_days as i64;
+    let log = path.clone();
+    let plan = ctx.fs.run(move || -> crate::Result<Option<CleanPlan>> {
+        if std::fs::symlink_metadata(&log).is_err() {
+            return Ok(None);
+        }
+        let keep_after = match keep_after {
+            Some(f) => f.resolve(now, logfile::log_zone(&log)?)?,
+            None => Bound::inclusive(now - chrono::TimeDelta::days(keep_days)),
+        };
+        logfile::plan_clean(&log, Some(keep_after), Some(size.bytes())).map(Some)
+    })?;
+    let Some(plan) = plan else {
         return no_log(&args.group, &path);
-    }
-    let keep_after = match keep_after {
-        Some(f) => f.resolve(now, logfile::log_zone(&path)?)?,
-        None => Bound::inclusive(now - chrono::TimeDelta::days(ctx.config.keep_days as i64)),
     };
-    let plan = logfile::plan_clean(&path, Some(keep_after), Some(size.bytes()))?;
     if args.dry_run || plan.is_noop() {
         println!("{plan}");
         return Ok(());
     }
     // With a daemon writing this log, it finishes the trim between batches;
     // otherwise we do it all here.
-    match Client::connect(&ctx.config.socket_path) {
+    let result = match Client::connect(&ctx.config.socket_path) {
         Ok(mut client) => {
-            let prepared = logfile::copy_tail(&path, plan.cut)?;
-            let (tmp, copied_until) = prepared.hand_over();
+            let (log, cut) = (path.clone(), plan.cut);
+            let (tmp, copied_until) = ctx
+                .fs
+                .run(move || logfile::copy_tail(&log, cut).map(|p| p.hand_over()))?;
             let r = client.call(&Request::CleanSwap {
                 group: args.group.clone(),
                 tmp: tmp.to_string_lossy().into_owned(),
                 copied_until,
             });
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+            let answer = match r {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = ctx.fs.remove_file(&tmp);
+                    return Err(e.into());
+                }
+            };
+            let number = |key: &str| answer.get(key).and_then(|v| v.as_u64());
+            match (number("dropped_partial_bytes"), number("new_len")) {
+                (Some(dropped_partial_bytes), Some(new_len)) => TrimResult {
+                    bytes_removed: plan.cut,
+                    new_len,
+                    dropped_partial_bytes,
+                },
+                // An older daemon: what we know from the plan.
+                _ => TrimResult {
+                    bytes_removed: plan.cut,
+                    new_len: plan.bytes_kept(),
+                    dropped_partial_bytes: plan.partial_tail,
+                },
             }
-            r?;
         }
         Err(Error::Socket(msg)) if msg.starts_with("no fsmon daemon") => {
-            logfile::clean_now(&plan)?;
+            let p = plan.clone();
+            ctx.fs.run(move || logfile::clean_now(&p))?
         }
         Err(e) => return Err(e.into()),
-    }
-    println!("{plan}");
+    };
+    println!("{}", plan.done(&result));
     Ok(())
 }

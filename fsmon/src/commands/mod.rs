@@ -13,20 +13,25 @@ use crate::{
     cli::{Cli, Command},
     config::Config,
     user::TargetUser,
+    userfs::UserFs,
 };
 
-/// What every command needs: who we work for and the resolved config.
+/// What every command needs: who we work for, the way to touch that
+/// user's files (with the user's credentials, also under sudo), and the
+/// resolved config.
 pub struct Context {
     pub user: TargetUser,
+    pub fs: UserFs,
     pub config: Config,
 }
 
 impl Context {
     pub fn load(explicit: Option<&Path>) -> Result<Self> {
         let user = TargetUser::resolve()?;
+        let fs = UserFs::new(&user)?;
         let path = Config::locate(&user, explicit);
-        let config = Config::load(&user, &path)?;
-        Ok(Self { user, config })
+        let config = Config::load_as(&fs, &path)?;
+        Ok(Self { user, fs, config })
     }
 }
 

@@ -11,6 +11,7 @@ use crate::{
     error::Error,
     filters::SizeFilter,
     store::{self, PathOptions, Store, StoreLock},
+    userfs,
 };
 
 /// Connects to the daemon if one runs; `None` if none does.
@@ -28,7 +29,15 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     let types = store::parse_types(&args.types)?;
     let size = args.size.as_deref().map(SizeFilter::parse).transpose()?;
     let cwd = std::env::current_dir()?;
-    let path = store::normalize_path(&args.path, &cwd)?;
+    // Resolved and checked as the user: a path the user may not read is
+    // refused here (and again by the daemon, with the same rule).
+    let raw = args.path.clone();
+    let (path, exists) = ctx.fs.run(move || -> crate::Result<_> {
+        let path = store::normalize_path(&raw, &cwd)?;
+        userfs::check_watchable(&path)?;
+        let exists = path.exists();
+        Ok((path, exists))
+    })?;
     let path_str = path.to_string_lossy().into_owned();
     if args.group.len() > 15 && args.group != store::GLOBAL {
         eprintln!(
@@ -37,7 +46,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
             &args.group[..15]
         );
     }
-    if !path.exists() {
+    if !exists {
         eprintln!(
             "notice: {path_str} does not exist yet; it is watched from the moment it appears"
         );
@@ -53,8 +62,8 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
             })?;
         }
         None => {
-            let _lock = StoreLock::acquire(&ctx.config.store_path, &ctx.user)?;
-            let mut s = Store::load(&ctx.config.store_path)?;
+            let _lock = StoreLock::acquire(&ctx.fs, &ctx.config.store_path)?;
+            let mut s = Store::load(&ctx.fs, &ctx.config.store_path)?;
             s.add(
                 &args.group,
                 &path_str,
@@ -64,7 +73,8 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                     size,
                 },
             );
-            s.save(&ctx.config.store_path, &ctx.user)?;
+            s.save(&ctx.fs, &ctx.config.store_path)?;
+            warn_unparsed(ctx, &s);
             eprintln!(
                 "notice: no daemon is running; saved to {}",
                 ctx.config.store_path.display()
@@ -77,11 +87,12 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
 pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
     store::validate_group(&args.group)?;
     let cwd = std::env::current_dir()?;
-    let path = args
-        .path
-        .as_deref()
-        .map(|p| store::normalize_path(p, &cwd))
-        .transpose()?;
+    let raw = args.path.clone();
+    let path = ctx.fs.run(move || {
+        raw.as_deref()
+            .map(|p| store::normalize_path(p, &cwd))
+            .transpose()
+    })?;
     let path_str = path.as_deref().map(|p| p.to_string_lossy().into_owned());
     match daemon(ctx)? {
         Some(mut c) => {
@@ -91,8 +102,9 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
             })?;
         }
         None => {
-            let _lock = StoreLock::acquire(&ctx.config.store_path, &ctx.user)?;
-            let mut s = Store::load(&ctx.config.store_path)?;
+            let _lock = StoreLock::acquire(&ctx.fs, &ctx.config.store_path)?;
+            let mut s = Store::load(&ctx.fs, &ctx.config.store_path)?;
+            warn_unparsed(ctx, &s);
             if !s.remove(&args.group, path_str.as_deref()) {
                 return Err(match path_str {
                     Some(p) => Error::invalid(format!("group {} does not watch {p}", args.group)),
@@ -100,14 +112,22 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
                 }
                 .into());
             }
-            s.save(&ctx.config.store_path, &ctx.user)?;
+            s.save(&ctx.fs, &ctx.config.store_path)?;
         }
     }
     Ok(())
 }
 
+/// One warning line per store line kept unread (file, line, why).
+fn warn_unparsed(ctx: &Context, s: &Store) {
+    for u in &s.unparsed {
+        eprintln!("warning: {}", u.describe(&ctx.config.store_path));
+    }
+}
+
 pub fn monitored(ctx: &Context) -> Result<()> {
-    let s = Store::load(&ctx.config.store_path)?;
+    let s = Store::load(&ctx.fs, &ctx.config.store_path)?;
+    warn_unparsed(ctx, &s);
     let mut out = String::new();
     for line in s.lines() {
         out.push_str(&line);

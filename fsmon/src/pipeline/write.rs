@@ -16,7 +16,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{error::Result, safefs, user::TargetUser};
+use crate::{error::Result, userfs::UserFs};
 
 pub const LOG_SUFFIX: &str = "_log.jsonl";
 
@@ -55,8 +55,10 @@ impl LogWriter {
     /// Opens (or creates) the log. A partial last line left by a crash is
     /// closed with a newline, so new events start on a fresh line and
     /// readers can skip the fragment.
-    pub fn open(path: PathBuf, owner: &TargetUser) -> Result<Self> {
-        let file = safefs::open_append(&path, owner, 0o600)?;
+    pub fn open(path: PathBuf, fs: &UserFs) -> Result<Self> {
+        // As the user: the file and every directory on the way are checked
+        // with the user's rights; a new file is the user's.
+        let file = fs.open_append(&path, 0o600)?;
         let meta = file.metadata().map_err(|e| crate::Error::io(&path, e))?;
         let mut w = LogWriter {
             len: meta.len(),
@@ -164,8 +166,9 @@ impl LogWriter {
 
     /// Reopens the file if it was replaced or truncated under us (a user
     /// trimming logs by hand with `tail > tmp && mv tmp log`).
-    pub fn follow_replacement(&mut self, owner: &TargetUser) {
-        match std::fs::symlink_metadata(&self.path) {
+    pub fn follow_replacement(&mut self, fs: &UserFs) {
+        let path = self.path.clone();
+        match fs.run(move || std::fs::symlink_metadata(path)) {
             Ok(m) if m.ino() == self.ino => {
                 if m.len() < self.len {
                     // Truncated by hand, maybe in the middle of a line.
@@ -174,7 +177,7 @@ impl LogWriter {
                 }
             }
             _ => {
-                if let Ok(w) = LogWriter::open(self.path.clone(), owner) {
+                if let Ok(w) = LogWriter::open(self.path.clone(), fs) {
                     let buf = std::mem::take(&mut self.buf);
                     let pending = self.pending;
                     *self = w;
@@ -189,20 +192,20 @@ impl LogWriter {
 /// The writers of all groups, opened on first use.
 pub struct LogSet {
     dir: Option<PathBuf>,
-    owner: TargetUser,
+    fs: UserFs,
     writers: HashMap<Arc<str>, LogWriter>,
     /// Groups whose log could not be opened (reported once).
     broken: HashMap<Arc<str>, String>,
 }
 
 impl LogSet {
-    pub fn new(dir: Option<PathBuf>, owner: TargetUser) -> Result<Self> {
+    pub fn new(dir: Option<PathBuf>, fs: UserFs) -> Result<Self> {
         if let Some(d) = &dir {
-            safefs::create_dir_all_owned(d, &owner)?;
+            fs.create_dir_all(d)?;
         }
         Ok(Self {
             dir,
-            owner,
+            fs,
             writers: HashMap::new(),
             broken: HashMap::new(),
         })
@@ -225,7 +228,7 @@ impl LogSet {
             if self.broken.contains_key(group) {
                 return None;
             }
-            match LogWriter::open(log_path(dir, group), &self.owner) {
+            match LogWriter::open(log_path(dir, group), &self.fs) {
                 Ok(w) => {
                     self.writers.insert(group.clone(), w);
                 }
@@ -259,7 +262,7 @@ impl LogSet {
     /// Periodic: follow logs replaced by hand; retry broken groups.
     pub fn maintain(&mut self) {
         for w in self.writers.values_mut() {
-            w.follow_replacement(&self.owner);
+            w.follow_replacement(&self.fs);
         }
         self.broken.clear();
     }
@@ -271,8 +274,9 @@ impl LogSet {
         self.writers.remove(&key)
     }
 
-    pub fn owner(&self) -> &TargetUser {
-        &self.owner
+    /// The user's credentials for file work (a `clean` swap runs with them).
+    pub fn fs(&self) -> &UserFs {
+        &self.fs
     }
 
     /// Groups whose logs cannot be opened, with the reason.
@@ -285,8 +289,8 @@ impl LogSet {
 mod tests {
     use super::*;
 
-    fn me() -> TargetUser {
-        TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap()
+    fn me() -> UserFs {
+        UserFs::direct(crate::user::TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap())
     }
 
     #[test]
