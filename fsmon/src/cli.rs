@@ -10,11 +10,11 @@ use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 /// (read as the user running the completion) and `_global`.
 fn group_candidates() -> Vec<CompletionCandidate> {
     let mut groups = vec![crate::store::GLOBAL.to_string()];
-    let known = crate::user::TargetUser::resolve().ok().and_then(|user| {
-        let path = crate::config::Config::locate(&user, None);
-        let config = crate::config::Config::load(&user, &path).ok()?;
-        crate::store::Store::load(&config.store_path).ok()
-    });
+    // The same context every command loads: the user's files read with the
+    // user's credentials.
+    let known = crate::commands::Context::load(None)
+        .ok()
+        .and_then(|ctx| crate::store::Store::load(&ctx.fs, &ctx.config.store_path).ok());
     if let Some(store) = known {
         groups.extend(store.groups.into_iter().map(|g| g.cmd));
     }
