@@ -6,7 +6,7 @@ use std::{
     os::unix::net::{UnixDatagram, UnixStream},
     path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use fsmon_tests::{Env, LoopFs, fsmon_bin, wait_for};
@@ -44,10 +44,10 @@ fn statvfs_free(dir: &Path) -> u64 {
     st.blocks_available() * st.fragment_size()
 }
 
-/// Waits until the disk guard has run `n` more checks. The gauge only
-/// changes on a check, so each round takes 1 MiB more of the log
-/// filesystem and waits until the gauge has dropped by that much: only a
-/// check made after the previous reading can show that.
+/// Waits until the disk guard has run `n` more checks. The gauge is set
+/// only by a check, so a value different from the one last read comes from
+/// a check made after that reading; each round takes 1 MiB more of the log
+/// filesystem so that the next check does give a different value.
 fn wait_for_disk_checks(env: &Env, fs_root: &Path, n: usize, tag: &str) {
     for i in 0..n {
         let before = disk_free_gauge(env);
@@ -55,11 +55,16 @@ fn wait_for_disk_checks(env: &Env, fs_root: &Path, n: usize, tag: &str) {
         let mut f = fs::File::create(&p).unwrap();
         f.write_all(&vec![1u8; 1 << 20]).unwrap();
         f.sync_all().unwrap();
-        wait_for(
-            &format!("a disk check that sees {}", p.display()),
-            Duration::from_secs(60),
-            || (disk_free_gauge(env) + (1 << 20) <= before).then_some(()),
-        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while disk_free_gauge(env) == before {
+            assert!(
+                Instant::now() < deadline,
+                "no disk check in 60 s after writing {}: gauge {before}, statvfs {}",
+                p.display(),
+                statvfs_free(fs_root)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -75,6 +80,7 @@ fn disk_min_free_warns_once_below_and_once_on_recovery() {
     // Above the threshold at first: a check ran, and did not warn.
     wait_for_disk_checks(&env, &lfs.mountpoint, 1, "above");
     assert_eq!(count(&d.stderr(), "is low"), 0, "{}", d.stderr());
+    assert_eq!(count(&d.stderr(), "back above"), 0, "{}", d.stderr());
     // Fill the log filesystem past 60% used.
     let filler = lfs.mountpoint.join("filler");
     fs::write(&filler, vec![0u8; 40 << 20]).unwrap();
