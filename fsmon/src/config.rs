@@ -380,6 +380,7 @@ pub fn parse_file(text: &str, path: &Path) -> Result<ConfigFile> {
 /// The text `fsmon init` writes: every setting present but commented out,
 /// showing its default. `[logging]` stays active: file output is on.
 pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below shows its default; uncomment to change.
+# A setting marked "not set by default" shows an example value instead.
 # Priority: command-line flag > this file > built-in default.
 
 [monitored]
@@ -391,7 +392,7 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # path = "~/.local/state/fsmon"
 # keep_days = 30              # `fsmon clean` keeps this many days
 # size = ">=1GB"              # `fsmon clean` trims a log to this size
-# disk_min_free = "10%"       # warn when free space on the log filesystem drops below (percent or size)
+# disk_min_free = "10%"       # not set by default (no warning); warn when free space on the log filesystem drops below (percent or size)
 # sync_interval_secs = 0      # fdatasync logs every N seconds (0 = never)
 # local_time = false          # timestamps in local time instead of UTC
 
@@ -405,11 +406,11 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # proc_ttl_secs = 600         # /proc tracker cache TTL (fallback tracker only)
 # stats_interval_secs = 60    # log cache statistics every N seconds (0 = never)
 # buffer_size = 32768         # fanotify read buffer (4096..=1048576)
-# channel_capacity = 1024     # bound of the capture -> process queue, in events (omit = unbounded)
+# channel_capacity = 1024     # not set by default (unbounded); bound of the capture -> process queue, in events
 # subscribe_buf = 4096        # per-subscriber buffer, in events
 
 [metrics]
-# listen = "127.0.0.1:9845"   # serve Prometheus metrics over HTTP at /metrics (omit = off)
+# listen = "127.0.0.1:9845"   # not set by default (off); serve Prometheus metrics over HTTP at /metrics
 
 [process]
 # tracker = "auto"            # auto (eBPF, else /proc), ebpf, procfs
@@ -417,7 +418,7 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # exit_grace_secs = 5         # keep exited processes this long for late events
 
 [fanotify]
-# queue_size = 16384          # kernel event queue length (0 = unlimited); default: the system's
+# queue_size = 16384          # not set by default (the system's fs.fanotify.max_queued_events); kernel event queue length, 0 = unlimited
 "#;
 
 #[cfg(test)]
@@ -447,15 +448,79 @@ mod tests {
         assert_eq!(c.socket_path, PathBuf::from("/tmp/fsmon-1000.sock"));
         assert_eq!(c.buffer_size, 32768);
         assert_eq!(c.channel_capacity, None);
+        assert_eq!(c.sync_interval, None, "sync is off by default");
         assert!(c.file.is_none());
     }
 
+    /// The settings the template shows with an example value, because they
+    /// are not set by default; each with its field in `Config` (None there).
+    const TEMPLATE_EXAMPLES: [&str; 4] =
+        ["disk_min_free", "channel_capacity", "listen", "queue_size"];
+
+    /// Every commented `# key = value` line of the template, uncommented and
+    /// stripped of its trailing comment: the values the template claims
+    /// are the defaults. Example-only settings are left out (and checked).
+    fn template_values_uncommented() -> (String, usize) {
+        let mut text = String::new();
+        let mut keys = 0;
+        for line in INIT_TEMPLATE.lines() {
+            let t = line.trim();
+            let Some(setting) = t.strip_prefix("# ").filter(|s| {
+                s.split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            }) else {
+                // Section headers stay; prose comments go.
+                if t.starts_with('[') {
+                    text.push_str(t);
+                    text.push('\n');
+                }
+                continue;
+            };
+            let key = setting.split_once(" = ").unwrap().0;
+            let is_example = t.contains("not set by default");
+            assert_eq!(
+                is_example,
+                TEMPLATE_EXAMPLES.contains(&key),
+                "template line for {key}: a setting that is not set by default must say so, \
+                 and only those: {line}"
+            );
+            if is_example {
+                continue;
+            }
+            // No value in the template contains '#'.
+            let value = setting.split_once(" #").map_or(setting, |(v, _)| v);
+            text.push_str(value.trim_end());
+            text.push('\n');
+            keys += 1;
+        }
+        (text, keys)
+    }
+
     #[test]
-    fn template_parses_to_defaults() {
-        let c = load_text(INIT_TEMPLATE).unwrap();
-        assert!(c.log_dir.is_some(), "template keeps [logging] active");
-        assert_eq!(c.keep_days, 30);
-        assert_eq!(c.dir_capacity, 100_000);
+    fn template_shows_every_default() {
+        let (text, keys) = template_values_uncommented();
+        let absent = Config::load(&user(), Path::new("/nonexistent/fsmon.toml")).unwrap();
+        // The template's settings are the real defaults, key by key: a
+        // changed default or a wrong value in the template fails here.
+        let mut shown = load_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        shown.file = None;
+        assert_eq!(
+            format!("{shown:#?}"),
+            format!("{absent:#?}"),
+            "the template's values differ from the defaults:\n{text}"
+        );
+        // Every setting is there: 21 in the template, 4 of them examples.
+        assert_eq!(keys, 17, "{text}");
+        // The example-only settings really are off by default.
+        assert!(absent.disk_min_free.is_none());
+        assert!(absent.channel_capacity.is_none());
+        assert!(absent.metrics_listen.is_none());
+        assert!(absent.queue_size.is_none());
+        // And the template as written (all commented) is the defaults too,
+        // with [logging] active.
+        let mut as_written = load_text(INIT_TEMPLATE).unwrap();
+        as_written.file = None;
+        assert_eq!(format!("{as_written:?}"), format!("{absent:?}"));
     }
 
     #[test]

@@ -1222,15 +1222,17 @@ mod tests {
     ];
 
     /// Times with many duplicates, corrupt lines anywhere (including first
-    /// and last): every window the binary search finds must select exactly
-    /// what a linear filter selects.
+    /// and last): every window the binary search finds must hold exactly
+    /// the valid lines a linear filter selects (no more: a too-wide window
+    /// would still give the right query output, as lines are filtered
+    /// again), and the query must print exactly those.
     #[test]
     fn binary_search_matches_linear_filter() {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Lcg(7);
         for round in 0..6 {
             let mut content = String::new();
-            let mut valid = Vec::new(); // (seconds, line)
+            let mut valid = Vec::new(); // (seconds, line, its byte offset)
             let mut t = 0;
             let n = [0, 1, 2, 50, 300, 2000][round];
             if round % 2 == 1 {
@@ -1239,8 +1241,9 @@ mod tests {
             for i in 0..n {
                 t += rng.next(3) as i64; // 0: a duplicate time
                 let l = line(&at(t), "CREATE", &format!("/d/f{i}"));
+                let offset = content.len() as u64;
                 content.push_str(&l);
-                valid.push((t, l));
+                valid.push((t, l, offset));
                 if rng.next(10) == 0 {
                     content.push_str(GARBAGE[rng.next(5) as usize]);
                 }
@@ -1249,6 +1252,7 @@ mod tests {
                 content.push_str(GARBAGE[rng.next(4) as usize]);
             }
             let path = write_log(&dir, &content);
+            let log = LogReader::open(&path).unwrap();
             let last = t + 2;
             // Every second for small logs, a sample for big ones.
             let step = (last / 40).max(1) as usize;
@@ -1263,10 +1267,24 @@ mod tests {
                     Some((last, false)),
                 ] {
                     let r = range(since, until);
+                    let inside = |s: i64| r.contains(&(base() + TimeDelta::seconds(s)));
+                    // The window: every valid line in range inside it, every
+                    // other valid line outside (corrupt lines may be either).
+                    let (from, to) = log.window(&r).unwrap();
+                    for (s, l, offset) in &valid {
+                        let end = offset + l.len() as u64;
+                        let within = from <= *offset && end <= to;
+                        let without = end <= from || to <= *offset;
+                        assert!(
+                            if inside(*s) { within } else { without },
+                            "round {round} since {since:?} until {until:?}: window \
+                             {from}..{to}, line {offset}..{end} at {s} s"
+                        );
+                    }
                     let expected: String = valid
                         .iter()
-                        .filter(|(s, _)| r.contains(&(base() + TimeDelta::seconds(*s))))
-                        .map(|(_, l)| l.as_str())
+                        .filter(|(s, _, _)| inside(*s))
+                        .map(|(_, l, _)| l.as_str())
                         .collect();
                     let (got, _) = run_query(
                         &path,
@@ -1618,40 +1636,67 @@ mod tests {
         assert_eq!(result.bytes_removed, cut);
     }
 
-    /// Lines appended while the tail is copied all survive, exactly once.
+    /// Lines appended while the tail is copied all survive, exactly once:
+    /// a line half written when the copy starts (the writer is held in the
+    /// middle of it until the copy is done), and the lines after it.
     #[test]
     fn trim_while_appending_loses_nothing() {
+        use std::{sync::mpsc, time::Duration, time::Instant};
         let dir = tempfile::tempdir().unwrap();
         let old: Vec<String> = (0..20_000)
             .map(|i| line(&at(i), "CREATE", &format!("/old/{i}")))
             .collect();
         let path = write_log(&dir, &old.concat());
         let cut = old[..10_000].iter().map(|l| l.len() as u64).sum::<u64>();
+        let new = |i: u64| line(&at(30_000), "CREATE", &format!("/new/{i}"));
+        const HALF: u64 = 100;
 
         let stop = Arc::new(AtomicBool::new(false));
         let appended = Arc::new(AtomicU64::new(0));
+        let (half_written, half_rx) = mpsc::channel();
+        let (copied, copied_rx) = mpsc::channel::<()>();
         let writer = {
             let (path, stop, appended) = (path.clone(), stop.clone(), appended.clone());
             std::thread::spawn(move || {
                 let mut f = OpenOptions::new().append(true).open(&path).unwrap();
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    // One write per line, as the daemon does.
-                    f.write_all(line(&at(30_000), "CREATE", &format!("/new/{i}")).as_bytes())
-                        .unwrap();
+                    let l = new(i);
+                    if i == HALF {
+                        let (a, b) = l.split_at(l.len() / 2);
+                        f.write_all(a.as_bytes()).unwrap();
+                        half_written.send(()).unwrap();
+                        copied_rx
+                            .recv_timeout(Duration::from_secs(60))
+                            .expect("the copy is done");
+                        f.write_all(b.as_bytes()).unwrap();
+                    } else {
+                        // One write per line, as the daemon does.
+                        f.write_all(l.as_bytes()).unwrap();
+                    }
                     i += 1;
                     appended.store(i, Ordering::Relaxed);
                 }
                 i
             })
         };
-        while appended.load(Ordering::Relaxed) < 100 {
-            std::thread::yield_now();
-        }
+        half_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer's half line");
         let prepared = copy_tail(&path, cut).unwrap();
-        let at_copy = appended.load(Ordering::Relaxed);
-        while appended.load(Ordering::Relaxed) < at_copy + 500 {
-            std::thread::yield_now();
+        // The copy stops before the half-written line.
+        let half_at =
+            old.concat().len() as u64 + (0..HALF).map(|i| new(i).len() as u64).sum::<u64>();
+        assert_eq!(prepared.copied_until, half_at);
+        copied.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while appended.load(Ordering::Relaxed) < HALF + 500 {
+            assert!(
+                Instant::now() < deadline && !writer.is_finished(),
+                "the writer stopped at {} lines",
+                appended.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
         stop.store(true, Ordering::Relaxed);
         let total = writer.join().unwrap();
@@ -1662,7 +1707,7 @@ mod tests {
         let want: String = old[10_000..]
             .iter()
             .cloned()
-            .chain((0..total).map(|i| line(&at(30_000), "CREATE", &format!("/new/{i}"))))
+            .chain((0..total).map(new))
             .collect();
         assert_eq!(content.len(), want.len());
         assert!(content == want, "content differs from the expected lines");

@@ -464,6 +464,8 @@ fn pending_path_is_watched_once_it_appears() {
         .iter()
         .find(|p| p["path"] == later.to_str().unwrap())
         .expect("path in health");
+    // The field only (it is read from the filesystem, where the path does
+    // not exist yet); the event below is what shows the pending watch.
     assert_eq!(p["pending"], true);
     fs::create_dir_all(&later).unwrap();
     let f = later.join("file");
@@ -986,12 +988,10 @@ fn clean_size_never_cuts_a_line() {
     let prev_start = original[..cut - 1].rfind('\n').map_or(0, |i| i + 1);
     assert!(original.len() - prev_start > 4096);
     assert_whole_lines(&env.log_path("g"));
-    // Decimal sizes and bare bytes.
+    // Decimal sizes and bare bytes: 1.5 KB of a log over 1.5 KB cuts lines.
+    assert!(fs::metadata(env.log_path("g")).unwrap().len() > 1536);
     let out = env.fsmon_ok(&["clean", "g", "--size", ">=1.5KB"]);
-    assert!(
-        out.contains("would remove") || out.contains("lines"),
-        "{out}"
-    );
+    assert!(out.contains("would remove"), "{out}");
     assert!(fs::metadata(env.log_path("g")).unwrap().len() <= 1536);
     env.fsmon_ok(&["clean", "g", "--size", ">=600"]);
     assert!(fs::metadata(env.log_path("g")).unwrap().len() <= 600);
@@ -1657,10 +1657,10 @@ fn daemon_local_time_uses_the_local_zone() {
         .unwrap()
         .to_string();
     assert!(t.ends_with("+05:30"), "{t}");
-    // The log's zone is used for bare dates: today in Kolkata includes it.
-    let today = (Utc::now() + TimeDelta::minutes(330))
-        .format("%Y-%m-%d")
-        .to_string();
+    // The log's zone is used for bare dates: the event's own day in
+    // Kolkata includes it (taken from the event, not the clock, which may
+    // have passed midnight since).
+    let today = &t[..10];
     let q = lines_of(&env, &["query", "_global", "-t", &format!(">={today}")]);
     assert!(
         q.iter()
@@ -1761,8 +1761,8 @@ fn daemon_debug_shows_debug_and_ebpf_lines() {
                 .then_some(())
         },
     );
-    // Sync is off by default: no fdatasync round was logged.
-    assert!(!d.stderr().contains("fdatasync"), "{}", d.stderr());
+    // (Sync off by default is checked on the config's defaults, in
+    // config.rs: this daemon runs too briefly to see a late first round.)
     assert!(d.stop().success());
 }
 
@@ -1778,32 +1778,45 @@ fn daemon_sync_interval_fdatasyncs_the_logs() {
     wait_for("two more sync rounds", Duration::from_secs(30), || {
         (d.stderr().matches("fdatasync of the logs done").count() >= base + 2).then_some(())
     });
-    // And it is a real fdatasync of the open log.
-    match Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "3",
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=fdatasync",
-            "-p",
-        ])
+    // And it is a real fdatasync of the open log: strace watches until it
+    // sees one (30 s for a 1 s interval, however slow attaching is).
+    let trace = env.dir.path().join("strace.out");
+    let strace = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fdatasync", "-p"])
         .arg(d.pid().to_string())
-        .output()
-    {
-        Ok(o) if o.status.code() != Some(127) => {
-            let err = text(&o.stderr);
-            assert!(
-                err.contains("fdatasync("),
-                "no fdatasync seen by strace:\n{err}"
-            );
-        }
-        _ => panic!("strace not available: install the strace package (cargo xtask setup does)"),
-    }
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&trace).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("strace: {e}: install the strace package (cargo xtask setup does)")
+        });
+    let strace = Strace(strace);
+    wait_for(
+        "an fdatasync seen by strace",
+        Duration::from_secs(30),
+        || {
+            fs::read_to_string(&trace)
+                .ok()?
+                .contains("fdatasync(")
+                .then_some(())
+        },
+    );
+    drop(strace);
     assert!(d.stop().success());
+}
+
+/// strace attached to the daemon; detached (SIGINT) when dropped.
+struct Strace(std::process::Child);
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

@@ -403,7 +403,10 @@ fn log_tail_filters_counts_and_follows_the_real_log() {
     });
 
     // Follow a file that does not exist yet, is written in pieces, and is replaced.
+    // A second file, z, read after y in each poll, shows when a poll has run.
     let y = dir.join("y_log.jsonl");
+    let z = dir.join("z_log.jsonl");
+    fs::write(&z, "").unwrap();
     let mut f = Proc::start(
         "follow-y",
         dir,
@@ -411,6 +414,7 @@ fn log_tail_filters_counts_and_follows_the_real_log() {
             tail,
             &[
                 y.to_str().unwrap(),
+                z.to_str().unwrap(),
                 "-f",
                 "-o",
                 "event_type,path",
@@ -420,28 +424,56 @@ fn log_tail_filters_counts_and_follows_the_real_log() {
         ),
     );
     f.wait_output("waiting for");
+    // What the follower printed from y (z's lines are MARKs).
+    let y_out = |f: &Proc| -> String {
+        f.stdout()
+            .lines()
+            .filter(|l| !l.starts_with("MARK"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
     fs::write(
         &y,
         "{\"event_type\":\"CREATE\",\"path\":\"/1\"}\n{\"event_type\":\"DELETE\",\"pa",
     )
     .unwrap();
     wait_for("first line", T, || {
-        (f.stdout() == "CREATE\t/1\n").then_some(())
+        (y_out(&f) == "CREATE\t/1\n").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(f.stdout(), "CREATE\t/1\n", "a partial line must wait");
+    // The line cut mid-token is completed; the next one is whole JSON but
+    // has no newline yet: a partial line, which must wait for its newline.
     let mut h = fs::OpenOptions::new().append(true).open(&y).unwrap();
-    h.write_all(b"th\":\"/2\"}\nnot json\n{\"event_type\":\"ATTRIB\",\"path\":\"/3\"}\n")
+    h.write_all(b"th\":\"/2\"}\nnot json\n{\"event_type\":\"ATTRIB\",\"path\":\"/3\"}")
         .unwrap();
     wait_for("completed line", T, || {
-        (f.stdout() == "CREATE\t/1\nDELETE\t/2\nATTRIB\t/3\n").then_some(())
+        y_out(&f).contains("DELETE\t/2\n").then_some(())
+    });
+    // Two marks in z, each waited for: the poll that prints the second one
+    // read y after the first one was printed, so after the partial line.
+    for mark in ["/zA", "/zB"] {
+        let mut h = fs::OpenOptions::new().append(true).open(&z).unwrap();
+        writeln!(h, "{{\"event_type\":\"MARK\",\"path\":\"{mark}\"}}").unwrap();
+        wait_for("the mark in z", T, || {
+            f.stdout()
+                .contains(&format!("MARK\t{mark}\n"))
+                .then_some(())
+        });
+    }
+    assert_eq!(
+        y_out(&f),
+        "CREATE\t/1\nDELETE\t/2\n",
+        "a partial line must wait"
+    );
+    h.write_all(b"\n").unwrap();
+    wait_for("the line with its newline", T, || {
+        (y_out(&f) == "CREATE\t/1\nDELETE\t/2\nATTRIB\t/3\n").then_some(())
     });
     // `fsmon clean` swaps in a new file: it is read from its start.
     let y2 = dir.join("y2");
     fs::write(&y2, "{\"event_type\":\"MOVED_TO\",\"path\":\"/4\"}\n").unwrap();
     fs::rename(&y2, &y).unwrap();
     wait_for("replaced file", T, || {
-        f.stdout()
+        y_out(&f)
             .ends_with("ATTRIB\t/3\nMOVED_TO\t/4\n")
             .then_some(())
     });
@@ -1375,6 +1407,80 @@ fn metrics_summary_and_nagios_exit_codes() {
     let saved: Value = serde_json::from_str(&fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["logged"], 3.0);
     assert_eq!(check("state2", &["--state", st]).0, 0);
+    // The counters above are all 0, where totals and increases agree. A
+    // server with the daemon's text but a chosen overflow count tells them
+    // apart: totals, increases with --state, a restart (the counter drops).
+    let served = Arc::new(Mutex::new(String::new()));
+    let fixed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text = served.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let body = text.lock().unwrap().clone();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}/metrics")
+    };
+    let serve_overflows = |n: u64| {
+        let mut replaced = 0;
+        let text: String = raw
+            .lines()
+            .map(|l| {
+                if l.starts_with("fsmon_queue_overflows_total ") {
+                    replaced += 1;
+                    format!("fsmon_queue_overflows_total {n}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        assert_eq!(replaced, 1, "{raw}");
+        *served.lock().unwrap() = text;
+    };
+    let fixed_check = |name: &str, state: Option<&str>| {
+        let mut args = vec!["--url", fixed.as_str(), "--check"];
+        if let Some(st) = state {
+            args.extend_from_slice(&["--state", st]);
+        }
+        let (code, out, err) = run(dir, name, m, &args);
+        assert_eq!(out.lines().count(), 1, "one Nagios line: {out}{err}");
+        (code, out)
+    };
+    serve_overflows(5);
+    let (code, out) = fixed_check("total5", None);
+    assert!(code == 1 && out.contains("5 queue overflows"), "{out}");
+    let inc = dir.join("increase.json");
+    let inc = Some(inc.to_str().unwrap());
+    let (code, out) = fixed_check("first-run", inc);
+    assert!(
+        code == 1 && out.contains("5 queue overflows"),
+        "first run: the total: {out}"
+    );
+    let (code, out) = fixed_check("unchanged", inc);
+    assert_eq!(code, 0, "no increase: {out}");
+    serve_overflows(7);
+    let (code, out) = fixed_check("plus2", inc);
+    assert!(code == 1 && out.contains("2 queue overflows"), "{out}");
+    serve_overflows(3);
+    let (code, out) = fixed_check("restarted", inc);
+    assert!(
+        code == 1 && out.contains("3 queue overflows"),
+        "after a restart: {out}"
+    );
+    let (code, out) = fixed_check("total3", None);
+    assert!(code == 1 && out.contains("3 queue overflows"), "{out}");
     // File output off (a config without [logging]): no log filesystem, no
     // disk gauge (it used to read 0, a "full disk"), so no disk alarm.
     let quiet = Env::new();
@@ -1682,7 +1788,7 @@ fn prometheus_config_rules_and_a_real_scrape() {
             _ => None,
         }
     };
-    wait_for("the fsmon target up", Duration::from_secs(45), || {
+    wait_for("the fsmon target up", Duration::from_secs(90), || {
         let v = get(&mut server, "/api/v1/targets")?;
         let t = &v["data"]["activeTargets"][0];
         (t["labels"]["job"] == "fsmon"
@@ -1699,9 +1805,27 @@ fn prometheus_config_rules_and_a_real_scrape() {
         (v["data"]["result"].as_array()?.len() == 1).then_some(v)
     });
     assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
-    // The alert rules were loaded, and none fires for a healthy daemon (the
-    // disk ones may be pending, with other tests writing: they need minutes).
-    let rules = get(&mut server, "/api/v1/rules").expect("rules");
+    // The alert rules were loaded and evaluated on fsmon's data without an
+    // error (a rule whose PromQL fails shows health "err"): wait for an
+    // evaluation of every rule that started after the data was there.
+    // Whether each rule can fire is `promtool test rules`' job, above.
+    let data_seen = chrono::Utc::now();
+    let rules = wait_for("every rule evaluated on fsmon's data", T, || {
+        let rules = get(&mut server, "/api/v1/rules")?;
+        rules["data"]["groups"][0]["rules"]
+            .as_array()?
+            .iter()
+            .all(|r| {
+                r["lastEvaluation"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t > data_seen)
+            })
+            .then_some(rules)
+    });
+    for r in rules["data"]["groups"][0]["rules"].as_array().unwrap() {
+        assert_eq!(r["health"], "ok", "rule {}: {r}", r["name"]);
+    }
     let names: BTreeSet<&str> = rules["data"]["groups"][0]["rules"]
         .as_array()
         .unwrap()
@@ -1713,6 +1837,8 @@ fn prometheus_config_rules_and_a_real_scrape() {
         names.contains("FsmonDown") && names.contains("FsmonLogDiskLow"),
         "{names:?}"
     );
+    // None fires for a healthy daemon (the disk ones may be pending, with
+    // other tests writing: they need minutes).
     let alerts = get(&mut server, "/api/v1/alerts").expect("alerts");
     let firing: Vec<&Value> = alerts["data"]["alerts"]
         .as_array()
