@@ -990,9 +990,20 @@ fn clean_size_never_cuts_a_line() {
     assert_whole_lines(&env.log_path("g"));
     // Decimal sizes and bare bytes: 1.5 KB of a log over 1.5 KB cuts lines.
     assert!(fs::metadata(env.log_path("g")).unwrap().len() > 1536);
+    let lines_before = fs::read_to_string(env.log_path("g"))
+        .unwrap()
+        .lines()
+        .count();
     let out = env.fsmon_ok(&["clean", "g", "--size", ">=1.5KB"]);
-    assert!(out.contains("would remove"), "{out}");
     assert!(fs::metadata(env.log_path("g")).unwrap().len() <= 1536);
+    let lines_after = fs::read_to_string(env.log_path("g"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        out.contains(&format!("removed {} lines", lines_before - lines_after)),
+        "{out}"
+    );
     env.fsmon_ok(&["clean", "g", "--size", ">=600"]);
     assert!(fs::metadata(env.log_path("g")).unwrap().len() <= 600);
     assert_whole_lines(&env.log_path("g"));
