@@ -8,7 +8,7 @@ use chrono::Utc;
 use super::Context;
 use crate::{
     cli::{CleanArgs, QueryArgs},
-    control::{Client, Request},
+    control::Request,
     error::Error,
     filters::{Bound, Side, SizeFilter, TimeFilter},
     logfile::{self, QueryOptions},
@@ -112,7 +112,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
     }
     // With a daemon writing this log, it finishes the trim between batches;
     // otherwise we do it all here.
-    match Client::connect(&ctx.config.socket_path) {
+    match ctx.connect() {
         Ok(mut client) => {
             let prepared = logfile::copy_tail(&path, plan.cut)?;
             let (tmp, copied_until) = prepared.hand_over();
