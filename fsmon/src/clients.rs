@@ -237,13 +237,16 @@ impl Acceptor {
                 Err(e) => {
                     let out_of_fds =
                         matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
-                    if out_of_fds {
-                        self.refuse_one_with_spare();
-                    }
                     self.refused("accept_error", || {
                         format!("accept on the control socket failed: {e}; backing off")
                     });
-                    self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    // A waiting connection taken off the queue is progress:
+                    // the next try comes soon. Otherwise, wait longer each time.
+                    self.backoff = if out_of_fds && self.refuse_one_with_spare() {
+                        BACKOFF_MIN
+                    } else {
+                        (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+                    };
                 }
             }
         }
@@ -251,26 +254,32 @@ impl Acceptor {
 
     /// Out of descriptors: frees the spare one, takes one waiting
     /// connection off the queue, tells it why, closes it, and takes the
-    /// spare back.
-    fn refuse_one_with_spare(&mut self) {
+    /// spare back. True if a connection was refused this way.
+    fn refuse_one_with_spare(&mut self) -> bool {
         if self.spare.take().is_none() {
             self.spare = File::open("/dev/null").ok();
-            return;
+            return false;
         }
-        let fd = nix::sys::socket::accept4(
+        let accepted = nix::sys::socket::accept4(
             self.listener.as_raw_fd(),
             nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
         );
-        if let Ok(fd) = fd {
-            // SAFETY: accept4 just returned this descriptor; we own it.
-            let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-            let _ = nix::sys::socket::send(
-                conn.as_raw_fd(),
-                error_line(SHORT_OF_FDS).as_bytes(),
-                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            );
-        }
+        let refused = match accepted {
+            Ok(fd) => {
+                // SAFETY: accept4 just returned this descriptor; we own it.
+                let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+                let _ = nix::sys::socket::send(
+                    conn.as_raw_fd(),
+                    error_line(SHORT_OF_FDS).as_bytes(),
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                        | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                );
+                true
+            }
+            Err(_) => false,
+        };
         self.spare = File::open("/dev/null").ok();
+        refused
     }
 }
 

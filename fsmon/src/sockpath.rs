@@ -354,7 +354,7 @@ fn check_dir(
 ) -> Result<()> {
     if uid != 0 && uid != user.uid {
         let owner = TargetUser::from_uid(uid)
-            .map(|u| format!("{} (uid {uid})", u.name))
+            .map(|u| format!("user {} (uid {uid})", u.name))
             .unwrap_or_else(|_| format!("uid {uid}"));
         return Err(refuse(
             path,
