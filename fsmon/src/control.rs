@@ -152,20 +152,7 @@ impl Client {
     /// Reads one response line as JSON (at most [`MAX_RESPONSE`] bytes,
     /// within the timeout).
     pub fn recv(&mut self) -> Result<serde_json::Value> {
-        let mut line = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| self.io_error("reading from", e))?;
-        if n == 0 {
-            return Err(Error::Socket("the daemon closed the connection".into()));
-        }
-        if n > MAX_RESPONSE {
-            return Err(Error::Socket(format!(
-                "bad response from the daemon: longer than {MAX_RESPONSE} bytes"
-            )));
-        }
-        parse_response(&line)
+        read_response(&mut self.reader).map_err(|e| self.io_error("reading from", e))?
     }
 
     /// Sends a request and returns its response, turning `ok:false` into an
@@ -269,6 +256,28 @@ fn check_peer(stream: &UnixStream, socket: &Path, user: &Peer) -> Result<()> {
         socket.display(),
         user.name
     )))
+}
+
+/// Reads one response line from `reader`: JSON, or a one-line error (the
+/// connection closed, a line over [`MAX_RESPONSE`], not JSON); the outer
+/// error is the read's own. What the client runs on the daemon's bytes
+/// (and the `socket_response` fuzz target on any bytes).
+pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Result<serde_json::Value>> {
+    let mut line = Vec::new();
+    let n = reader
+        .take(MAX_RESPONSE as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(Err(Error::Socket(
+            "the daemon closed the connection".into(),
+        )));
+    }
+    if n > MAX_RESPONSE {
+        return Ok(Err(Error::Socket(format!(
+            "bad response from the daemon: longer than {MAX_RESPONSE} bytes"
+        ))));
+    }
+    Ok(parse_response(&line))
 }
 
 /// One response line as the CLI reads it: JSON, or a one-line error.
