@@ -546,6 +546,8 @@ fn logs_and_dirs_belong_to_the_sudo_user() {
         fs::write(watch.join("g"), b"y").ok()?;
         (!read_events(&log).is_empty()).then_some(())
     });
+    let socket = fs::symlink_metadata(format!("/run/fsmon/fsmon-{uid}.sock")).unwrap();
+    assert_eq!(socket.uid(), uid, "the default socket is the user's");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -562,8 +564,9 @@ fn logs_and_dirs_belong_to_the_sudo_user() {
         uid,
         "log dir owned by the user"
     );
+    // The default socket (in root's /run/fsmon, not /tmp) is gone.
     assert!(
-        !Path::new(&format!("/tmp/fsmon-{uid}.sock")).exists(),
+        fs::symlink_metadata(format!("/run/fsmon/fsmon-{uid}.sock")).is_err(),
         "socket removed on exit"
     );
 }
