@@ -167,19 +167,17 @@ impl Client {
         response_result(v)
     }
 
-    /// Waits for events with no timeout (after a subscribe's answer).
-    pub fn wait_forever(&mut self) -> Result<()> {
+    /// The raw line reader for a subscribe stream, once its answer was read
+    /// with [`recv`](Self::recv) (within the timeout): events may be far
+    /// apart, so from here reads wait without limit. Lines are the daemon's
+    /// text: escape them ([`crate::error::escape_controls`]) before they
+    /// reach a terminal.
+    pub fn lines(self) -> Result<std::io::Lines<BufReader<UnixStream>>> {
         self.reader
             .get_ref()
             .set_read_timeout(None)
-            .map_err(|e| Error::Socket(e.to_string()))
-    }
-
-    /// The raw line reader (for subscribe streams). Lines are the daemon's
-    /// text: escape them ([`crate::error::escape_controls`]) before they
-    /// reach a terminal.
-    pub fn lines(self) -> std::io::Lines<BufReader<UnixStream>> {
-        self.reader.lines()
+            .map_err(|e| Error::Socket(e.to_string()))?;
+        Ok(self.reader.lines())
     }
 }
 

@@ -10,9 +10,10 @@
 //! else can rename (each owned by root or the user, writable by no one else
 //! unless sticky).
 //!
-//! The directory is checked and then held open: the lock, the bind, the
-//! chown and the removal at exit all go through that descriptor, so no
-//! rename or symlink swapped in later can redirect them.
+//! The directory is reached one component at a time without following a
+//! link, checked, and then held open: the lock, the bind, the chown and the
+//! removal at exit all go through that descriptor, so no rename or symlink
+//! swapped in later can redirect them.
 use std::{
     ffi::{OsStr, OsString},
     fs::File,
@@ -84,16 +85,32 @@ impl SocketDir {
                 socket.display()
             )));
         };
+        if socket
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(Error::invalid(format!(
+                "[socket] path {} must not contain '..'",
+                socket.display()
+            )));
+        }
         let runtime = dir == Path::new(RUNTIME_DIR);
         if runtime {
             ensure_runtime_dir()?;
         } else if std::fs::symlink_metadata(dir).is_err() {
+            // Root makes directories only for itself: for a user, making
+            // one (perhaps in a directory of root's) is not ours to do.
+            if !user.is_root() {
+                return Err(refuse(
+                    dir,
+                    format!(
+                        "the socket's directory does not exist: create it, writable only by you, or {USE_DEFAULT}"
+                    ),
+                ));
+            }
             safefs::create_dir_all_owned(dir, user)?;
         }
-        // Symlinks in the configured path (say /var/run -> /run) are
-        // resolved once; the walk below then refuses any link met.
-        let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-        let fd = walk_checked(&real, user, runtime)?;
+        let fd = walk_checked(dir, user, runtime)?;
         Ok(SocketDir {
             dir: fd,
             dir_path: dir.to_path_buf(),
@@ -296,8 +313,8 @@ fn ensure_runtime_dir() -> Result<()> {
     Ok(())
 }
 
-/// Opens `real` (absolute, canonical) one component at a time, never
-/// following a link, checking that no local user other than root and
+/// Opens `real` (absolute, no `..`) one component at a time, never
+/// following a link (a symlink on the way is refused), checking that no local user other than root and
 /// `user` could create entries in it or rename any directory on the way.
 /// Returns an O_PATH descriptor of the directory itself.
 fn walk_checked(real: &Path, user: &TargetUser, runtime: bool) -> Result<OwnedFd> {
@@ -325,9 +342,10 @@ fn walk_checked(real: &Path, user: &TargetUser, runtime: bool) -> Result<OwnedFd
             Mode::empty(),
         )
         .map_err(|e| match e {
-            Errno::ELOOP | Errno::ENOTDIR => {
-                refuse(&at, "not a directory (changed while checked?)")
-            }
+            Errno::ELOOP | Errno::ENOTDIR => refuse(
+                &at,
+                "a symbolic link or not a directory on the socket's path: give the real path",
+            ),
             e => Error::io(&at, e.into()),
         })?;
         let st = nix::sys::stat::fstat(&next).map_err(|e| Error::io(&at, e.into()))?;

@@ -723,15 +723,22 @@ fn a_squatter_at_the_socket_path_gets_no_byte_and_the_daemon_keeps_its_own_place
     ));
     let open = dir_for(&env.dir.path().join("open"), 0, 0, 0o777);
     let group = dir_for(&env.dir.path().join("group"), victim.uid, 0, 0o770);
-    for socket in [
-        tmp_socket.clone(),
-        open.join("s.sock"),
-        group.join("s.sock"),
+    // Nor through a symlink (to root's /etc, say), nor in a directory
+    // root would have to make for the user.
+    let link = home.join("link");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let others = "other users can create files";
+    for (socket, why) in [
+        (tmp_socket.clone(), others),
+        (open.join("s.sock"), others),
+        (group.join("s.sock"), others),
+        (link.join("s.sock"), "symbolic link"),
+        (home.join("missing/s.sock"), "does not exist"),
     ] {
         config(Some(&socket));
         let err = daemon_refuses(&env, Some(victim.uid));
         assert!(
-            err.contains("refusing") && err.contains("other users can create files"),
+            err.contains("refusing") && err.contains(why),
             "{}: {err}",
             socket.display()
         );
