@@ -205,7 +205,17 @@ async fn serve(
                 tokio::task::spawn_blocking(move || reload_store(&st));
             }
             stream = acceptor.next() => {
-                let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else { continue };
+                // Another user is told at once and closed: they hold no
+                // connection open. (The CLI reads this answer even when its
+                // request then fails to be written.)
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                let Some(uid) = uid.filter(|&u| u == 0 || u == state.user.uid) else {
+                    crate::clients::refuse_now(
+                        &stream,
+                        "permission denied: only root and the daemon's user may connect",
+                    );
+                    continue;
+                };
                 match admission.admit(uid) {
                     Ok(slot) => { tokio::spawn(client(state.clone(), stream, slot)); }
                     Err(refusal) => crate::clients::refuse_now(&stream, &refusal),
@@ -311,22 +321,10 @@ fn error_line(msg: impl std::fmt::Display) -> String {
     format!("{}\n", json!({"ok": false, "error": msg.to_string()}))
 }
 
-/// Serves one connection: requests one per line until EOF. `_slot` is its
-/// place among the connections served, given back when it ends.
+/// Serves one connection of root's or the user's: requests one per line
+/// until EOF. `_slot` is its place among the connections served, given back
+/// when it ends.
 async fn client(state: Arc<State>, stream: UnixStream, _slot: crate::clients::Slot) {
-    let allowed = stream
-        .peer_cred()
-        .map(|c| c.uid() == 0 || c.uid() == state.user.uid)
-        .unwrap_or(false);
-    if !allowed {
-        // Said at once and closed: another user holds no connection open.
-        // (The CLI reads this answer even if its request then fails.)
-        crate::clients::refuse_now(
-            &stream,
-            "permission denied: only root and the daemon's user may connect",
-        );
-        return;
-    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut first = true;
