@@ -7,7 +7,7 @@ usage: fsmon-metrics.py [--url http://127.0.0.1:9845/metrics | --socket PATH] [-
                         [--disk-free-warn SIZE] [--disk-free-crit SIZE] [--state FILE]
 
 Source: the HTTP endpoint (`fsmon daemon --metrics-listen ADDR`) with --url, else the
-control socket's `metrics` request (--socket, else the config's, else /tmp/fsmon-<UID>.sock).
+control socket's `metrics` request (--socket, else the config's, else /run/fsmon/fsmon-<UID>.sock).
 
 --check prints one Nagios/Icinga line with performance data and exits 0 OK, 1 WARNING,
 2 CRITICAL, 3 UNKNOWN (daemon unreachable, bad answer). A counter threshold N trips when
@@ -25,9 +25,11 @@ import os
 import pwd
 import re
 import socket
+import struct
 import sys
 import time
 import tomllib
+import unicodedata
 import urllib.request
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -36,18 +38,41 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /tmp/fsmon-<UID>.sock."""
+    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock."""
     if args.socket:
         return args.socket
     uid = int(os.environ.get("SUDO_UID", os.getuid()))
     home = pwd.getpwuid(uid).pw_dir
     cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/tmp/fsmon-<UID>.sock"
+    path = "/run/fsmon/fsmon-<UID>.sock"
     if os.path.exists(cfg):
         with open(cfg, "rb") as f:
             path = tomllib.load(f).get("socket", {}).get("path", path)
     path = path.replace("<UID>", str(uid))
     return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
+def check_peer(sock, path, uid):
+    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
+    sent: another local user listening there would be standing in for the daemon."""
+    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if peer in (0, uid):
+        return
+    try:
+        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
+    except KeyError:
+        owner = f"uid {peer}"
+    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
+                    "another user may be standing in for the fsmon daemon; nothing was sent")
+
+
+class PeerError(ValueError):
+    pass
+
+
+def escape(text):
+    """The daemon's text with control characters escaped, for a terminal."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
 
 
 def fetch(args):
@@ -58,11 +83,13 @@ def fetch(args):
             return r.read().decode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
-        s.connect(socket_path(args))
+        path = socket_path(args)
+        s.connect(path)
+        check_peer(s, path, int(os.environ.get("SUDO_UID", os.getuid())))
         s.sendall(b'{"op":"metrics"}\n')
         resp = json.loads(s.makefile("rb").readline() or b"{}")
     if not resp.get("ok"):
-        raise ValueError(f"the daemon answered {resp}")
+        raise ValueError(f"the daemon answered {escape(resp)}")
     return resp["text"]
 
 
@@ -165,7 +192,7 @@ def check(m, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="the metrics endpoint, e.g. http://127.0.0.1:9845/metrics (default: use the socket)")
-    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /tmp/fsmon-<UID>.sock)")
+    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
     p.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
     p.add_argument("--raw", action="store_true", help="print the Prometheus text as it is")
     p.add_argument("--check", action="store_true", help="Nagios-style check: one line, exit 0/1/2/3")

@@ -22,23 +22,48 @@ import json
 import os
 import pwd
 import socket
+import struct
 import sys
 import tomllib
+import unicodedata
 
 
 def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /tmp/fsmon-<UID>.sock."""
+    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock."""
     if args.socket:
         return args.socket
     uid = int(os.environ.get("SUDO_UID", os.getuid()))
     home = pwd.getpwuid(uid).pw_dir
     cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/tmp/fsmon-<UID>.sock"
+    path = "/run/fsmon/fsmon-<UID>.sock"
     if os.path.exists(cfg):
         with open(cfg, "rb") as f:
             path = tomllib.load(f).get("socket", {}).get("path", path)
     path = path.replace("<UID>", str(uid))
     return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
+def check_peer(sock, path, uid):
+    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
+    sent: another local user listening there would be standing in for the daemon."""
+    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if peer in (0, uid):
+        return
+    try:
+        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
+    except KeyError:
+        owner = f"uid {peer}"
+    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
+                    "another user may be standing in for the fsmon daemon; nothing was sent")
+
+
+class PeerError(ValueError):
+    pass
+
+
+def escape(text):
+    """The daemon's text with control characters escaped, for a terminal."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
 
 
 def call(path, request):
@@ -47,15 +72,20 @@ def call(path, request):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(30)
             s.connect(path)
+            check_peer(s, path, int(os.environ.get("SUDO_UID", os.getuid())))
             s.sendall(json.dumps(request).encode() + b"\n")
             line = s.makefile("rb").readline()
+    except PeerError as e:
+        sys.exit(f"fsmon-admin: {e}")
+    except TimeoutError:
+        sys.exit(f"fsmon-admin: no answer from the daemon on {path} within 30 s")
     except OSError as e:
         sys.exit(f"fsmon-admin: cannot talk to the daemon on {path}: {e} (is `sudo fsmon daemon` running?)")
     if not line:
         sys.exit("fsmon-admin: the daemon closed the connection without answering")
     response = json.loads(line)
     if not response.get("ok"):
-        sys.exit(f"fsmon-admin: {response.get('error', response)}")
+        sys.exit(f"fsmon-admin: {escape(response.get('error', response))}")
     return response
 
 
@@ -75,7 +105,7 @@ def show_health(h):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /tmp/fsmon-<UID>.sock)")
+    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
     p.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="watch PATH for GROUP")

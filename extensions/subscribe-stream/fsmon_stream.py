@@ -9,28 +9,30 @@ import json
 import os
 import pwd
 import socket
+import struct
 import sys
 import time
 import tomllib
+import unicodedata
 
 
 def add_arguments(parser):
     """The options every subscribe script takes."""
-    parser.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /tmp/fsmon-<UID>.sock)")
+    parser.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
     parser.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
     parser.add_argument("--group", help="only this group's events (default: every group)")
     parser.add_argument("--count", type=int, help="stop after N events (default: run until the daemon stops)")
 
 
 def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /tmp/fsmon-<UID>.sock.
+    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock.
     As the daemon does: the user is the one who ran sudo, `~` is that user's home."""
     if args.socket:
         return args.socket
     uid = int(os.environ.get("SUDO_UID", os.getuid()))
     home = pwd.getpwuid(uid).pw_dir
     cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/tmp/fsmon-<UID>.sock"
+    path = "/run/fsmon/fsmon-<UID>.sock"
     if os.path.exists(cfg):
         with open(cfg, "rb") as f:
             path = tomllib.load(f).get("socket", {}).get("path", path)
@@ -38,16 +40,48 @@ def socket_path(args):
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
+def user_uid():
+    """The user the daemon works for, as the CLI sees it: SUDO_UID, else ours."""
+    return int(os.environ.get("SUDO_UID", os.getuid()))
+
+
+def check_peer(sock, path, uid):
+    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
+    sent: another local user listening there would be standing in for the daemon."""
+    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if peer in (0, uid):
+        return
+    try:
+        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
+    except KeyError:
+        owner = f"uid {peer}"
+    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
+                    "another user may be standing in for the fsmon daemon; nothing was sent")
+
+
+class PeerError(ValueError):
+    pass
+
+
+def escape(text):
+    """The daemon's text with control characters escaped, for a terminal."""
+    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
+
+
 class Subscription:
     def __init__(self, path, group=None, count=None, prog="fsmon"):
         self.prog, self.left, self.missed, self.buf = prog, count, 0, b""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
         self.sock.connect(path)
+        check_peer(self.sock, path, user_uid())
         req = {"op": "subscribe", **({"group": group} if group else {})}
         self.sock.sendall(json.dumps(req).encode() + b"\n")
         ack = self.next_line(timeout=10)
-        if not ack or not ack.get("ok"):
-            raise SystemExit(f"{prog}: subscribe refused: {ack}")
+        if ack is None:
+            raise SystemExit(f"{prog}: no answer from the daemon on {path} within 10 s")
+        if not ack.get("ok"):
+            raise SystemExit(f"{prog}: subscribe refused: {escape(ack.get('error', ack))}")
 
     def next_line(self, timeout=None):
         """The next line as a dict, or None after `timeout` seconds of silence.
@@ -117,6 +151,10 @@ def connect(args, prog):
     path = socket_path(args)
     try:
         sub = Subscription(path, args.group, args.count, prog)
+    except PeerError as e:
+        raise SystemExit(f"{prog}: {e}")
+    except EOFError:
+        raise SystemExit(f"{prog}: the daemon on {path} closed the connection without answering")
     except OSError as e:
         raise SystemExit(f"{prog}: cannot connect to {path}: {e} (is `sudo fsmon daemon` running?)")
     print(f"{prog}: subscribed to {args.group or 'every group'} on {path}", file=sys.stderr, flush=True)

@@ -21,7 +21,8 @@ use crate::{
 pub const DEFAULT_CONFIG: &str = "~/.config/fsmon/fsmon.toml";
 pub const DEFAULT_STORE: &str = "~/.local/share/fsmon/monitored.jsonl";
 pub const DEFAULT_LOG_DIR: &str = "~/.local/state/fsmon";
-pub const DEFAULT_SOCKET: &str = "/tmp/fsmon-<UID>.sock";
+/// In a directory only root can create entries in (see `sockpath`).
+pub const DEFAULT_SOCKET: &str = "/run/fsmon/fsmon-<UID>.sock";
 
 /// The file as written: every key optional.
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +58,9 @@ pub struct LoggingSection {
 #[serde(deny_unknown_fields)]
 pub struct SocketSection {
     pub path: Option<String>,
+    pub max_clients: Option<usize>,
+    pub max_clients_per_uid: Option<usize>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +153,10 @@ pub struct Config {
     pub sync_interval: Option<Duration>,
     pub local_time: bool,
     pub socket_path: PathBuf,
+    /// Connections the daemon serves at once, in total and per user.
+    pub client_limits: crate::clients::Limits,
+    /// How long the CLI waits to connect and for each answer.
+    pub socket_timeout: Duration,
     pub dir_capacity: u64,
     pub dir_ttl: Duration,
     pub file_size_capacity: u64,
@@ -279,6 +287,24 @@ impl Config {
                 )
             })?;
         }
+        let socket = f.socket.unwrap_or_default();
+        let client_limits = crate::clients::Limits {
+            total: positive(
+                "socket.max_clients",
+                socket.max_clients.map(|v| v as u64),
+                crate::clients::DEFAULT_MAX_CLIENTS as u64,
+            )? as usize,
+            per_uid: positive(
+                "socket.max_clients_per_uid",
+                socket.max_clients_per_uid.map(|v| v as u64),
+                crate::clients::DEFAULT_MAX_CLIENTS_PER_UID as u64,
+            )? as usize,
+        };
+        let socket_timeout = Duration::from_secs(positive(
+            "socket.timeout_secs",
+            socket.timeout_secs,
+            crate::control::DEFAULT_TIMEOUT.as_secs(),
+        )?);
         Ok(Config {
             store_path: user.expand(
                 f.monitored
@@ -296,12 +322,9 @@ impl Config {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             local_time: logging.local_time.unwrap_or(false),
-            socket_path: user.expand(
-                f.socket
-                    .and_then(|s| s.path)
-                    .as_deref()
-                    .unwrap_or(DEFAULT_SOCKET),
-            ),
+            socket_path: user.expand(socket.path.as_deref().unwrap_or(DEFAULT_SOCKET)),
+            client_limits,
+            socket_timeout,
             dir_capacity: positive("cache.dir_capacity", cache.dir_capacity, 100_000)?,
             dir_ttl: Duration::from_secs(positive("cache.dir_ttl_secs", cache.dir_ttl_secs, 3600)?),
             file_size_capacity: positive(
@@ -397,7 +420,12 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # local_time = false          # timestamps in local time instead of UTC
 
 [socket]
-# path = "/tmp/fsmon-<UID>.sock"
+# The default directory is root's, so no other user can take the socket's
+# name; a path set here must be in a directory only root and you can write.
+# path = "/run/fsmon/fsmon-<UID>.sock"
+# max_clients = 64            # connections the daemon serves at once
+# max_clients_per_uid = 16    # of which from one user
+# timeout_secs = 30           # how long the CLI waits for the daemon
 
 [cache]
 # dir_capacity = 100000       # directory handle cache entries
@@ -445,7 +473,9 @@ mod tests {
     fn absent_file_is_defaults_with_logging_on() {
         let c = Config::load(&user(), Path::new("/nonexistent/fsmon.toml")).unwrap();
         assert_eq!(c.log_dir, Some(PathBuf::from("/home/u/.local/state/fsmon")));
-        assert_eq!(c.socket_path, PathBuf::from("/tmp/fsmon-1000.sock"));
+        assert_eq!(c.socket_path, PathBuf::from("/run/fsmon/fsmon-1000.sock"));
+        assert_eq!(c.client_limits.total, crate::clients::DEFAULT_MAX_CLIENTS);
+        assert_eq!(c.socket_timeout, crate::control::DEFAULT_TIMEOUT);
         assert_eq!(c.buffer_size, 32768);
         assert_eq!(c.channel_capacity, None);
         assert_eq!(c.sync_interval, None, "sync is off by default");
@@ -509,8 +539,8 @@ mod tests {
             format!("{absent:#?}"),
             "the template's values differ from the defaults:\n{text}"
         );
-        // Every setting is there: 21 in the template, 4 of them examples.
-        assert_eq!(keys, 17, "{text}");
+        // Every setting is there: 24 in the template, 4 of them examples.
+        assert_eq!(keys, 20, "{text}");
         // The example-only settings really are off by default.
         assert!(absent.disk_min_free.is_none());
         assert!(absent.channel_capacity.is_none());
@@ -553,6 +583,8 @@ mod tests {
             ("[process]\ntracker = \"magic\"\n", "process.tracker"),
             ("[metrics]\nlisten = \"nowhere\"\n", "metrics.listen"),
             ("[cache]\ndir_capacity = 0\n", "cache.dir_capacity"),
+            ("[socket]\nmax_clients = 0\n", "socket.max_clients"),
+            ("[socket]\ntimeout_secs = 0\n", "socket.timeout_secs"),
         ] {
             let e = load_text(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fsmon.toml"), "{text:?}: {e}");

@@ -1,11 +1,10 @@
 //! `fsmon daemon`: sets everything up in order, serves the control socket,
 //! and shuts down cleanly on SIGTERM/SIGINT, writing every event it read.
 //!
-//! Order matters: lock (one daemon per user) -> store -> process tracker
+//! Order matters: socket directory checked, lock (one daemon per user) -> store -> process tracker
 //! (loaded by a short-lived child, which keeps aya's memory peak) -> fanotify group ->
 //! log files -> pipeline threads -> socket.
 use std::{
-    os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::Ordering},
     time::Instant,
@@ -19,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    clients::{Acceptor, Admission},
     config::{Config, TrackerChoice},
     control::{MAX_REQUEST, REQUEST_TIMEOUT, Request, parse_request},
     error::Error,
@@ -27,7 +27,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{Pipeline, PipelineConfig, filter::GroupSet, write::LogSet},
     process::{ProcessTracker, TrackerConfig, TrackerKind},
-    safefs,
+    sockpath::SocketDir,
     store::{self, PathOptions, Store, StoreLock},
     user::TargetUser,
     userfs::UserFs,
@@ -52,28 +52,6 @@ struct State {
     started: Instant,
 }
 
-/// Holds the per-user daemon lock for the daemon's lifetime.
-struct DaemonLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-impl DaemonLock {
-    fn acquire(socket: &Path, user: &TargetUser) -> anyhow::Result<Self> {
-        let path = PathBuf::from(format!("{}.lock", socket.display()));
-        if let Some(dir) = path.parent() {
-            safefs::create_dir_all_owned(dir, user)?;
-        }
-        let f = safefs::open_append(&path, user, 0o600)?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => Ok(DaemonLock(l)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
-                "another fsmon daemon is already running for user {} (lock {} is held)",
-                user.name,
-                path.display()
-            ),
-            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
-        }
-    }
-}
-
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let DaemonOptions {
         config: cfg,
@@ -84,7 +62,11 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the daemon needs root (fanotify and BPF): run it as `sudo fsmon daemon`");
     }
-    let _lock = DaemonLock::acquire(&cfg.socket_path, &user)?;
+    crate::clients::raise_nofile_limit();
+    // The socket's directory is checked and held open before anything
+    // else: the lock, the bind and the removal at exit go through it.
+    let mut socket_dir = SocketDir::open(&cfg.socket_path, &user)?;
+    let _lock = socket_dir.lock(&user)?;
     let store = Store::load(&fs, &cfg.store_path)
         .with_context(|| format!("reading {}", cfg.store_path.display()))?;
     for u in &store.unparsed {
@@ -167,58 +149,16 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut bound = false;
     let result = runtime.block_on(async {
-        let listener = bind_socket(&state.cfg.socket_path, &state.user)?;
-        bound = true;
+        let listener = UnixListener::from_std(socket_dir.bind(&state.user)?)?;
         serve(state.clone(), listener, ebpf_logger).await
     });
     log::info!("stopping: writing what is queued");
     state.pipeline.shutdown();
-    if bound {
-        // Only the socket we bound: whatever made the bind fail (a planted
-        // symlink, another user's socket) is not ours to remove.
-        let _ = std::fs::remove_file(&state.cfg.socket_path);
-    }
+    // Only the socket we bound: whatever made the bind fail (a planted
+    // symlink, another user's socket) is not ours to remove.
+    socket_dir.remove_bound();
     result
-}
-
-/// Binds the socket safely: an existing path must be our own stale socket;
-/// a symlink or someone else's file is refused. Mode 0600, owned by the user.
-fn bind_socket(path: &Path, user: &TargetUser) -> anyhow::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!(
-                "refusing to use {}: it exists and is not a socket (a symlink or file planted there?)",
-                path.display()
-            );
-        }
-        if meta.uid() != 0 && meta.uid() != user.uid {
-            bail!(
-                "refusing to use {}: it belongs to uid {}",
-                path.display(),
-                meta.uid()
-            );
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another daemon answers on {}", path.display());
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        safefs::create_dir_all_owned(dir, user)?;
-    }
-    // bind() creates the file with the umask applied: make it 0600 from the
-    // start, with no window where others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
-    // bind() never follows a symlink; lchown cannot either.
-    let _ = std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid));
-    listener.set_nonblocking(true)?;
-    Ok(UnixListener::from_std(listener)?)
 }
 
 async fn serve(
@@ -263,6 +203,8 @@ async fn serve(
     );
     // Under systemd (Type=notify): ready now that the socket answers.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let admission = Admission::new(state.cfg.client_limits, state.metrics.clone());
+    let mut acceptor = Acceptor::new(listener, state.metrics.clone());
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -271,9 +213,22 @@ async fn serve(
                 let st = state.clone();
                 tokio::task::spawn_blocking(move || reload_store(&st));
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(client(state.clone(), stream)); }
-                Err(e) => log::warn!("accept on the control socket: {e}"),
+            stream = acceptor.next() => {
+                // Another user is told at once and closed: they hold no
+                // connection open. (The CLI reads this answer even when its
+                // request then fails to be written.)
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                let Some(uid) = uid.filter(|&u| u == 0 || u == state.user.uid) else {
+                    crate::clients::refuse_now(
+                        &stream,
+                        "permission denied: only root and the daemon's user may connect",
+                    );
+                    continue;
+                };
+                match admission.admit(uid) {
+                    Ok(slot) => { tokio::spawn(client(state.clone(), stream, slot)); }
+                    Err(refusal) => crate::clients::refuse_now(&stream, &refusal),
+                }
             },
         }
     }
@@ -378,38 +333,11 @@ fn error_line(msg: impl std::fmt::Display) -> String {
     format!("{}\n", json!({"ok": false, "error": msg.to_string()}))
 }
 
-/// Serves one connection: requests one per line until EOF.
-async fn client(state: Arc<State>, stream: UnixStream) {
-    let allowed = stream
-        .peer_cred()
-        .map(|c| c.uid() == 0 || c.uid() == state.user.uid)
-        .unwrap_or(false);
+/// Serves one connection of root's or the user's: requests one per line
+/// until EOF. `_slot` is its place among the connections served, given back
+/// when it ends.
+async fn client(state: Arc<State>, stream: UnixStream, _slot: crate::clients::Slot) {
     let (read, mut write) = stream.into_split();
-    if !allowed {
-        let _ = write
-            .write_all(
-                error_line("permission denied: only root and the daemon's user may connect")
-                    .as_bytes(),
-            )
-            .await;
-        // Take in (and ignore) what the client sends, within bounds: closing
-        // at once would make its request fail with EPIPE, or reset the
-        // connection before it reads the answer.
-        let _ = write.shutdown().await;
-        let mut read = read;
-        let mut sink = [0u8; 4096];
-        let drain = async {
-            let mut left = MAX_REQUEST;
-            while left > 0 {
-                match read.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        };
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
-        return;
-    }
     let mut reader = BufReader::new(read);
     let mut first = true;
     loop {

@@ -5,6 +5,7 @@ pub mod process;
 
 pub use error::{Error, Result};
 pub mod cli;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod control;
@@ -16,6 +17,7 @@ pub mod logfile;
 pub mod metrics;
 pub mod pipeline;
 pub mod safefs;
+pub mod sockpath;
 pub mod store;
 pub mod user;
 pub mod userfs;

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub start_time_seconds: Gauge,
     pub watched_paths: IntGauge,
     pub groups: IntGauge,
+    /// Control-socket connections being served.
+    pub socket_clients: IntGauge,
+    /// Control-socket connections refused, by reason (`limit`,
+    /// `descriptors`, `accept_error`).
+    pub socket_refused: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -91,6 +96,15 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(start_time_seconds.clone())).unwrap();
+        let socket_refused = IntCounterVec::new(
+            Opts::new(
+                "fsmon_socket_refused_total",
+                "Control-socket connections refused or failed, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        r.register(Box::new(socket_refused.clone())).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -172,6 +186,12 @@ impl Metrics {
             start_time_seconds,
             watched_paths: gauge(&r, "fsmon_watched_paths", "Paths watched, over all groups"),
             groups: gauge(&r, "fsmon_groups", "Groups configured"),
+            socket_clients: gauge(
+                &r,
+                "fsmon_socket_clients",
+                "Control-socket connections being served",
+            ),
+            socket_refused,
             registry: r,
         }
     }

@@ -84,8 +84,8 @@ mod tests {
         assert_eq!(u.expand("~/.config/x"), PathBuf::from("/home/a/.config/x"));
         assert_eq!(u.expand("~"), PathBuf::from("/home/a"));
         assert_eq!(
-            u.expand("/tmp/fsmon-<UID>.sock"),
-            PathBuf::from("/tmp/fsmon-1000.sock")
+            u.expand("/run/fsmon/fsmon-<UID>.sock"),
+            PathBuf::from("/run/fsmon/fsmon-1000.sock")
         );
         assert_eq!(u.expand("/abs/~x"), PathBuf::from("/abs/~x"));
     }

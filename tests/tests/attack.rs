@@ -510,8 +510,9 @@ fn hard_link_to_a_root_file_at_a_log_or_lock_path_is_refused() {
     assert!(d.stop().success());
     fs::remove_file(&link).unwrap();
 
-    // The daemon's lock.
-    let env = open_env();
+    // The daemon's lock (beside a socket in A's own directory: a root-owned
+    // one is refused before the lock is looked at).
+    let env = env_owned_by(&a);
     let victim = Victim::new(env.dir.path(), 0);
     fs::hard_link(&victim.path, lock_path(&env)).unwrap();
     let err = daemon_refuses(&env, Some(a.uid));

@@ -63,3 +63,24 @@ fn time_filter_errors_with_newline_in_value() {
     assert_one_line(&msg);
     assert!(msg.contains(r"'>\n1h' and '>\t2h' are both lower"), "{msg}");
 }
+
+/// socket_response: a long float in a daemon's answer. The CLI prints it
+/// with its control characters escaped and nothing else changed; the rule
+/// that broke was the target's own (serde_json, without `float_roundtrip`,
+/// may read a printed float back one ulp off), so the input stays as a
+/// seed and this checks what the CLI does with it.
+#[test]
+fn socket_response_with_a_long_float() {
+    use fsmon::control::{read_response, terminal_json};
+    let input = include_bytes!("../fuzz/corpus/socket_response/crash-float-roundtrip");
+    let mut reader = std::io::BufReader::new(&input[..]);
+    // First line: not JSON (raw bytes), a one-line error.
+    let first = read_response(&mut reader).unwrap().unwrap_err().to_string();
+    assert_one_line(&first);
+    assert!(first.starts_with("bad response from the daemon"), "{first}");
+    // Second line: the number, printed as serde_json prints it.
+    let v = read_response(&mut reader).unwrap().unwrap();
+    assert!(v.is_f64(), "{v}");
+    assert_eq!(terminal_json(&v), v.to_string());
+    assert_one_line(&terminal_json(&v));
+}

@@ -32,6 +32,7 @@ const TARGETS: &[(&str, usize)] = &[
     ("size_filter", 256),
     ("time_filter", 1024),
     ("socket_request", 4096),
+    ("socket_response", 4096),
     // The log reader repeats its input up to 32 times: files of up to
     // 256 KiB, across page and chunk boundaries.
     ("log_reader", 8192),

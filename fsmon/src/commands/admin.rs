@@ -7,7 +7,7 @@ use super::Context;
 use crate::{
     cli::{CdArgs, DaemonArgs, InitArgs},
     config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, INIT_TEMPLATE, TrackerChoice},
-    control::{Client, Request},
+    control::Request,
     daemon::{self, DaemonOptions},
     error::Error,
     safefs,
@@ -113,9 +113,10 @@ pub fn daemon(ctx: &mut Context, args: DaemonArgs) -> Result<()> {
 }
 
 pub fn health(ctx: &Context) -> Result<()> {
-    let mut c = Client::connect(&ctx.config.socket_path)?;
+    let mut c = ctx.connect()?;
     let v = c.call(&Request::Health {})?;
-    println!("{v}");
+    // The daemon's text, made safe for the terminal.
+    println!("{}", crate::control::terminal_json(&v));
     Ok(())
 }
 

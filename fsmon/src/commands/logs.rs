@@ -8,7 +8,7 @@ use chrono::Utc;
 use super::Context;
 use crate::{
     cli::{CleanArgs, QueryArgs},
-    control::{Client, Request},
+    control::Request,
     error::Error,
     filters::{Bound, Side, SizeFilter, TimeFilter},
     logfile::{self, CleanPlan, QueryOptions, QueryStats, TrimResult},
@@ -124,7 +124,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
     }
     // With a daemon writing this log, it finishes the trim between batches;
     // otherwise we do it all here.
-    let result = match Client::connect(&ctx.config.socket_path) {
+    let result = match ctx.connect() {
         Ok(mut client) => {
             let (log, cut) = (path.clone(), plan.cut);
             let (tmp, copied_until) = ctx

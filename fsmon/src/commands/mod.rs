@@ -33,6 +33,16 @@ impl Context {
         let config = Config::load_as(&fs, &path)?;
         Ok(Self { user, fs, config })
     }
+
+    /// Connects to the daemon: checked to be root's or the user's, within
+    /// the configured timeout.
+    pub fn connect(&self) -> crate::Result<crate::control::Client> {
+        let peer = crate::control::Peer {
+            uid: self.user.uid,
+            name: self.user.name.clone(),
+        };
+        crate::control::Client::connect(&self.config.socket_path, &peer, self.config.socket_timeout)
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::{
 
 /// Connects to the daemon if one runs; `None` if none does.
 fn daemon(ctx: &Context) -> Result<Option<Client>> {
-    match Client::connect(&ctx.config.socket_path) {
+    match ctx.connect() {
         Ok(c) => Ok(Some(c)),
         Err(Error::Socket(msg)) if msg.starts_with("no fsmon daemon") => Ok(None),
         Err(e) => Err(e.into()),
