@@ -144,6 +144,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             file_size_capacity: cfg.file_size_capacity,
             stats_interval: cfg.stats_interval,
             subscribe_buf: cfg.subscribe_buf,
+            user_access: crate::pipeline::access::UserAccess::for_user(&user),
         },
         metrics.clone(),
     )?;
@@ -488,7 +489,7 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
         } => {
             store::validate_group(&group)?;
             let path = store::normalize_path(&path, Path::new("/"))?;
-            let path_str = path.to_string_lossy().into_owned();
+            let path_str = crate::escape::encode_path(&path).into_owned();
             let types = store::parse_types(&types)?;
             let size = size.map(|s| SizeFilter::parse(&s)).transpose()?;
             let opts = PathOptions {
@@ -504,7 +505,9 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
             let path = path
                 .map(|p| store::normalize_path(&p, Path::new("/")))
                 .transpose()?;
-            let p = path.as_ref().map(|p| p.to_string_lossy().into_owned());
+            let p = path
+                .as_ref()
+                .map(|p| crate::escape::encode_path(p).into_owned());
             let mut removed = false;
             update_store(state, |s| removed = s.remove(&group, p.as_deref()), "")?;
             if !removed {
@@ -564,7 +567,7 @@ fn health(state: &State) -> serde_json::Value {
         .iter()
         .flat_map(|g| {
             g.paths.iter().map(move |(p, o)| {
-                json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !Path::new(p).exists()})
+                json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !crate::escape::as_path(p).exists()})
             })
         })
         .collect();

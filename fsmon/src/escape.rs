@@ -185,7 +185,10 @@ mod tests {
 
     #[test]
     fn plain_utf8_is_borrowed_and_unchanged() {
-        assert!(matches!(encode("/var/www/é.txt".as_bytes()), Cow::Borrowed(_)));
+        assert!(matches!(
+            encode("/var/www/é.txt".as_bytes()),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(decode("/var/www/é.txt"), Ok(Cow::Borrowed(_))));
         assert_eq!(enc("/a b/ü/日本".as_bytes()), "/a b/ü/日本");
     }
@@ -227,7 +230,9 @@ mod tests {
                 check(&[x, y]);
             }
         }
-        let picks = [b'\\', b'x', b'f', b'/', 0x7f, 0x80, 0xbf, 0xc3, 0xe6, 0xf0, 0xff];
+        let picks = [
+            b'\\', b'x', b'f', b'/', 0x7f, 0x80, 0xbf, 0xc3, 0xe6, 0xf0, 0xff,
+        ];
         for &a in &picks {
             for &b in &picks {
                 for &c in &picks {

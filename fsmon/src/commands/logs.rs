@@ -42,8 +42,7 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let prefix = match &args.path {
         Some(p) => Some(
-            store::normalize_path(p, &std::env::current_dir()?)?
-                .to_string_lossy()
+            crate::escape::encode_path(&store::normalize_path(p, &std::env::current_dir()?)?)
                 .into_owned(),
         ),
         None => None,
