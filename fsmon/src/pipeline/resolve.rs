@@ -50,6 +50,12 @@ const SELF_EVENTS: u64 = EventType::DeleteSelf.mask() | EventType::MoveSelf.mask
 /// How long a deleted directory's node is kept for events still queued.
 const DELETED_KEEP_SECS: u32 = 10;
 
+/// Full paths up to this length are cached in their node. Longer ones (only
+/// below a tree deeper than PATH_MAX) are built when used, from the names up
+/// to the nearest cached ancestor: a hostile deep tree then costs memory
+/// linear in its size, not quadratic.
+const MAX_CACHED_PATH: usize = libc::PATH_MAX as usize;
+
 /// `DirNode::access` before the directory was checked.
 const ACCESS_UNKNOWN: u8 = 0x80;
 /// Verdict bits: events in this directory reach the user; the user can
@@ -62,9 +68,12 @@ struct DirNode {
     parent: Option<Box<[u8]>>,
     /// The name's text form ([`escape`]).
     name: Box<str>,
-    /// Cached full path, valid while `path_gen` equals the resolver's `gen`.
+    /// Cached full path, valid while `path_gen` equals the resolver's `gen`
+    /// (empty when `long`).
     path: String,
     path_gen: u64,
+    /// The full path is longer than [`MAX_CACHED_PATH`]: built on use.
+    long: bool,
     place: Place,
     last_used: u32,
     /// When its DELETE was seen (0: alive).
@@ -160,6 +169,8 @@ pub struct PathResolver {
     perm_gen: u64,
     /// A reused buffer for paths handed to the kernel.
     path_buf: Vec<u8>,
+    /// A reused buffer for paths too long to cache.
+    long_path: String,
     pub stats: ResolverStats,
 }
 
@@ -281,6 +292,7 @@ impl PathResolver {
             access,
             perm_gen: 1,
             path_buf: Vec::with_capacity(256),
+            long_path: String::new(),
             stats: ResolverStats::default(),
         }
     }
@@ -501,6 +513,7 @@ impl PathResolver {
                 name: name.into_boxed_str(),
                 path: String::new(),
                 path_gen: 0,
+                long: false,
                 place: Place::Outside,
                 last_used: self.now,
                 deleted_at: 0,
@@ -539,7 +552,49 @@ impl PathResolver {
         let now = self.now;
         let node = self.dirs.get_mut(fid.key).ok_or(Miss::Failed)?;
         node.last_used = now;
-        Ok(node.path.as_str())
+        if !node.long {
+            return Ok(self.dirs[fid.key].path.as_str());
+        }
+        let mut long = std::mem::take(&mut self.long_path);
+        let built = self.write_path(fid.key, &mut long);
+        self.long_path = long;
+        if built {
+            Ok(self.long_path.as_str())
+        } else {
+            Err(Miss::Failed)
+        }
+    }
+
+    /// Writes the full path of the fresh node `key` into `out` (cleared):
+    /// its cached path, or its names up to the nearest cached ancestor.
+    fn write_path(&self, key: &[u8], out: &mut String) -> bool {
+        out.clear();
+        let mut names: Vec<&str> = Vec::new();
+        let mut cur = key;
+        loop {
+            let Some(n) = self.dirs.get(cur) else {
+                return false;
+            };
+            if !n.long {
+                out.push_str(&n.path);
+                break;
+            }
+            names.push(&n.name);
+            match n.parent.as_deref() {
+                Some(p) => cur = p,
+                None => return false, // a mount root is never that long
+            }
+            if names.len() > self.dirs.len() {
+                return false;
+            }
+        }
+        for name in names.iter().rev() {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(name);
+        }
+        true
     }
 
     /// Recomputes the cached path of `key` and of its stale ancestors.
@@ -559,28 +614,36 @@ impl PathResolver {
                 return false; // a cycle: cannot happen with sane data
             }
         }
+        // Top-down, extending one buffer: the parent's path, then each name.
+        let mut path = String::new();
+        if let Some(top_parent) = chain
+            .last()
+            .and_then(|k| self.dirs.get(k))
+            .and_then(|n| n.parent.clone())
+            && !self.write_path(&top_parent, &mut path)
+        {
+            return false;
+        }
         for k in chain.into_iter().rev() {
-            let parent_path = match self.dirs[&k].parent.as_deref() {
-                Some(p) => match self.dirs.get(p) {
-                    Some(pn) => Some(pn.path.clone()),
-                    None => return false,
-                },
-                None => None,
-            };
             let node = self.dirs.get_mut(&k).unwrap();
-            node.path.clear();
-            match parent_path {
-                Some(pp) => {
-                    node.path.push_str(&pp);
-                    if !pp.ends_with('/') {
-                        node.path.push('/');
-                    }
-                    node.path.push_str(&node.name);
+            if node.parent.is_some() {
+                if !path.ends_with('/') {
+                    path.push('/');
                 }
-                None => node.path.push_str(&node.name),
+                path.push_str(&node.name);
+            } else {
+                path.clear();
+                path.push_str(&node.name);
             }
-            node.place = self.scope.place_of_dir(&node.path);
+            node.place = self.scope.place_of_dir(&path);
             node.path_gen = self.generation;
+            node.long = path.len() > MAX_CACHED_PATH;
+            node.path.clear();
+            if node.long {
+                node.path.shrink_to_fit();
+            } else {
+                node.path.push_str(&path);
+            }
         }
         true
     }
@@ -1250,6 +1313,12 @@ mod tests {
             assert_eq!(out, want);
             assert_eq!(r.stats.kernel_lookups, 0);
         });
+        // Paths beyond PATH_MAX are not kept per node (memory stays linear
+        // in the depth of a hostile tree).
+        let long: Vec<&DirNode> = r.dirs.values().filter(|n| n.long).collect();
+        assert!(!long.is_empty());
+        assert!(long.iter().all(|n| n.path.capacity() == 0));
+        assert!(r.dirs.values().all(|n| n.path.len() <= MAX_CACHED_PATH));
         // Unknown to the resolver (created during an overflow): the kernel
         // will not print the path, so it is found by climbing `..`.
         let mut r = watching(&root, None);
