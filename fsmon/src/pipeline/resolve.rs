@@ -536,33 +536,46 @@ impl PathResolver {
     /// The full path of directory `key`, rebuilding stale cached paths and
     /// asking the kernel for unknown handles.
     fn dir_path(&mut self, fid: &Fid<'_>) -> Result<&str, Miss> {
+        // The common case is two lookups: this one, and the one that
+        // stamps the node and returns its path.
         let fresh = self
             .dirs
             .get(fid.key)
-            .is_some_and(|n| n.path_gen == self.generation);
-        if fresh {
-            self.stats.dir_hits += 1;
-        } else if !self.dirs.contains_key(fid.key) {
-            self.stats.dir_misses += 1;
-            self.lookup_in_kernel(fid)?;
-        }
-        if !fresh && !self.rebuild(fid.key) {
-            return Err(Miss::Failed);
-        }
+            .filter(|n| n.path_gen == self.generation)
+            .map(|n| n.long);
+        let long = match fresh {
+            Some(long) => {
+                self.stats.dir_hits += 1;
+                long
+            }
+            None => {
+                if !self.dirs.contains_key(fid.key) {
+                    self.stats.dir_misses += 1;
+                    self.lookup_in_kernel(fid)?;
+                }
+                if !self.rebuild(fid.key) {
+                    return Err(Miss::Failed);
+                }
+                self.dirs.get(fid.key).is_some_and(|n| n.long)
+            }
+        };
         let now = self.now;
+        if long {
+            if let Some(n) = self.dirs.get_mut(fid.key) {
+                n.last_used = now;
+            }
+            let mut path = std::mem::take(&mut self.long_path);
+            let built = self.write_path(fid.key, &mut path);
+            self.long_path = path;
+            return if built {
+                Ok(self.long_path.as_str())
+            } else {
+                Err(Miss::Failed)
+            };
+        }
         let node = self.dirs.get_mut(fid.key).ok_or(Miss::Failed)?;
         node.last_used = now;
-        if !node.long {
-            return Ok(self.dirs[fid.key].path.as_str());
-        }
-        let mut long = std::mem::take(&mut self.long_path);
-        let built = self.write_path(fid.key, &mut long);
-        self.long_path = long;
-        if built {
-            Ok(self.long_path.as_str())
-        } else {
-            Err(Miss::Failed)
-        }
+        Ok(node.path.as_str())
     }
 
     /// Writes the full path of the fresh node `key` into `out` (cleared):
@@ -1231,6 +1244,70 @@ mod tests {
             println!("resolve, {what} name: {best:.1} ns/event ({out})");
         }
     }
+    /// Counts this thread's allocations (the test binary's allocator).
+    struct Counting;
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    // SAFETY: forwards to the system allocator.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.realloc(p, l, n) }
+        }
+    }
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    #[test]
+    fn the_hot_path_allocates_nothing_whatever_the_name() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut r = watching(&root, None);
+        r.prewalk(&root, usize::MAX);
+        let (key, fsid, h) = fid_for(&root.join("a/b"));
+        let names: [&[u8]; 3] = [b"plain.txt", b"bad\xff\xfe", b"back\\slash"];
+        let mut out = String::with_capacity(4096);
+        // The counter counts (a control).
+        let before = ALLOCS.with(|c| c.get());
+        std::hint::black_box(String::from_utf8_lossy(std::hint::black_box(b"x\xff")));
+        assert!(ALLOCS.with(|c| c.get()) > before);
+        for name in names {
+            let ev = RawEvent {
+                mask: EventType::CloseWrite.mask(),
+                dir: Some(Fid {
+                    fsid,
+                    handle: &h,
+                    key: &key[..],
+                }),
+                name: Some(name),
+                ..Default::default()
+            };
+            r.resolve(&ev, &mut out); // warm: the node's path is cached
+            let before = ALLOCS.with(|c| c.get());
+            for _ in 0..1000 {
+                out.clear();
+                r.resolve(&ev, &mut out);
+            }
+            let n = ALLOCS.with(|c| c.get()) - before;
+            assert_eq!(
+                n, 0,
+                "{n} allocations for 1000 events named {name:?} ({out})"
+            );
+        }
+    }
+
     /// Builds `depth` nested directories named `name` under `root` with
     /// mkdirat/openat (a path that long cannot be used whole); returns the
     /// deepest one, open.
