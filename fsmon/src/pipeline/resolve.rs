@@ -900,8 +900,9 @@ impl PathResolver {
                 (None, Some(b".")) | (None, None) => ev.dir.map(|d| d.key),
                 _ => None,
             };
+            // Only directories inside the trees take part in verdicts.
             if let Some(key) = target
-                && self.dirs.contains_key(key)
+                && self.dirs.get(key).is_some_and(|n| n.place == Place::Inside)
             {
                 let bits = self.check_now(key).unwrap_or(SEARCH | LIST);
                 if let Some(n) = self.dirs.get_mut(key) {
@@ -915,27 +916,38 @@ impl PathResolver {
         };
         if ev.mask & (CREATE | MOVED_TO) != 0 {
             let name = escape::encode(name).into_owned();
-            let known = self.dirs.contains_key(target.key);
-            if known {
+            let inside = matches!(resolution, Resolution::Path { inside: true, .. });
+            // Was it inside a tree before? (Outside nodes are cached too.)
+            let was_inside = self.dirs.get(target.key).map(|n| n.place == Place::Inside);
+            if was_inside.is_some() {
                 // A rename: one node moves, every path below it changes.
                 self.insert_node(target.key.into(), Some(dir.key.into()), name);
                 self.generation += 1;
                 self.perm_gen += 1;
             } else if self.dirs.contains_key(dir.key) {
                 self.insert_node(target.key.into(), Some(dir.key.into()), name);
-                if self.access.is_some() {
-                    // Checked now, while it most likely still exists.
-                    let bits = self.check_now(target.key).unwrap_or(SEARCH | LIST);
-                    if let Some(n) = self.dirs.get_mut(target.key) {
-                        n.access = bits;
-                    }
-                }
-                if ev.mask & MOVED_TO != 0
-                    && matches!(resolution, Resolution::Path { inside: true, .. })
-                    && !self.walk_below(target.fsid, target.key.into(), usize::MAX)
-                {
-                    // Moved in from outside: learn the subtree it brings.
-                    self.mark_incomplete();
+            } else {
+                return;
+            }
+            if ev.mask & MOVED_TO != 0
+                && inside
+                && was_inside != Some(true)
+                && !self.walk_below(target.fsid, target.key.into(), usize::MAX)
+            {
+                // Moved in from outside: learn the subtree it brings.
+                self.mark_incomplete();
+            }
+            if self.access.is_some() {
+                // Inside a tree: checked now, while it most likely still
+                // exists. Elsewhere: when it first matters (its permissions
+                // may have changed while nobody looked).
+                let bits = if inside {
+                    self.check_now(target.key).unwrap_or(SEARCH | LIST)
+                } else {
+                    ACCESS_UNKNOWN
+                };
+                if let Some(n) = self.dirs.get_mut(target.key) {
+                    n.access = bits;
                 }
             }
         }
