@@ -325,6 +325,21 @@ mod tests {
     }
 
     #[test]
+    fn normalize_takes_the_text_form_of_paths() {
+        use std::os::unix::ffi::OsStrExt;
+        let cwd = Path::new("/nonexistent-base");
+        let n = normalize_path("bad\\xff/\\\\x", cwd).unwrap();
+        assert_eq!(n.as_os_str().as_bytes(), b"/nonexistent-base/bad\xff/\\x");
+        assert_eq!(
+            crate::escape::encode_path(&n),
+            "/nonexistent-base/bad\\xff/\\\\x"
+        );
+        let e = normalize_path("/a\\q", cwd).unwrap_err().to_string();
+        assert!(e.contains("bad escape"), "{e}");
+        assert!(normalize_path("/a\\x00", cwd).is_err(), "NUL");
+    }
+
+    #[test]
     fn seed_shape_and_round_trip() {
         let mut s = Store::default();
         let opts = PathOptions {
