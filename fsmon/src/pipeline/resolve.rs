@@ -130,7 +130,8 @@ pub enum Resolution {
 /// Why a directory handle could not be placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Miss {
-    /// The directory no longer exists.
+    /// The directory no longer exists (or was last seen outside every
+    /// watched tree).
     Gone,
     /// It exists (or may), but its path could not be built.
     Failed,
@@ -681,12 +682,17 @@ impl PathResolver {
                 if !bytes.starts_with(b"/") {
                     return Err(Miss::Failed); // not reachable from our root
                 }
-                let key = self.ensure_chain(fid.fsid, &link).ok_or(Miss::Failed)?;
-                // The path may have been renamed in between: only trust a match.
-                if *key == *fid.key {
-                    Ok(())
-                } else {
-                    Err(Miss::Failed)
+                match self.ensure_chain(fid.fsid, &link) {
+                    Some(key) if *key == *fid.key => Ok(()),
+                    // Renamed or removed while we looked (busy directories
+                    // elsewhere on the filesystem do this all the time).
+                    // Where it was is still known: a directory outside
+                    // every tree is as good as gone; one that may be inside
+                    // is reported unresolved.
+                    _ if self.scope.place_of_dir(&escape::encode(bytes)) == Place::Outside => {
+                        Err(Miss::Gone)
+                    }
+                    _ => Err(Miss::Failed),
                 }
             }
             // Longer than PATH_MAX: the kernel will not print it.
