@@ -369,3 +369,60 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     assert!(!log.contains("hidden"), "earlier events stay hidden: {log}");
     assert!(d.stop().success());
 }
+
+#[test]
+fn busy_directories_outside_the_trees_never_become_unresolved_records() {
+    // Directories made and removed as fast as possible next to the watched
+    // tree, on the same filesystem: the daemon looks each one up while it
+    // vanishes. They were outside: nothing of them may reach the log.
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let busy = env.dir.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            let busy = busy.join(format!("t{t}"));
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..8 {
+                        let dir = busy.join(format!("x{i}/a/b/c"));
+                        fs::create_dir_all(&dir).unwrap();
+                        fs::write(dir.join("f"), b"").unwrap();
+                    }
+                    fs::remove_dir_all(&busy).unwrap();
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    for i in 0..400 {
+        fs::write(env.watch.join(format!("w{i}")), b"").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds: u64 = churners.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(rounds > 100, "{rounds}");
+    let marker = env.watch.join("marker");
+    fs::write(&marker, b"").unwrap();
+    let evs = env.wait_events("_global", "the marker", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let stray: Vec<&Value> = evs
+        .iter()
+        .filter(|x| {
+            x.get("unresolved").is_some()
+                || !x["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(env.watch.to_str().unwrap())
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(d.stop().success());
+}
