@@ -600,6 +600,7 @@ fn health(state: &State) -> serde_json::Value {
         "events_unwritten": m.events_unwritten.get(),
         "queue_overflows": m.queue_overflows.get(),
         "unresolved_paths": m.unresolved_paths.with_label_values(&["maybe_inside"]).get(),
+        "events_hidden": m.events_hidden.get(),
         "ebpf_map_entries": m.ebpf_map_entries.get(),
         "subscribers": m.subscribers.get(),
     })

@@ -356,6 +356,8 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
         (n >= 2.0).then_some(n)
     });
     assert!(hidden >= 2.0);
+    let h = request(&env, r#"{"op":"health"}"#);
+    assert!(h["events_hidden"].as_u64().unwrap() >= 2, "{h}");
 
     // Opened up: later writes there are logged.
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o755)).unwrap();
