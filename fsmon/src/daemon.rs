@@ -134,6 +134,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             file_size_capacity: cfg.file_size_capacity,
             stats_interval: cfg.stats_interval,
             subscribe_buf: cfg.subscribe_buf,
+            user_access: crate::pipeline::access::UserAccess::for_user(&user),
         },
         metrics.clone(),
     )?;
@@ -435,7 +436,7 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
                 let pending = !path.exists();
                 Ok((path, pending))
             })?;
-            let path_str = path.to_string_lossy().into_owned();
+            let path_str = crate::escape::encode_path(&path).into_owned();
             let types = store::parse_types(&types)?;
             let size = size.map(|s| SizeFilter::parse(&s)).transpose()?;
             let opts = PathOptions {
@@ -451,7 +452,9 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
                 path.map(|p| store::normalize_path(&p, Path::new("/")))
                     .transpose()
             })?;
-            let p = path.as_ref().map(|p| p.to_string_lossy().into_owned());
+            let p = path
+                .as_ref()
+                .map(|p| crate::escape::encode_path(p).into_owned());
             let mut removed = false;
             update_store(state, |s| removed = s.remove(&group, p.as_deref()), "")?;
             if !removed {
@@ -511,7 +514,7 @@ fn health(state: &State) -> serde_json::Value {
         .iter()
         .flat_map(|g| {
             g.paths.iter().map(move |(p, o)| {
-                json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !Path::new(p).exists()})
+                json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !crate::escape::as_path(p).exists()})
             })
         })
         .collect();
@@ -545,6 +548,7 @@ fn health(state: &State) -> serde_json::Value {
         "events_unwritten": m.events_unwritten.get(),
         "queue_overflows": m.queue_overflows.get(),
         "unresolved_paths": m.unresolved_paths.with_label_values(&["maybe_inside"]).get(),
+        "events_hidden": m.events_hidden.get(),
         "ebpf_map_entries": m.ebpf_map_entries.get(),
         "subscribers": m.subscribers.get(),
     })

@@ -221,6 +221,15 @@ pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &[u8], flags: i32) -> io
 /// following a final symlink. Returns (mount id, handle bytes in the layout
 /// fanotify reports: handle_bytes, handle_type, f_handle).
 pub fn handle_of(dirfd: Option<BorrowedFd<'_>>, path: &Path) -> io::Result<Vec<u8>> {
+    handle_at(dirfd, path, 0)
+}
+
+/// The file handle of the object open at `fd` (no path: works at any depth).
+pub fn handle_of_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    handle_at(Some(fd), Path::new(""), libc::AT_EMPTY_PATH)
+}
+
+fn handle_at(dirfd: Option<BorrowedFd<'_>>, path: &Path, flags: i32) -> io::Result<Vec<u8>> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut buf = [0u32; 34];
@@ -235,7 +244,7 @@ pub fn handle_of(dirfd: Option<BorrowedFd<'_>>, path: &Path) -> io::Result<Vec<u
             c.as_ptr(),
             buf.as_mut_ptr(),
             &mut mount_id as *mut libc::c_int,
-            0, // no AT_SYMLINK_FOLLOW
+            flags, // never AT_SYMLINK_FOLLOW
         )
     };
     if r < 0 {

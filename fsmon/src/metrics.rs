@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Events whose directory could not be resolved, by whether they were
     /// logged (`maybe_inside`) or known to be outside every watched tree.
     pub unresolved_paths: IntCounterVec,
+    /// Events in directories the daemon's (non-root) user may not see.
+    pub events_hidden: IntCounter,
     pub tracker_lookups: IntCounter,
     pub tracker_misses: IntCounter,
     /// 1 for the active tracker (`ebpf` or `procfs`).
@@ -132,6 +134,11 @@ impl Metrics {
                 "Events that matched but could not be written to their log",
             ),
             unresolved_paths,
+            events_hidden: counter(
+                &r,
+                "fsmon_events_hidden_total",
+                "Events in directories the daemon's user may not see (not reported)",
+            ),
             tracker_lookups: counter(&r, "fsmon_process_lookups_total", "Process tracker lookups"),
             tracker_misses: counter(
                 &r,

@@ -115,18 +115,22 @@ pub fn parse_types<S: AsRef<str>>(items: &[S]) -> Result<Vec<EventType>> {
     Ok(types)
 }
 
-/// Makes `path` absolute (against `cwd`) and lexically clean: no `.`/`..`,
-/// no trailing slash. Then resolves symlinks in the longest existing prefix,
-/// because the kernel reports real paths.
+/// Makes `path` (in the text form of [`crate::escape`], as logs and the
+/// store write paths: `\\` for a backslash, `\xHH` for a byte that is not
+/// UTF-8) absolute against `cwd` and lexically clean: no `.`/`..`, no
+/// trailing slash. Then resolves symlinks in the longest existing prefix,
+/// because the kernel reports real paths. Returns the real bytes; their
+/// text form is [`crate::escape::encode_path`].
 pub fn normalize_path(path: &str, cwd: &Path) -> Result<PathBuf> {
     if path.is_empty() {
         return Err(Error::invalid("empty path"));
     }
-    if path.contains('\0') {
+    let path = crate::escape::decode_path(path).map_err(|e| Error::invalid(e.to_string()))?;
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
         return Err(Error::invalid("path contains a NUL byte"));
     }
-    let joined = if Path::new(path).is_absolute() {
-        PathBuf::from(path)
+    let joined = if path.is_absolute() {
+        path
     } else {
         cwd.join(path)
     };
@@ -381,6 +385,21 @@ mod tests {
         std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
         let n = normalize_path(d.path().join("link/pending/x").to_str().unwrap(), cwd).unwrap();
         assert_eq!(n, fs::canonicalize(&real).unwrap().join("pending/x"));
+    }
+
+    #[test]
+    fn normalize_takes_the_text_form_of_paths() {
+        use std::os::unix::ffi::OsStrExt;
+        let cwd = Path::new("/nonexistent-base");
+        let n = normalize_path("bad\\xff/\\\\x", cwd).unwrap();
+        assert_eq!(n.as_os_str().as_bytes(), b"/nonexistent-base/bad\xff/\\x");
+        assert_eq!(
+            crate::escape::encode_path(&n),
+            "/nonexistent-base/bad\\xff/\\\\x"
+        );
+        let e = normalize_path("/a\\q", cwd).unwrap_err().to_string();
+        assert!(e.contains("bad escape"), "{e}");
+        assert!(normalize_path("/a\\x00", cwd).is_err(), "NUL");
     }
 
     #[test]

@@ -30,6 +30,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const TARGETS: &[(&str, usize)] = &[
     ("fanotify_records", 4096),
     ("size_filter", 256),
+    ("path_escape", 1024),
     ("time_filter", 1024),
     ("socket_request", 4096),
     ("socket_response", 4096),

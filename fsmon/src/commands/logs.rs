@@ -45,11 +45,9 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     // Everything that touches files runs as the user (also under sudo).
     let result = ctx.fs.run(move || -> crate::Result<Option<QueryStats>> {
         let path_prefix = match &args.path {
-            Some(p) => Some(
-                store::normalize_path(p, &cwd)?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+            Some(p) => {
+                Some(crate::escape::encode_path(&store::normalize_path(p, &cwd)?).into_owned())
+            }
             None => None,
         };
         if std::fs::symlink_metadata(&log).is_err() {

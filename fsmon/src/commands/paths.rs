@@ -38,7 +38,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
         let exists = path.exists();
         Ok((path, exists))
     })?;
-    let path_str = path.to_string_lossy().into_owned();
+    let path_str = crate::escape::encode_path(&path).into_owned();
     if args.group.len() > 15 && args.group != store::GLOBAL {
         eprintln!(
             "notice: the kernel keeps only 15 bytes of a process name; group {} matches processes named {}",
@@ -93,7 +93,9 @@ pub fn remove(ctx: &Context, args: RemoveArgs) -> Result<()> {
             .map(|p| store::normalize_path(p, &cwd))
             .transpose()
     })?;
-    let path_str = path.as_deref().map(|p| p.to_string_lossy().into_owned());
+    let path_str = path
+        .as_deref()
+        .map(|p| crate::escape::encode_path(p).into_owned());
     match daemon(ctx)? {
         Some(mut c) => {
             c.call(&Request::Remove {

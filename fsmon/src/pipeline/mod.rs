@@ -12,6 +12,7 @@
 //! so the steady state allocates nothing) and control messages pass between
 //! them in order, so a change of groups takes effect at an exact point of the
 //! event stream.
+pub mod access;
 pub mod attribute;
 pub mod filter;
 pub mod parse;
@@ -36,6 +37,7 @@ use std::{
 use chrono::{DateTime, Local, SecondsFormat, Utc};
 
 use crate::{
+    escape,
     event::{EventType, FileEvent, OVERFLOW_TYPE, TypeSet},
     fanotify::{FAN_Q_OVERFLOW, Fanotify},
     metrics::Metrics,
@@ -149,6 +151,8 @@ pub struct PipelineConfig {
     pub file_size_capacity: u64,
     pub stats_interval: Option<Duration>,
     pub subscribe_buf: usize,
+    /// The daemon's user when not root: events it may not see are hidden.
+    pub user_access: Option<access::UserAccess>,
 }
 
 pub struct Pipeline {
@@ -191,7 +195,12 @@ impl Pipeline {
 
         let mut capture = Capture {
             reader,
-            resolver: PathResolver::new(cfg.dir_capacity, cfg.dir_ttl, cfg.file_size_capacity),
+            resolver: PathResolver::new(
+                cfg.dir_capacity,
+                cfg.dir_ttl,
+                cfg.file_size_capacity,
+                cfg.user_access,
+            ),
             groups: Arc::new(GroupSet::default()),
             marks: HashMap::new(),
             kernel_types: 0,
@@ -202,7 +211,6 @@ impl Pipeline {
             metrics: metrics.clone(),
             status: status.clone(),
             self_pid: std::process::id(),
-            stat_buf: Vec::with_capacity(256),
             stats_interval: cfg.stats_interval,
         };
         // Apply the initial groups before any thread runs, so the daemon is
@@ -304,7 +312,6 @@ struct Capture {
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     self_pid: u32,
-    stat_buf: Vec<u8>,
     stats_interval: Option<Duration>,
 }
 
@@ -396,6 +403,7 @@ impl Capture {
             &m.unresolved_paths.with_label_values(&["outside"]),
             s.unresolved_outside,
         );
+        bump(&m.events_hidden, s.hidden);
     }
 
     /// Reads until the queue is empty, sending batches on.
@@ -453,13 +461,25 @@ impl Capture {
                 let start = batch.paths.len();
                 let resolution = self.resolver.resolve(&ev, &mut batch.paths);
                 let wanted = types & self.kernel_types;
-                let keep = wanted != 0
-                    && ev.pid != self.self_pid
+                let reported = wanted != 0 && ev.pid != self.self_pid;
+                let keep = reported
                     && matches!(
                         resolution,
-                        Resolution::Path { inside: true } | Resolution::Unresolved
+                        Resolution::Path {
+                            inside: true,
+                            visible: true
+                        } | Resolution::Unresolved
                     );
                 if !keep {
+                    if reported
+                        && resolution
+                            == (Resolution::Path {
+                                inside: true,
+                                visible: false,
+                            })
+                    {
+                        self.resolver.stats.hidden += 1;
+                    }
                     batch.paths.truncate(start);
                     continue;
                 }
@@ -469,7 +489,7 @@ impl Capture {
                 } else if wanted & DELETE_LIKE != 0 {
                     self.resolver.last_size(&ev).unwrap_or(0)
                 } else {
-                    match lstat_size(&mut self.stat_buf, &batch.paths[start..]) {
+                    match self.resolver.current_size(&ev, &batch.paths[start..]) {
                         // Remembered for its DELETE, when the file is gone.
                         Some(size) => {
                             self.resolver.remember_size(&ev, size);
@@ -517,13 +537,17 @@ impl Capture {
             .scope()
             .roots
             .iter()
-            .map(|r| (PathBuf::from(&r.path), r.recursive))
+            .map(|r| (escape::as_path(&r.path).into_owned(), r.recursive))
             .collect();
+        let mut complete = true;
         for (root, recursive) in roots {
-            self.resolver
+            complete &= self
+                .resolver
                 .prewalk(&root, if recursive { usize::MAX } else { 1 });
         }
-        self.resolver.mark_complete();
+        if complete {
+            self.resolver.mark_complete();
+        }
     }
 
     /// Applies a new set of groups: marks, scope, pre-walks.
@@ -531,10 +555,18 @@ impl Capture {
         let mut errors = Vec::new();
         let scope = groups.scope();
         let types = groups.types();
+        // A non-root user's view depends on directory permissions: their
+        // changes (ATTRIB) are needed whatever the groups ask for.
+        let internal_mask = if self.resolver.checks_access() {
+            INTERNAL_MASK | EventType::Attrib.mask()
+        } else {
+            INTERNAL_MASK
+        };
         // Which filesystems need which events.
         let mut wanted: HashMap<u64, (PathBuf, u64)> = HashMap::new();
         for root in &scope.roots {
-            let Some(existing) = nearest_existing(Path::new(&root.path)) else {
+            let root_path = escape::as_path(&root.path);
+            let Some(existing) = nearest_existing(&root_path) else {
                 errors.push((root.path.clone(), "no existing ancestor".into()));
                 continue;
             };
@@ -543,7 +575,7 @@ impl Capture {
                     let e = wanted
                         .entry(fsid)
                         .or_insert_with(|| (existing.to_path_buf(), 0));
-                    e.1 |= types | INTERNAL_MASK;
+                    e.1 |= types | internal_mask;
                 }
                 Err(e) => errors.push((root.path.clone(), format!("cannot watch: {e}"))),
             }
@@ -563,7 +595,7 @@ impl Capture {
                 for root in scope
                     .roots
                     .iter()
-                    .filter(|r| nearest_existing(Path::new(&r.path)) == Some(path.as_path()))
+                    .filter(|r| nearest_existing(&escape::as_path(&r.path)) == Some(path.as_path()))
                 {
                     errors.push((root.path.clone(), why.clone()));
                 }
@@ -588,9 +620,13 @@ impl Capture {
             .collect();
         self.resolver.set_scope(scope.clone());
         for r in &scope.roots {
-            if !old_roots.contains(&(r.path.clone(), r.recursive)) {
-                self.resolver
-                    .prewalk(Path::new(&r.path), if r.recursive { usize::MAX } else { 1 });
+            if !old_roots.contains(&(r.path.clone(), r.recursive))
+                && !self.resolver.prewalk(
+                    &escape::as_path(&r.path),
+                    if r.recursive { usize::MAX } else { 1 },
+                )
+            {
+                self.resolver.mark_incomplete();
             }
         }
         self.marks = wanted;
@@ -604,19 +640,6 @@ impl Capture {
         self.status.info.lock().unwrap().watch_errors = errors.clone();
         errors
     }
-}
-
-/// Size of the file at `path` now (no symlink follow), without allocating:
-/// the path is copied into a reused buffer with its NUL.
-fn lstat_size(buf: &mut Vec<u8>, path: &str) -> Option<u64> {
-    buf.clear();
-    buf.extend_from_slice(path.as_bytes());
-    buf.push(0);
-    // SAFETY: an all-zero stat is a valid out value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: NUL-terminated buffer, valid out pointer.
-    let r = unsafe { libc::lstat(buf.as_ptr().cast(), &mut st) };
-    (r == 0).then_some(st.st_size as u64)
 }
 
 /// Time stamps: RFC 3339 with microseconds, never going backwards within

@@ -9,22 +9,33 @@
 //! is what lets `rm -rf` of a whole tree report every file's full path even
 //! after the directories are gone. Directories outside every watched tree are
 //! cached too (they tell us quickly that an event is out of scope) and expire.
+//!
+//! Paths are bytes; the resolver builds their text form ([`crate::escape`]).
+//! Nothing here asks the kernel for a directory by its full path: trees are
+//! walked by opening each directory from its handle, and an unknown
+//! directory whose path is longer than `PATH_MAX` is placed by climbing
+//! `..` from its descriptor, so depth never makes a directory unknown.
+//!
+//! For a non-root user, each node also caches whether events in it reach
+//! that user (see [`access`](super::access)).
 use std::{
     collections::HashMap,
-    ffi::CString,
+    ffi::{CString, OsStr},
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt,
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::MetadataExt},
     },
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use super::{
+    access::{LIST, SEARCH, UserAccess},
     parse::{Fid, RawEvent},
     scope::{Place, Scope},
 };
 use crate::{
+    escape,
     event::EventType,
     fanotify::{self, FAN_ONDIR},
 };
@@ -32,29 +43,54 @@ use crate::{
 const CREATE: u64 = EventType::Create.mask();
 const DELETE: u64 = EventType::Delete.mask();
 const MOVED_TO: u64 = EventType::MovedTo.mask();
+const ATTRIB: u64 = EventType::Attrib.mask();
 const CLOSE_WRITE: u64 = EventType::CloseWrite.mask();
 const SELF_EVENTS: u64 = EventType::DeleteSelf.mask() | EventType::MoveSelf.mask();
 
 /// How long a deleted directory's node is kept for events still queued.
 const DELETED_KEEP_SECS: u32 = 10;
 
+/// Full paths up to this length are cached in their node. Longer ones (only
+/// below a tree deeper than PATH_MAX) are built when used, from the names up
+/// to the nearest cached ancestor: a hostile deep tree then costs memory
+/// linear in its size, not quadratic.
+const MAX_CACHED_PATH: usize = libc::PATH_MAX as usize;
+
+/// `DirNode::access` before the directory was checked.
+const ACCESS_UNKNOWN: u8 = 0x80;
+/// Verdict bits: events in this directory reach the user; the user can
+/// pass through it to the directories below.
+const VISIBLE: u8 = 1;
+const TRAVERSABLE: u8 = 2;
+
 struct DirNode {
     /// Parent's key; `None` for a mount root, whose `name` is its full path.
     parent: Option<Box<[u8]>>,
+    /// The name's text form ([`escape`]).
     name: Box<str>,
-    /// Cached full path, valid while `path_gen` equals the resolver's `gen`.
+    /// Cached full path, valid while `path_gen` equals the resolver's `gen`
+    /// (empty when `long`).
     path: String,
     path_gen: u64,
+    /// The full path is longer than [`MAX_CACHED_PATH`]: built on use.
+    long: bool,
     place: Place,
     last_used: u32,
     /// When its DELETE was seen (0: alive).
     deleted_at: u32,
     /// Nodes whose parent this is: a node is evicted only as a leaf.
     children: u32,
+    /// What the daemon's user may do in it ([`SEARCH`], [`LIST`]), or
+    /// [`ACCESS_UNKNOWN`]. Only used for a non-root user.
+    access: u8,
+    /// [`VISIBLE`] | [`TRAVERSABLE`], valid while `verdict_gen` equals the
+    /// resolver's `perm_gen`.
+    verdict: u8,
+    verdict_gen: u64,
 }
 
 /// A filesystem we watch: a descriptor to open handles against, and the
-/// path it is mounted at.
+/// path it is mounted at (text form).
 struct Mount {
     fd: OwnedFd,
     root: String,
@@ -73,6 +109,8 @@ pub struct ResolverStats {
     pub unresolved: u64,
     /// Unresolvable events known to be outside every watched tree (dropped).
     pub unresolved_outside: u64,
+    /// Events inside a watched tree that the daemon's user may not see.
+    pub hidden: u64,
     pub size_entries: u64,
 }
 
@@ -80,13 +118,30 @@ pub struct ResolverStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
     /// The full path was appended to the output; `inside` says whether it is
-    /// in some watched tree.
-    Path { inside: bool },
+    /// in some watched tree, `visible` whether the daemon's user may see it.
+    Path { inside: bool, visible: bool },
     /// Only the name could be appended: the directory is unknown and might
     /// have been watched.
     Unresolved,
     /// Nothing to report (outside, or a self event on a plain file).
     Drop,
+}
+
+/// Why a directory handle could not be placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// The directory no longer exists (or was last seen outside every
+    /// watched tree).
+    Gone,
+    /// It exists (or may), but its path could not be built.
+    Failed,
+}
+
+fn miss_of(e: &std::io::Error) -> Miss {
+    match e.raw_os_error() {
+        Some(libc::ESTALE) | Some(libc::ENOENT) => Miss::Gone,
+        _ => Miss::Failed,
+    }
 }
 
 pub struct PathResolver {
@@ -103,9 +158,20 @@ pub struct PathResolver {
     ttl_secs: u32,
     now: u32,
     /// Every directory inside a watched tree is known (pre-walks done and no
-    /// event lost since). While true, an unknown handle is outside.
+    /// event lost since). While true, a handle of a directory that no longer
+    /// exists and was never seen is outside.
     complete: bool,
     over_capacity_warned: bool,
+    /// The daemon's user when it is not root: events are checked against
+    /// what that user may see.
+    access: Option<UserAccess>,
+    /// Bumped when a directory's permissions or place change: cached
+    /// verdicts are then recomputed (from cached access bits, no syscall).
+    perm_gen: u64,
+    /// A reused buffer for paths handed to the kernel.
+    path_buf: Vec<u8>,
+    /// A reused buffer for paths too long to cache.
+    long_path: String,
     pub stats: ResolverStats,
 }
 
@@ -114,7 +180,7 @@ fn coarse_now() -> u32 {
 }
 
 fn cstr(p: &Path) -> Option<CString> {
-    CString::new(p.as_os_str().as_encoded_bytes()).ok()
+    CString::new(p.as_os_str().as_bytes()).ok()
 }
 
 fn key_of(fsid: u64, handle: &[u8]) -> Box<[u8]> {
@@ -140,8 +206,76 @@ fn mount_root_of(path: &Path) -> PathBuf {
     root
 }
 
+fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
+    // SAFETY: an all-zero stat is a valid out value; valid descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// `lstat` of `name` in the directory `dir`.
+fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<libc::stat> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: an all-zero stat is a valid out value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, NUL-terminated name, valid out pointer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn open_at(dir: BorrowedFd<'_>, name: &[u8], flags: i32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid descriptor and name; the new descriptor is owned below.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// The entries of the directory open at `dir` (read through a duplicate, so
+/// `dir` stays usable), as (name, inode, maybe a directory).
+fn entries(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(Vec<u8>, u64, bool)>> {
+    let dup = dir.try_clone_to_owned()?;
+    let mut d = nix::dir::Dir::from_fd(dup).map_err(std::io::Error::from)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(std::io::Error::from)?;
+        let name = e.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let maybe_dir = matches!(e.file_type(), None | Some(nix::dir::Type::Directory));
+        out.push((name.to_vec(), e.ino(), maybe_dir));
+    }
+    Ok(out)
+}
+
 impl PathResolver {
-    pub fn new(dir_capacity: u64, dir_ttl: Duration, size_capacity: u64) -> Self {
+    pub fn new(
+        dir_capacity: u64,
+        dir_ttl: Duration,
+        size_capacity: u64,
+        access: Option<UserAccess>,
+    ) -> Self {
         Self {
             dirs: HashMap::new(),
             generation: 1,
@@ -156,8 +290,18 @@ impl PathResolver {
             now: coarse_now(),
             complete: true,
             over_capacity_warned: false,
+            access,
+            perm_gen: 1,
+            path_buf: Vec::with_capacity(256),
+            long_path: String::new(),
             stats: ResolverStats::default(),
         }
+    }
+
+    /// Whether events are checked against a non-root user's permissions
+    /// (then directory ATTRIB events are needed too).
+    pub fn checks_access(&self) -> bool {
+        self.access.is_some()
     }
 
     /// Called once per read batch: a coarse clock for last-use stamps.
@@ -173,13 +317,14 @@ impl PathResolver {
     pub fn set_scope(&mut self, scope: Scope) {
         self.scope = scope;
         self.generation += 1;
+        self.perm_gen += 1;
     }
 
     /// Registers the filesystem holding `existing` (a path that exists) so
-    /// its handles can be opened. Returns its fsid.
+    /// its handles can be opened, and its root as a node. Returns its fsid.
     pub fn add_mount(&mut self, existing: &Path) -> std::io::Result<u64> {
         let fsid = fanotify::fsid_of(existing)?;
-        if let std::collections::hash_map::Entry::Vacant(e) = self.mounts.entry(fsid) {
+        if !self.mounts.contains_key(&fsid) {
             let root = mount_root_of(existing);
             let c = cstr(&root).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
             // Not O_PATH: open_by_handle_at rejects O_PATH mount descriptors.
@@ -195,60 +340,124 @@ impl PathResolver {
             }
             // SAFETY: new descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            e.insert(Mount {
-                fd,
-                root: root.to_string_lossy().into_owned(),
-            });
+            let root_text = escape::encode_path(&root).into_owned();
+            // The root as a node: a climb from a deep directory ends there.
+            if let Ok(h) = fanotify::handle_of_fd(fd.as_fd()) {
+                self.insert_node(key_of(fsid, &h), None, root_text.clone());
+            }
+            self.mounts.insert(
+                fsid,
+                Mount {
+                    fd,
+                    root: root_text,
+                },
+            );
         }
         Ok(fsid)
     }
 
     /// Learns every directory under `root` (to `depth` levels), so that
     /// later events in them resolve even after they are deleted. Does not
-    /// follow symlinks or cross into other filesystems.
-    pub fn prewalk(&mut self, root: &Path, depth: usize) {
+    /// follow symlinks or cross into other filesystems. Returns false if
+    /// some directory could not be read (directories below it may be
+    /// unknown).
+    pub fn prewalk(&mut self, root: &Path, depth: usize) -> bool {
         let Ok(meta) = std::fs::symlink_metadata(root) else {
-            return; // pending: learned from events when it appears
+            return true; // pending: learned from events when it appears
         };
         let Ok(fsid) = self.add_mount(root) else {
-            return;
+            return false;
         };
         let Some(root_key) = self.ensure_chain(fsid, root) else {
-            return;
+            return false;
         };
         if !meta.is_dir() {
             self.watched_files
-                .insert(root_key, root.to_string_lossy().into_owned());
-            return;
+                .insert(root_key, escape::encode_path(root).into_owned());
+            return true;
         }
-        let dev = meta.dev();
-        let mut stack = vec![(root.to_path_buf(), root_key, 0usize)];
-        while let Some((dir, key, level)) = stack.pop() {
+        self.walk_below(fsid, root_key, depth)
+    }
+
+    /// Learns the directories below `top` (to `depth` levels), opening each
+    /// one from its handle and its children relative to it: no path is
+    /// ever built, so depth does not matter.
+    fn walk_below(&mut self, fsid: u64, top: Box<[u8]>, depth: usize) -> bool {
+        let mut complete = true;
+        let mut dev = None;
+        let mut stack = vec![(top, 0usize)];
+        while let Some((key, level)) = stack.pop() {
+            let Some(mount) = self.mounts.get(&fsid) else {
+                return false;
+            };
+            let fd = match fanotify::open_by_handle(
+                mount.fd.as_fd(),
+                &key[8..],
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            ) {
+                Ok(fd) => fd,
+                // Removed meanwhile: its events say so.
+                Err(e) if miss_of(&e) == Miss::Gone => continue,
+                Err(e) => {
+                    log::warn!("walking a watched tree: cannot open a directory: {e}");
+                    complete = false;
+                    continue;
+                }
+            };
+            if let Some(a) = &self.access {
+                let bits = a.check(fd.as_fd());
+                if let Some(n) = self.dirs.get_mut(&key) {
+                    n.access = bits;
+                }
+            }
             if level >= depth {
                 continue;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            let dev = match dev {
+                Some(d) => d,
+                None => match fstat(fd.as_fd()) {
+                    Ok(st) => *dev.insert(st.st_dev),
+                    Err(_) => return false,
+                },
             };
-            for entry in entries.flatten() {
-                let Ok(ft) = entry.file_type() else { continue };
-                if !ft.is_dir() {
+            let list = match entries(fd.as_fd()) {
+                Ok(l) => l,
+                Err(e) if miss_of(&e) == Miss::Gone => continue,
+                Err(e) => {
+                    log::warn!("walking a watched tree: cannot list a directory: {e}");
+                    complete = false;
                     continue;
                 }
-                let path = entry.path();
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.dev() == dev => {}
-                    _ => continue,
-                }
-                let Ok(handle) = fanotify::handle_of(None, &path) else {
+            };
+            for (name, _, maybe_dir) in list {
+                if !maybe_dir {
                     continue;
+                }
+                match stat_at(fd.as_fd(), &name) {
+                    Ok(st) if is_dir(&st) && st.st_dev == dev => {}
+                    _ => continue, // not a directory, another filesystem, or gone
+                }
+                let handle = match fanotify::handle_of(
+                    Some(fd.as_fd()),
+                    Path::new(OsStr::from_bytes(&name)),
+                ) {
+                    Ok(h) => h,
+                    Err(e) if miss_of(&e) == Miss::Gone => continue,
+                    Err(_) => {
+                        complete = false;
+                        continue;
+                    }
                 };
                 let child = key_of(fsid, &handle);
-                let name = entry.file_name().to_string_lossy().into_owned();
-                self.insert_node(child.clone(), Some(key.clone()), name);
-                stack.push((path, child, level + 1));
+                self.insert_node(
+                    child.clone(),
+                    Some(key.clone()),
+                    escape::encode(&name).into_owned(),
+                );
+                stack.push((child, level + 1));
             }
         }
+        complete
     }
 
     /// Makes sure `path` and all its ancestors up to the mount root are
@@ -259,7 +468,7 @@ impl PathResolver {
         prefixes.reverse(); // "/" first
         let mut parent: Option<Box<[u8]>> = None;
         for p in prefixes {
-            let ps = p.to_string_lossy();
+            let ps = escape::encode_path(p);
             if ps.len() < mount_root.len() {
                 continue; // above the mount
             }
@@ -269,7 +478,7 @@ impl PathResolver {
                 if ps == mount_root {
                     self.insert_node(key.clone(), None, mount_root.clone());
                 } else {
-                    let name = p.file_name()?.to_string_lossy().into_owned();
+                    let name = escape::encode(p.file_name()?.as_bytes()).into_owned();
                     match &parent {
                         Some(pk) => self.insert_node(key.clone(), Some(pk.clone()), name),
                         None => self.insert_node(key.clone(), None, ps.into_owned()),
@@ -294,7 +503,10 @@ impl PathResolver {
         {
             pn.children += 1;
         }
-        let children = self.dirs.get(&key).map_or(0, |n| n.children);
+        let (children, access) = self
+            .dirs
+            .get(&key)
+            .map_or((0, ACCESS_UNKNOWN), |n| (n.children, n.access));
         self.dirs.insert(
             key,
             DirNode {
@@ -302,10 +514,14 @@ impl PathResolver {
                 name: name.into_boxed_str(),
                 path: String::new(),
                 path_gen: 0,
+                long: false,
                 place: Place::Outside,
                 last_used: self.now,
                 deleted_at: 0,
                 children,
+                access,
+                verdict: 0,
+                verdict_gen: 0,
             },
         );
     }
@@ -320,24 +536,79 @@ impl PathResolver {
 
     /// The full path of directory `key`, rebuilding stale cached paths and
     /// asking the kernel for unknown handles.
-    fn dir_path(&mut self, fid: &Fid<'_>) -> Option<&str> {
+    fn dir_path(&mut self, fid: &Fid<'_>) -> Result<&str, Miss> {
+        // The common case is two lookups: this one, and the one that
+        // stamps the node and returns its path.
         let fresh = self
             .dirs
             .get(fid.key)
-            .is_some_and(|n| n.path_gen == self.generation);
-        if fresh {
-            self.stats.dir_hits += 1;
-        } else if !self.dirs.contains_key(fid.key) {
-            self.stats.dir_misses += 1;
-            self.lookup_in_kernel(fid)?;
-        }
-        if !fresh && !self.rebuild(fid.key) {
-            return None;
-        }
+            .filter(|n| n.path_gen == self.generation)
+            .map(|n| n.long);
+        let long = match fresh {
+            Some(long) => {
+                self.stats.dir_hits += 1;
+                long
+            }
+            None => {
+                if !self.dirs.contains_key(fid.key) {
+                    self.stats.dir_misses += 1;
+                    self.lookup_in_kernel(fid)?;
+                }
+                if !self.rebuild(fid.key) {
+                    return Err(Miss::Failed);
+                }
+                self.dirs.get(fid.key).is_some_and(|n| n.long)
+            }
+        };
         let now = self.now;
-        let node = self.dirs.get_mut(fid.key)?;
+        if long {
+            if let Some(n) = self.dirs.get_mut(fid.key) {
+                n.last_used = now;
+            }
+            let mut path = std::mem::take(&mut self.long_path);
+            let built = self.write_path(fid.key, &mut path);
+            self.long_path = path;
+            return if built {
+                Ok(self.long_path.as_str())
+            } else {
+                Err(Miss::Failed)
+            };
+        }
+        let node = self.dirs.get_mut(fid.key).ok_or(Miss::Failed)?;
         node.last_used = now;
-        Some(node.path.as_str())
+        Ok(node.path.as_str())
+    }
+
+    /// Writes the full path of the fresh node `key` into `out` (cleared):
+    /// its cached path, or its names up to the nearest cached ancestor.
+    fn write_path(&self, key: &[u8], out: &mut String) -> bool {
+        out.clear();
+        let mut names: Vec<&str> = Vec::new();
+        let mut cur = key;
+        loop {
+            let Some(n) = self.dirs.get(cur) else {
+                return false;
+            };
+            if !n.long {
+                out.push_str(&n.path);
+                break;
+            }
+            names.push(&n.name);
+            match n.parent.as_deref() {
+                Some(p) => cur = p,
+                None => return false, // a mount root is never that long
+            }
+            if names.len() > self.dirs.len() {
+                return false;
+            }
+        }
+        for name in names.iter().rev() {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(name);
+        }
+        true
     }
 
     /// Recomputes the cached path of `key` and of its stale ancestors.
@@ -353,56 +624,129 @@ impl PathResolver {
             }
             cur = node.parent.clone();
             chain.push(k);
-            if chain.len() > 4096 {
+            if chain.len() > self.dirs.len() {
                 return false; // a cycle: cannot happen with sane data
             }
         }
+        // Top-down, extending one buffer: the parent's path, then each name.
+        let mut path = String::new();
+        if let Some(top_parent) = chain
+            .last()
+            .and_then(|k| self.dirs.get(k))
+            .and_then(|n| n.parent.clone())
+            && !self.write_path(&top_parent, &mut path)
+        {
+            return false;
+        }
         for k in chain.into_iter().rev() {
-            let parent_path = match self.dirs[&k].parent.as_deref() {
-                Some(p) => match self.dirs.get(p) {
-                    Some(pn) => Some(pn.path.clone()),
-                    None => return false,
-                },
-                None => None,
-            };
             let node = self.dirs.get_mut(&k).unwrap();
-            node.path.clear();
-            match parent_path {
-                Some(pp) => {
-                    node.path.push_str(&pp);
-                    if !pp.ends_with('/') {
-                        node.path.push('/');
-                    }
-                    node.path.push_str(&node.name);
+            if node.parent.is_some() {
+                if !path.ends_with('/') {
+                    path.push('/');
                 }
-                None => node.path.push_str(&node.name),
+                path.push_str(&node.name);
+            } else {
+                path.clear();
+                path.push_str(&node.name);
             }
-            node.place = self.scope.place_of_dir(&node.path);
+            node.place = self.scope.place_of_dir(&path);
             node.path_gen = self.generation;
+            node.long = path.len() > MAX_CACHED_PATH;
+            node.path.clear();
+            if node.long {
+                node.path.shrink_to_fit();
+            } else {
+                node.path.push_str(&path);
+            }
         }
         true
     }
 
     /// Resolves an unknown directory handle through the kernel and records
-    /// it (with its ancestors). Fails for directories that no longer exist.
-    fn lookup_in_kernel(&mut self, fid: &Fid<'_>) -> Option<()> {
-        let mount = self.mounts.get(&fid.fsid)?;
+    /// it (with its ancestors).
+    fn lookup_in_kernel(&mut self, fid: &Fid<'_>) -> Result<(), Miss> {
+        let mount = self.mounts.get(&fid.fsid).ok_or(Miss::Failed)?;
         self.stats.kernel_lookups += 1;
         let fd = fanotify::open_by_handle(
             mount.fd.as_fd(),
             fid.handle,
             libc::O_PATH | libc::O_DIRECTORY,
         )
-        .ok()?;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        let text = link.to_string_lossy();
-        if text.ends_with(" (deleted)") || !text.starts_with('/') {
-            return None;
+        .map_err(|e| miss_of(&e))?;
+        match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(link) => {
+                let bytes = link.as_os_str().as_bytes();
+                if bytes.ends_with(b" (deleted)") {
+                    return Err(Miss::Gone);
+                }
+                if !bytes.starts_with(b"/") {
+                    return Err(Miss::Failed); // not reachable from our root
+                }
+                match self.ensure_chain(fid.fsid, &link) {
+                    Some(key) if *key == *fid.key => Ok(()),
+                    // Renamed or removed while we looked (busy directories
+                    // elsewhere on the filesystem do this all the time).
+                    // Where it was is still known: a directory outside
+                    // every tree is as good as gone; one that may be inside
+                    // is reported unresolved.
+                    _ if self.scope.place_of_dir(&escape::encode(bytes)) == Place::Outside => {
+                        Err(Miss::Gone)
+                    }
+                    _ => Err(Miss::Failed),
+                }
+            }
+            // Longer than PATH_MAX: the kernel will not print it.
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => self.climb(fid, fd),
+            Err(e) => Err(miss_of(&e)),
         }
-        let path = PathBuf::from(text.as_ref());
-        let key = self.ensure_chain(fid.fsid, &path)?;
-        // The path may have been renamed in between: only trust a match.
-        (*key == *fid.key).then_some(())
+    }
+
+    /// Places the directory open at `fd` by walking up through `..` until a
+    /// known directory, finding each name by its inode in the parent. Used
+    /// only for directories too deep for the kernel to print their path.
+    fn climb(&mut self, fid: &Fid<'_>, fd: OwnedFd) -> Result<(), Miss> {
+        let mut links: Vec<(Box<[u8]>, String)> = Vec::new(); // bottom-up
+        let mut cur_key: Box<[u8]> = fid.key.into();
+        let mut cur = fd;
+        loop {
+            let st = fstat(cur.as_fd()).map_err(|e| miss_of(&e))?;
+            let parent = open_at(cur.as_fd(), b"..", libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| miss_of(&e))?;
+            let pst = fstat(parent.as_fd()).map_err(|e| miss_of(&e))?;
+            if pst.st_dev != st.st_dev || pst.st_ino == st.st_ino {
+                return Err(Miss::Failed); // the top, and nothing known on the way
+            }
+            let name = entries(parent.as_fd())
+                .map_err(|e| miss_of(&e))?
+                .into_iter()
+                .find(|(name, ino, _)| {
+                    *ino == st.st_ino
+                        && stat_at(parent.as_fd(), name)
+                            .is_ok_and(|s| s.st_ino == st.st_ino && s.st_dev == st.st_dev)
+                })
+                .ok_or(Miss::Gone)?
+                .0;
+            let pkey = key_of(
+                fid.fsid,
+                &fanotify::handle_of_fd(parent.as_fd()).map_err(|e| miss_of(&e))?,
+            );
+            links.push((cur_key, escape::encode(&name).into_owned()));
+            let known = self.dirs.contains_key(&pkey);
+            cur_key = pkey;
+            cur = parent;
+            if known {
+                break;
+            }
+            if links.len() > 1 << 20 {
+                return Err(Miss::Failed);
+            }
+        }
+        let mut parent = cur_key;
+        for (key, name) in links.into_iter().rev() {
+            self.insert_node(key.clone(), Some(parent), name);
+            parent = key;
+        }
+        Ok(())
     }
 
     /// Resolves `ev`'s path into `out` (appending) and maintains the cache.
@@ -413,19 +757,21 @@ impl PathResolver {
             (Some(dir), _) => {
                 let name = ev.name.unwrap_or(b".");
                 match self.dir_path(&dir) {
-                    Some(path) => {
+                    Ok(path) => {
                         out.push_str(path);
                         if name != b"." {
                             if !path.ends_with('/') {
                                 out.push('/');
                             }
-                            out.push_str(&String::from_utf8_lossy(name));
+                            escape::encode_into(name, out);
                         }
+                        let inside = self.scope.contains_event(&out[start..]);
                         Resolution::Path {
-                            inside: self.scope.contains_event(&out[start..]),
+                            inside,
+                            visible: !inside || self.visible(dir.key),
                         }
                     }
-                    None => self.unresolved(name, out),
+                    Err(miss) => self.unresolved(miss, name, out),
                 }
             }
             // Self events on files come with the file's fid only.
@@ -433,50 +779,181 @@ impl PathResolver {
             (None, Some(obj)) => match self.watched_files.get(obj.key) {
                 Some(path) => {
                     out.push_str(path);
-                    Resolution::Path { inside: true }
+                    Resolution::Path {
+                        inside: true,
+                        visible: true,
+                    }
                 }
                 None => Resolution::Drop,
             },
             (None, None) => Resolution::Drop,
         };
-        self.maintain(ev, is_dir, &out[start..], resolution);
+        self.maintain(ev, is_dir, resolution);
         resolution
     }
 
-    fn unresolved(&mut self, name: &[u8], out: &mut String) -> Resolution {
-        if self.complete {
-            // Every watched directory is known, so this one was not watched.
+    fn unresolved(&mut self, miss: Miss, name: &[u8], out: &mut String) -> Resolution {
+        if self.complete && miss == Miss::Gone {
+            // Every watched directory is known, and this one is gone without
+            // ever having been seen: it was not watched.
             self.stats.unresolved_outside += 1;
             Resolution::Drop
         } else {
             self.stats.unresolved += 1;
-            out.push_str(&String::from_utf8_lossy(name));
+            // For a non-root user the name is withheld: nothing says the
+            // directory was one the user may see into.
+            if self.access.is_none() {
+                escape::encode_into(name, out);
+            }
             Resolution::Unresolved
         }
     }
 
-    /// Keeps the directory tree in step with creates, renames and deletes.
-    fn maintain(&mut self, ev: &RawEvent<'_>, is_dir: bool, path: &str, resolution: Resolution) {
+    /// Whether events in directory `key` reach the daemon's user: it may
+    /// search or list `key`, and search every directory above it inside
+    /// the watched trees. Cached per node; O(1) once computed.
+    fn visible(&mut self, key: &[u8]) -> bool {
+        if self.access.is_none() {
+            return true;
+        }
+        if let Some(n) = self.dirs.get(key)
+            && n.verdict_gen == self.perm_gen
+        {
+            return n.verdict & VISIBLE != 0;
+        }
+        // Walk up to the first node with a fresh verdict, or the first one
+        // outside the trees (the user's right to reach the watched root was
+        // checked when it was added).
+        let mut chain: Vec<Box<[u8]>> = Vec::new();
+        let mut above = VISIBLE | TRAVERSABLE;
+        let mut cur: Option<Box<[u8]>> = Some(key.into());
+        while let Some(k) = cur {
+            let Some(n) = self.dirs.get(&k) else { break };
+            if n.place != Place::Inside {
+                break;
+            }
+            if n.verdict_gen == self.perm_gen {
+                above = n.verdict;
+                break;
+            }
+            cur = n.parent.clone();
+            chain.push(k);
+            if chain.len() > self.dirs.len() {
+                break;
+            }
+        }
+        let mut traversable = above & TRAVERSABLE != 0;
+        let mut verdict = above;
+        for k in chain.into_iter().rev() {
+            let own = self.own_access(&k);
+            verdict = match (traversable, own) {
+                (false, _) => 0,
+                (true, own) if own & SEARCH != 0 => VISIBLE | TRAVERSABLE,
+                (true, own) if own & LIST != 0 => VISIBLE,
+                _ => 0,
+            };
+            traversable = verdict & TRAVERSABLE != 0;
+            let perm_gen = self.perm_gen;
+            if let Some(n) = self.dirs.get_mut(&k) {
+                n.verdict = verdict;
+                n.verdict_gen = perm_gen;
+            }
+        }
+        verdict & VISIBLE != 0
+    }
+
+    /// The user's access to directory `key`, checked once. A directory that
+    /// is already gone when first checked is judged by its parent alone.
+    fn own_access(&mut self, key: &[u8]) -> u8 {
+        match self.dirs.get(key) {
+            Some(n) if n.access != ACCESS_UNKNOWN => return n.access,
+            Some(_) => {}
+            None => return 0,
+        }
+        let bits = self.check_now(key).unwrap_or(SEARCH | LIST);
+        if let Some(n) = self.dirs.get_mut(key) {
+            n.access = bits;
+        }
+        bits
+    }
+
+    /// Asks the kernel what the user may do in directory `key` now;
+    /// `None` if the directory cannot be opened (gone).
+    fn check_now(&self, key: &[u8]) -> Option<u8> {
+        let access = self.access.as_ref()?;
+        let fsid = u64::from_ne_bytes(key.get(..8)?.try_into().ok()?);
+        let mount = self.mounts.get(&fsid)?;
+        let fd = fanotify::open_by_handle(
+            mount.fd.as_fd(),
+            &key[8..],
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .ok()?;
+        Some(access.check(fd.as_fd()))
+    }
+
+    /// Keeps the directory tree in step with creates, renames, deletes and
+    /// permission changes.
+    fn maintain(&mut self, ev: &RawEvent<'_>, is_dir: bool, resolution: Resolution) {
         if !is_dir {
             return;
+        }
+        if ev.mask & ATTRIB != 0 && self.access.is_some() {
+            // A directory's mode, owner or ACL changed: check it again now
+            // (while it exists), and let every verdict be recomputed.
+            let target = match (ev.object, ev.name) {
+                (Some(obj), _) => Some(obj.key),
+                (None, Some(b".")) | (None, None) => ev.dir.map(|d| d.key),
+                _ => None,
+            };
+            // Only directories inside the trees take part in verdicts.
+            if let Some(key) = target
+                && self.dirs.get(key).is_some_and(|n| n.place == Place::Inside)
+            {
+                let bits = self.check_now(key).unwrap_or(SEARCH | LIST);
+                if let Some(n) = self.dirs.get_mut(key) {
+                    n.access = bits;
+                }
+                self.perm_gen += 1;
+            }
         }
         let (Some(dir), Some(name), Some(target)) = (ev.dir, ev.name, ev.object) else {
             return;
         };
         if ev.mask & (CREATE | MOVED_TO) != 0 {
-            let name = String::from_utf8_lossy(name).into_owned();
-            let known = self.dirs.contains_key(target.key);
-            if known {
+            let name = escape::encode(name).into_owned();
+            let inside = matches!(resolution, Resolution::Path { inside: true, .. });
+            // Was it inside a tree before? (Outside nodes are cached too.)
+            let was_inside = self.dirs.get(target.key).map(|n| n.place == Place::Inside);
+            if was_inside.is_some() {
                 // A rename: one node moves, every path below it changes.
                 self.insert_node(target.key.into(), Some(dir.key.into()), name);
                 self.generation += 1;
+                self.perm_gen += 1;
             } else if self.dirs.contains_key(dir.key) {
                 self.insert_node(target.key.into(), Some(dir.key.into()), name);
-                if ev.mask & MOVED_TO != 0
-                    && matches!(resolution, Resolution::Path { inside: true })
-                {
-                    // Moved in from outside: learn the subtree it brings.
-                    self.prewalk(Path::new(path), usize::MAX);
+            } else {
+                return;
+            }
+            if ev.mask & MOVED_TO != 0
+                && inside
+                && was_inside != Some(true)
+                && !self.walk_below(target.fsid, target.key.into(), usize::MAX)
+            {
+                // Moved in from outside: learn the subtree it brings.
+                self.mark_incomplete();
+            }
+            if self.access.is_some() {
+                // Inside a tree: checked now, while it most likely still
+                // exists. Elsewhere: when it first matters (its permissions
+                // may have changed while nobody looked).
+                let bits = if inside {
+                    self.check_now(target.key).unwrap_or(SEARCH | LIST)
+                } else {
+                    ACCESS_UNKNOWN
+                };
+                if let Some(n) = self.dirs.get_mut(target.key) {
+                    n.access = bits;
                 }
             }
         }
@@ -498,6 +975,40 @@ impl PathResolver {
     }
 
     pub const SELF_EVENTS: u64 = SELF_EVENTS;
+
+    /// The size of the event's file now (no symlink follow), for an event
+    /// whose `path` was resolved. One `lstat` of the path, copied with its
+    /// NUL into a reused buffer; a path longer than the kernel takes is
+    /// stat'ed relative to its directory, opened from its handle.
+    pub fn current_size(&mut self, ev: &RawEvent<'_>, path: &str) -> Option<u64> {
+        self.path_buf.clear();
+        if path.contains('\\') {
+            self.path_buf.extend_from_slice(&escape::decode(path).ok()?);
+        } else {
+            self.path_buf.extend_from_slice(path.as_bytes());
+        }
+        if self.path_buf.len() < libc::PATH_MAX as usize {
+            self.path_buf.push(0);
+            // SAFETY: an all-zero stat is a valid out value.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: NUL-terminated buffer, valid out pointer.
+            let r = unsafe { libc::lstat(self.path_buf.as_ptr().cast(), &mut st) };
+            return (r == 0).then_some(st.st_size as u64);
+        }
+        let dir = ev.dir?;
+        let mount = self.mounts.get(&dir.fsid)?;
+        let fd = fanotify::open_by_handle(
+            mount.fd.as_fd(),
+            dir.handle,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .ok()?;
+        let st = match ev.name {
+            Some(name) if name != b"." => stat_at(fd.as_fd(), name).ok()?,
+            _ => fstat(fd.as_fd()).ok()?,
+        };
+        Some(st.st_size as u64)
+    }
 
     /// Records the size just seen for a written file, so its DELETE can
     /// report it later (by then the file is gone).
@@ -580,6 +1091,8 @@ impl PathResolver {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::pipeline::scope::WatchRoot;
 
@@ -594,7 +1107,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b/c")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: root.to_string_lossy().into(),
             recursive: true,
@@ -615,7 +1128,13 @@ mod tests {
             ..Default::default()
         };
         let mut out = String::new();
-        assert_eq!(r.resolve(&ev, &mut out), Resolution::Path { inside: true });
+        assert_eq!(
+            r.resolve(&ev, &mut out),
+            Resolution::Path {
+                inside: true,
+                visible: true
+            }
+        );
         assert_eq!(out, format!("{}/a/b/c/f", root.display()));
     }
 
@@ -624,7 +1143,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: root.to_string_lossy().into(),
             recursive: true,
@@ -673,7 +1192,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("x/y")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
         r.add_mount(&root).unwrap();
         let (key, fsid, h) = fid_for(&root.join("x/y"));
         let ev = RawEvent {
@@ -687,11 +1206,308 @@ mod tests {
             ..Default::default()
         };
         let mut out = String::new();
-        assert_eq!(r.resolve(&ev, &mut out), Resolution::Path { inside: false });
+        assert_eq!(
+            r.resolve(&ev, &mut out),
+            Resolution::Path {
+                inside: false,
+                visible: true
+            }
+        );
         assert_eq!(out, format!("{}/x/y/n", root.display()));
         assert_eq!(r.stats.kernel_lookups, 1);
         out.clear();
         r.resolve(&ev, &mut out);
         assert_eq!(r.stats.kernel_lookups, 1, "cached the second time");
+    }
+    /// The per-event cost of resolving a path in a known directory (the hot
+    /// path). `cargo test --release -p fsmon --lib resolve_hot_path_cost --
+    /// --ignored --nocapture`; prints ns per event.
+    #[test]
+    #[ignore]
+    fn resolve_hot_path_cost() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: root.to_string_lossy().into(),
+            recursive: true,
+        }]));
+        r.prewalk(&root, usize::MAX);
+        let (key, fsid, h) = fid_for(&root.join("a/b"));
+        let names: [(&str, &[u8]); 2] =
+            [("utf-8", b"file-name.txt"), ("not utf-8", b"file\xff.txt")];
+        for (what, name) in names {
+            let ev = RawEvent {
+                mask: EventType::CloseWrite.mask(),
+                dir: Some(Fid {
+                    fsid,
+                    handle: &h,
+                    key: &key[..],
+                }),
+                name: Some(name),
+                ..Default::default()
+            };
+            let mut out = String::with_capacity(4096);
+            let n = 2_000_000u32;
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    out.clear();
+                    std::hint::black_box(r.resolve(std::hint::black_box(&ev), &mut out));
+                }
+                best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
+            }
+            println!("resolve, {what} name: {best:.1} ns/event ({out})");
+        }
+    }
+    /// Counts this thread's allocations (the test binary's allocator).
+    struct Counting;
+    thread_local! {
+        static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    // SAFETY: forwards to the system allocator.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.alloc(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: same contract.
+            unsafe { std::alloc::System.realloc(p, l, n) }
+        }
+    }
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    #[test]
+    fn the_hot_path_allocates_nothing_whatever_the_name() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut r = watching(&root, None);
+        r.prewalk(&root, usize::MAX);
+        let (key, fsid, h) = fid_for(&root.join("a/b"));
+        let names: [&[u8]; 3] = [b"plain.txt", b"bad\xff\xfe", b"back\\slash"];
+        let mut out = String::with_capacity(4096);
+        // The counter counts (a control).
+        let before = ALLOCS.with(|c| c.get());
+        std::hint::black_box(String::from_utf8_lossy(std::hint::black_box(b"x\xff")));
+        assert!(ALLOCS.with(|c| c.get()) > before);
+        for name in names {
+            let ev = RawEvent {
+                mask: EventType::CloseWrite.mask(),
+                dir: Some(Fid {
+                    fsid,
+                    handle: &h,
+                    key: &key[..],
+                }),
+                name: Some(name),
+                ..Default::default()
+            };
+            r.resolve(&ev, &mut out); // warm: the node's path is cached
+            let before = ALLOCS.with(|c| c.get());
+            for _ in 0..1000 {
+                out.clear();
+                r.resolve(&ev, &mut out);
+            }
+            let n = ALLOCS.with(|c| c.get()) - before;
+            assert_eq!(
+                n, 0,
+                "{n} allocations for 1000 events named {name:?} ({out})"
+            );
+        }
+    }
+
+    /// Builds `depth` nested directories named `name` under `root` with
+    /// mkdirat/openat (a path that long cannot be used whole); returns the
+    /// deepest one, open.
+    fn make_deep(root: &Path, name: &str, depth: usize) -> OwnedFd {
+        let mut fd: OwnedFd = std::fs::File::open(root).unwrap().into();
+        let c = CString::new(name).unwrap();
+        for _ in 0..depth {
+            // SAFETY: valid descriptor and name.
+            assert_eq!(
+                unsafe { libc::mkdirat(fd.as_raw_fd(), c.as_ptr(), 0o755) },
+                0
+            );
+            fd = open_at(
+                fd.as_fd(),
+                name.as_bytes(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+            .unwrap();
+        }
+        fd
+    }
+
+    fn event_in(fd: BorrowedFd<'_>, mask: u64, name: &'static [u8], f: impl FnOnce(&RawEvent<'_>)) {
+        let fsid = {
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: valid descriptor and out pointer.
+            assert_eq!(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) }, 0);
+            // SAFETY: fsid_t is two ints.
+            let v: [i32; 2] = unsafe { std::mem::transmute(st.f_fsid) };
+            (v[0] as u32 as u64) | ((v[1] as u32 as u64) << 32)
+        };
+        let h = fanotify::handle_of_fd(fd).unwrap();
+        let key = key_of(fsid, &h);
+        let ev = RawEvent {
+            mask,
+            dir: Some(Fid {
+                fsid,
+                handle: &h,
+                key: &key[..],
+            }),
+            name: Some(name),
+            ..Default::default()
+        };
+        f(&ev)
+    }
+
+    fn watching(root: &Path, access: Option<UserAccess>) -> PathResolver {
+        let mut r = PathResolver::new(100_000, Duration::from_secs(60), 100, access);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: escape::encode_path(root).into_owned(),
+            recursive: true,
+        }]));
+        r
+    }
+
+    #[test]
+    fn directories_deeper_than_path_max_resolve_by_walk_and_by_climb() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let name = "d".repeat(200);
+        let deep = make_deep(&root, &name, 25); // > 5000 bytes
+        let want = format!(
+            "{}/{}/f\\xff",
+            root.display(),
+            vec![name.as_str(); 25].join("/")
+        );
+        assert!(want.len() > 5000);
+        // At start: the pre-walk finds them (opened by handle, never by path).
+        let mut r = watching(&root, None);
+        assert!(r.prewalk(&root, usize::MAX));
+        event_in(deep.as_fd(), CLOSE_WRITE, b"f\xff", |ev| {
+            let mut out = String::new();
+            assert_eq!(
+                r.resolve(ev, &mut out),
+                Resolution::Path {
+                    inside: true,
+                    visible: true
+                }
+            );
+            assert_eq!(out, want);
+            assert_eq!(r.stats.kernel_lookups, 0);
+        });
+        // Paths beyond PATH_MAX are not kept per node (memory stays linear
+        // in the depth of a hostile tree).
+        let long: Vec<&DirNode> = r.dirs.values().filter(|n| n.long).collect();
+        assert!(!long.is_empty());
+        assert!(long.iter().all(|n| n.path.capacity() == 0));
+        assert!(r.dirs.values().all(|n| n.path.len() <= MAX_CACHED_PATH));
+        // Unknown to the resolver (created during an overflow): the kernel
+        // will not print the path, so it is found by climbing `..`.
+        let mut r = watching(&root, None);
+        r.add_mount(&root).unwrap();
+        r.ensure_chain(fanotify::fsid_of(&root).unwrap(), &root)
+            .unwrap();
+        event_in(deep.as_fd(), CLOSE_WRITE, b"f\xff", |ev| {
+            let mut out = String::new();
+            assert_eq!(
+                r.resolve(ev, &mut out),
+                Resolution::Path {
+                    inside: true,
+                    visible: true
+                }
+            );
+            assert_eq!(out, want);
+            assert_eq!(r.stats.kernel_lookups, 1);
+            // The file's size, at a path longer than lstat takes.
+            // SAFETY: valid descriptor, NUL-terminated name.
+            let f = unsafe {
+                libc::openat(
+                    deep.as_raw_fd(),
+                    c"f\xff".as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            assert!(f >= 0);
+            // SAFETY: a new descriptor.
+            let mut f = unsafe { std::fs::File::from_raw_fd(f) };
+            f.write_all(b"12345").unwrap();
+            assert_eq!(r.current_size(ev, &out), Some(5));
+        });
+    }
+
+    #[test]
+    fn unreadable_directories_are_hidden_until_opened_up() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(root.join("open")).unwrap();
+        std::fs::create_dir_all(root.join("secret/sub")).unwrap();
+        std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        let nobody = crate::user::TargetUser::from_uid(65534).unwrap();
+        let mut r = watching(&root, UserAccess::for_user(&nobody));
+        assert!(r.prewalk(&root, usize::MAX));
+        let visible = |r: &mut PathResolver, dir: &str| {
+            let f = std::fs::File::open(root.join(dir)).unwrap();
+            let mut vis = None;
+            event_in(f.as_fd(), CLOSE_WRITE, b"x", |ev| {
+                let mut out = String::new();
+                match r.resolve(ev, &mut out) {
+                    Resolution::Path {
+                        inside: true,
+                        visible,
+                    } => vis = Some(visible),
+                    other => panic!("{other:?}"),
+                }
+            });
+            vis.unwrap()
+        };
+        assert!(visible(&mut r, "open"));
+        assert!(!visible(&mut r, "secret"));
+        assert!(
+            !visible(&mut r, "secret/sub"),
+            "below an untraversable directory"
+        );
+        // chmod 0755 and its ATTRIB: visible from then on.
+        std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let (skey, fsid, sh) = fid_for(&root.join("secret"));
+        let (rkey, _, rh) = fid_for(&root);
+        let attrib = RawEvent {
+            mask: ATTRIB | FAN_ONDIR,
+            dir: Some(Fid {
+                fsid,
+                handle: &rh,
+                key: &rkey[..],
+            }),
+            name: Some(b"secret"),
+            object: Some(Fid {
+                fsid,
+                handle: &sh,
+                key: &skey[..],
+            }),
+            ..Default::default()
+        };
+        r.resolve(&attrib, &mut String::new());
+        assert!(visible(&mut r, "secret"));
+        assert!(visible(&mut r, "secret/sub"));
     }
 }

@@ -1,0 +1,437 @@
+//! Every event, whatever its path: names that are not UTF-8 (logged
+//! losslessly and unambiguously, and accepted back by `query`, `changes` and
+//! `add`), directories deeper than PATH_MAX (across a restart and an
+//! overflow), and directories the daemon's non-root user may not see into.
+//! The real daemon, the real kernel, real users.
+use std::{
+    collections::HashSet,
+    ffi::{CString, OsStr},
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::PermissionsExt},
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// One request on the daemon's socket; the first response line.
+fn request(env: &Env, req: &str) -> Value {
+    let mut s = std::os::unix::net::UnixStream::connect(&env.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+}
+
+/// Sum of a Prometheus metric's samples (any labels).
+fn metric(env: &Env, name: &str) -> f64 {
+    let m = request(env, r#"{"op":"metrics"}"#);
+    let text = m["text"].as_str().expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        .map(|rest| rest.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// A path's text form as fsmon logs it (`\xHH` for bytes that are not
+/// UTF-8, `\\` for a backslash), written out independently of fsmon's code.
+fn text_of(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+fn path_of(dir: &Path, name: &[u8]) -> PathBuf {
+    dir.join(OsStr::from_bytes(name))
+}
+
+fn lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn names_that_are_not_utf8_are_distinct_in_the_log_query_changes_and_add() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let names: [&[u8]; 5] = [
+        b"bad\xff",
+        "bad\u{fffd}".as_bytes(),
+        b"bad\xff\xfe",
+        b"bad\xfe\xff",
+        b"bad\\xff", // a valid UTF-8 name spelling the escape itself
+    ];
+    for (i, n) in names.iter().enumerate() {
+        fs::write(path_of(&env.watch, n), format!("{i}")).unwrap();
+    }
+    let watch = env.watch.to_str().unwrap();
+    let want: Vec<String> = names
+        .iter()
+        .map(|n| format!("{watch}/{}", text_of(n)))
+        .collect();
+    assert_eq!(
+        want.iter().collect::<HashSet<_>>().len(),
+        5,
+        "five texts: {want:?}"
+    );
+    let evs = env.wait_events("_global", "a CLOSE_WRITE for each name", |e| {
+        want.iter().all(|w| {
+            e.iter()
+                .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == w.as_str())
+        })
+    });
+    // Each file's events carry its own size: nothing was merged.
+    for (i, w) in want.iter().enumerate() {
+        let cw: Vec<&Value> = evs
+            .iter()
+            .filter(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == w.as_str())
+            .collect();
+        assert_eq!(cw.len(), 1, "{w}: {cw:?}");
+        assert_eq!(cw[0]["file_size"], format!("{i}").len(), "{w}");
+    }
+    // The raw log holds the JSON of the text form: `bad\\xff` in JSON.
+    let raw = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(raw.contains(r#"/bad\\xff","#), "{raw}");
+
+    // query --path with the text form matches only that file.
+    let q = lines(&env.fsmon_ok(&["query", "_global", "--path", &want[0]]));
+    assert!(!q.is_empty());
+    assert!(
+        q.iter().all(|x| x["path"] == want[0].as_str()),
+        "query --path {}: {q:?}",
+        want[0]
+    );
+    let q = lines(&env.fsmon_ok(&["query", "_global", "--path", &want[4]]));
+    assert!(!q.is_empty() && q.iter().all(|x| x["path"] == want[4].as_str()));
+    // A backslash that is no escape is an error, not a literal.
+    let bad = env.fsmon(&["query", "_global", "--path", &format!("{watch}/bad\\q")]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("bad escape") && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // changes: one entry per file, five.
+    let c = lines(&env.fsmon_ok(&["changes", "_global", "--path", watch]));
+    let bad_entries: Vec<&str> = c
+        .iter()
+        .filter_map(|x| x["path"].as_str())
+        .filter(|p| p.starts_with(&format!("{watch}/bad")))
+        .collect();
+    assert_eq!(bad_entries.len(), 5, "{bad_entries:?}");
+    assert_eq!(
+        bad_entries.iter().collect::<HashSet<_>>(),
+        want.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .iter()
+            .collect(),
+    );
+
+    // add --path of a symlink to `real\xff`: stores the real directory's
+    // text form and watches it.
+    let other = env.dir.path().join("other");
+    let real = path_of(&other, b"real\xff");
+    fs::create_dir_all(&real).unwrap();
+    let link = env.dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.fsmon_ok(&["add", "_global", "--path", link.to_str().unwrap()]);
+    let real_text = format!("{}/real\\xff", fs::canonicalize(&other).unwrap().display());
+    let monitored = lines(&env.fsmon_ok(&["monitored"]));
+    assert!(
+        monitored[0]["paths"].get(&real_text).is_some(),
+        "{monitored:?}"
+    );
+    fs::write(real.join("inside"), b"x").unwrap();
+    env.wait_events("_global", "an event in real\\xff", |e| {
+        e.iter().any(|x| {
+            x["event_type"] == "CLOSE_WRITE" && x["path"] == format!("{real_text}/inside").as_str()
+        })
+    });
+    // remove takes the same form back.
+    env.fsmon_ok(&["remove", "_global", "--path", &real_text]);
+    let monitored = lines(&env.fsmon_ok(&["monitored"]));
+    assert!(
+        monitored[0]["paths"].get(&real_text).is_none(),
+        "{monitored:?}"
+    );
+    assert!(d.stop().success());
+}
+
+/// A directory handle we can create and write in at any depth.
+struct Deep(OwnedFd);
+
+impl Deep {
+    fn open(p: &Path) -> Deep {
+        Deep(fs::File::open(p).unwrap().into())
+    }
+
+    fn at(&self, name: &str, flags: i32, mode: u32) -> OwnedFd {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid descriptor and name.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                mode,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "openat {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// `depth` nested directories named `name`; the deepest.
+    fn mkdirs(&self, name: &str, depth: usize) -> Deep {
+        let c = CString::new(name).unwrap();
+        let mut cur = Deep(self.0.try_clone().unwrap());
+        for _ in 0..depth {
+            // SAFETY: valid descriptor and name.
+            let r = unsafe { libc::mkdirat(cur.0.as_raw_fd(), c.as_ptr(), 0o755) };
+            assert_eq!(r, 0, "mkdirat: {}", std::io::Error::last_os_error());
+            cur = Deep(cur.at(name, libc::O_RDONLY | libc::O_DIRECTORY, 0));
+        }
+        cur
+    }
+
+    fn write(&self, name: &str, data: &[u8]) {
+        let fd = self.at(name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
+        fs::File::from(fd).write_all(data).unwrap();
+    }
+}
+
+/// Resumes a SIGSTOPped daemon even if the test fails in between.
+struct Resume(Pid);
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// Waits for a CLOSE_WRITE at exactly `path` and checks it is resolved.
+fn wait_resolved(env: &Env, path: &str, size: u64) {
+    let evs = env.wait_events("_global", &format!("CLOSE_WRITE {}...", &path[..80]), |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path)
+    });
+    let e = evs
+        .iter()
+        .find(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path)
+        .unwrap();
+    assert!(e.get("unresolved").is_none(), "{e}");
+    assert_eq!(e["file_size"], size, "{e}");
+}
+
+#[test]
+fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow() {
+    // A filesystem of its own: the small queue below overflows only when
+    // the test makes it, not from other activity on /tmp.
+    let lfs = LoopFs::new_in("/dev/shm", "ext4", 32);
+    let env = Env::new();
+    let root = lfs.mountpoint.join("w");
+    fs::create_dir(&root).unwrap();
+    env.add("_global", &root, &["-r"]);
+    let name = "d".repeat(200);
+    let level = |n: usize| vec![name.as_str(); n].join("/");
+    let watch = root.to_str().unwrap().to_string();
+    let d = env.start(&[]);
+    // Created while the daemon runs: 25 levels, more than 5,000 bytes.
+    let deep = Deep::open(&root).mkdirs(&name, 25);
+    deep.write("running", b"1");
+    let running = format!("{watch}/{}/running", level(25));
+    assert!(running.len() > 5000);
+    wait_resolved(&env, &running, 1);
+    assert!(d.stop().success());
+
+    // After a restart: known only from the walk at start.
+    let d = env.start(&[]);
+    deep.write("restarted", b"22");
+    wait_resolved(&env, &format!("{watch}/{}/restarted", level(25)), 2);
+
+    assert!(d.stop().success());
+
+    // After an overflow: directories made while the daemon was stopped and
+    // events were lost are found by the re-walk (or by climbing `..`).
+    env.write_config("[fanotify]\nqueue_size = 16\n");
+    let d = env.start(&[]);
+    let pid = Pid::from_raw(d.pid() as i32);
+    let deeper = {
+        let _resume = Resume(pid);
+        kill(pid, Signal::SIGSTOP).unwrap();
+        wait_for("the daemon to stop", Duration::from_secs(10), || {
+            let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            st.lines()
+                .any(|l| l.starts_with("State:") && l.contains("T ("))
+                .then_some(())
+        });
+        let deeper = deep.mkdirs(&name, 3);
+        for i in 0..300 {
+            deep.write(&format!("burst{i}"), b"");
+        }
+        deeper
+    };
+    env.wait_events("_global", "an overflow record", |e| {
+        e.iter().any(|x| x["event_type"] == "Q_OVERFLOW")
+    });
+    deeper.write("after-overflow", b"333");
+    wait_resolved(&env, &format!("{watch}/{}/after-overflow", level(28)), 3);
+    // Nothing in the tree was taken for outside and dropped.
+    assert_eq!(
+        metric(&env, "fsmon_unresolved_paths_total{scope=\"outside\"}"),
+        0.0
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
+    let user = TestUser::new("hide");
+    let env = open_env();
+    // The user's own directory (the socket goes only where the user could
+    // put it), store and log directories.
+    nix::unistd::chown(
+        env.dir.path(),
+        Some(nix::unistd::Uid::from_raw(user.uid)),
+        Some(nix::unistd::Gid::from_raw(user.gid)),
+    )
+    .unwrap();
+    for dir in [env.store.parent().unwrap(), env.logs.as_path()] {
+        fs::create_dir_all(dir).unwrap();
+        nix::unistd::chown(
+            dir,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .unwrap();
+    }
+    fs::set_permissions(&env.config, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&env.watch, fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = env.watch.join("secret");
+    fs::create_dir_all(secret.join("sub")).unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let watch = env.watch.to_str().unwrap();
+    let out = user.fsmon(&env, &["add", "_global", "--path", watch, "-r"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+
+    fs::write(secret.join("hidden.txt"), b"root's").unwrap();
+    fs::write(secret.join("sub/hidden-below.txt"), b"root's").unwrap();
+    let marker = env.watch.join("readable.txt");
+    fs::write(&marker, b"x").unwrap();
+    // Events are read in order: once the marker is logged, the writes in
+    // the secret directory were seen and judged.
+    env.wait_events("_global", "the readable write", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("hidden"), "{log}");
+    // At least one event per file (the kernel may merge CREATE and
+    // CLOSE_WRITE of one file into one event).
+    let hidden = wait_for("the hidden count", Duration::from_secs(60), || {
+        let n = metric(&env, "fsmon_events_hidden_total");
+        (n >= 2.0).then_some(n)
+    });
+    assert!(hidden >= 2.0);
+    let h = request(&env, r#"{"op":"health"}"#);
+    assert!(h["events_hidden"].as_u64().unwrap() >= 2, "{h}");
+
+    // Opened up: later writes there are logged.
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o755)).unwrap();
+    let after = secret.join("sub/visible-now.txt");
+    fs::write(&after, b"y").unwrap();
+    env.wait_events("_global", "the write after chmod 0755", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == after.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("hidden"), "earlier events stay hidden: {log}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn busy_directories_outside_the_trees_never_become_unresolved_records() {
+    // Directories made and removed as fast as possible next to the watched
+    // tree, on the same filesystem: the daemon looks each one up while it
+    // vanishes. They were outside: nothing of them may reach the log.
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let busy = env.dir.path().join("busy");
+    fs::create_dir(&busy).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            let busy = busy.join(format!("t{t}"));
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..8 {
+                        let dir = busy.join(format!("x{i}/a/b/c"));
+                        fs::create_dir_all(&dir).unwrap();
+                        fs::write(dir.join("f"), b"").unwrap();
+                    }
+                    fs::remove_dir_all(&busy).unwrap();
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    for i in 0..400 {
+        fs::write(env.watch.join(format!("w{i}")), b"").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds: u64 = churners.into_iter().map(|c| c.join().unwrap()).sum();
+    assert!(rounds > 100, "{rounds}");
+    let marker = env.watch.join("marker");
+    fs::write(&marker, b"").unwrap();
+    let evs = env.wait_events("_global", "the marker", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let stray: Vec<&Value> = evs
+        .iter()
+        .filter(|x| {
+            x.get("unresolved").is_some()
+                || !x["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(env.watch.to_str().unwrap())
+        })
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(d.stop().success());
+}
