@@ -5,6 +5,7 @@
 //! returns in seconds.
 mod fuzz;
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -25,7 +26,10 @@ tasks:
                (ARGS go to cargo test; with ARGS the soak is skipped)
   bench        setup, build, run the benchmarks and write bench-report.md
   soak         setup, build (release), run the 10-minute RSS soak in tests/tests/drills.rs
-  fuzz [SECS]  run each fuzz target for SECS seconds (default 30)";
+  fuzz [SECS]  run each fuzz target for SECS seconds (default 30)
+  vm-test [--kernel 6.1|6.12|all]
+               boot Debian 12's kernels under qemu and run xtask/vm/tests.txt
+               in each (part of `test`; FSMON_VM_TEST=0 skips it there)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         "soak" => soak(rest),
         "fuzz" => fuzz::fuzz(rest),
+        "vm-test" => setup::setup().and_then(|_| vm::vm_test(rest)),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -92,7 +97,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo` of the toolchain that runs xtask (rustup's stable).
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -101,7 +106,7 @@ pub fn ebpf_object() -> PathBuf {
     root().join("target/ebpf/bpfel-unknown-none/release/fsmon")
 }
 
-fn build_ebpf() -> Result<()> {
+pub fn build_ebpf() -> Result<()> {
     let tc = setup::ebpf_toolchain()?;
     let mut cmd = tc.cargo_build();
     cmd.current_dir(root().join("fsmon-ebpf"))
