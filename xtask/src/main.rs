@@ -22,8 +22,8 @@ tasks:
   build-ebpf   compile fsmon-ebpf for bpfel-unknown-none
   build        build-ebpf, then the fsmon binary (release)
   run [ARGS]   setup, build, install /usr/local/bin/fsmon, run `sudo fsmon daemon [ARGS]`
-  test [ARGS]  setup, build, run the whole test suite as root, ending with the soak drill
-               (ARGS go to cargo test; with ARGS the soak is skipped)
+  test [ARGS]  setup, build, run the whole test suite as root, then vm-test (FSMON_VM_TEST=0
+               skips it) and the soak drill (ARGS go to cargo test; with ARGS both are skipped)
   bench        setup, build, run the benchmarks and write bench-report.md
   soak         setup, build (release), run the 10-minute RSS soak in tests/tests/drills.rs
   fuzz [SECS]  run each fuzz target for SECS seconds (default 30)
@@ -166,9 +166,17 @@ fn test(args: &[String]) -> Result<()> {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
     run_cmd(&mut cmd)?;
-    // The whole suite ends with the soak drill (10 minutes; FSMON_SOAK_SECS
-    // shortens it). Not when only some tests were asked for.
+    // The whole suite also runs part of itself on Debian 12's 6.1 and 6.12
+    // kernels under qemu (FSMON_VM_TEST=0 skips that), and ends with the
+    // soak drill (10 minutes; FSMON_SOAK_SECS shortens it). Neither when
+    // only some tests were asked for.
     if args.is_empty() {
+        if env::var("FSMON_VM_TEST").as_deref() == Ok("0") {
+            println!("xtask: FSMON_VM_TEST=0: the kernels under qemu are skipped");
+        } else {
+            println!("xtask: the suite on other kernels: cargo xtask vm-test");
+            vm::vm_test(&[])?;
+        }
         println!("xtask: the soak drill: the release daemon at a steady event rate, RSS sampled");
         soak(&[])?;
     }

@@ -233,12 +233,13 @@ impl Kernel {
             Some(d) => d,
             None => {
                 println!("xtask: apt-get download {package}");
-                run_cmd(
-                    Command::new("apt-get")
-                        .args(["download", "-q", &package])
-                        .current_dir(&debs),
-                )
-                .with_context(|| format!("downloading {package}"))?;
+                let mut apt = Command::new("apt-get");
+                if crate::is_root() {
+                    // apt's _apt user cannot write into target/: download as root.
+                    apt.args(["-o", "APT::Sandbox::User=root"]);
+                }
+                run_cmd(apt.args(["download", "-q", &package]).current_dir(&debs))
+                    .with_context(|| format!("downloading {package}"))?;
                 find_deb(&debs, &package)?
                     .with_context(|| format!("apt-get download left no {package}_*.deb"))?
             }

@@ -32,6 +32,7 @@ mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ln -sf /proc/self/fd /dev/fd
 hostname fsmon-vm
+ip link set lo up # the metrics endpoint listens on 127.0.0.1
 
 say() { echo "$*" > "$results"; }
 
@@ -52,15 +53,16 @@ while read -r module; do
 done < /vm/modules
 
 # What fsmon will find on this kernel, for the console log.
+echo "vm-test: /init started $(cut -d' ' -f1 /proc/uptime)s after boot"
 echo "vm-test: $(uname -r), $(nproc) cpus, $(free -m | awk '/Mem:/ {print $2}') MB"
 ls /sys/kernel/btf/vmlinux
 
 export RUST_BACKTRACE=1
 # The tracker churn drill at reduced size (50,000 forks on a host).
-export FSMON_CHURN_FORKS=12000
+export FSMON_CHURN_FORKS=4000
 while read -r target filters; do
     case "$target" in '' | '#'*) continue ;; esac
-    echo "vm-test: running $target $filters"
+    echo "vm-test: running $target $filters (at $(cut -d' ' -f1 /proc/uptime)s)"
     # One test at a time: 2 emulated cpus are slow enough.
     # shellcheck disable=SC2086 # the filters are words
     ( "/fsmon/deps/$target" --test-threads=1 $filters < /dev/null 2>&1; echo "exit=$?" > /tmp/vm-exit ) |
