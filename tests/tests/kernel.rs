@@ -2,7 +2,8 @@
 //! kernel the tests run on (the host's, and Debian's 6.1 and 6.12 under
 //! `cargo xtask vm-test`): a tree on tmpfs, a tree on overlayfs (watched
 //! where the kernel can report its file handles, refused in one clear line
-//! where it cannot), and what the daemon says about the kernel at start.
+//! where it cannot), what the daemon says about the kernel at start, and the
+//! /proc tracker that replaces the eBPF one where a kernel cannot load it.
 use std::{fs, path::Path, process::Command};
 
 use fsmon_tests::{Env, find, sh_bg};
@@ -136,10 +137,49 @@ fn the_kernel_has_what_fsmon_uses() {
     env.add("_global", &env.watch, &["-r"]);
     let d = env.start(&[]);
     let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
-    assert_eq!(health["tracker"], "ebpf", "{}", d.stderr());
     let err = d.stderr();
+    // For the record (vm-test keeps it in the guest's console log).
+    println!("kernel {}: the daemon said:\n{err}", kernel_release());
+    assert_eq!(health["tracker"], "ebpf", "{err}");
+    assert!(health["tracker_fallback"].is_null(), "{health}");
     assert!(
         !err.contains("FAN_REPORT_TARGET_FID") && !err.contains("falling back"),
         "a kernel feature is missing:\n{err}"
     );
+}
+
+/// The degraded path for kernels without what the eBPF tracker needs (no
+/// BTF, no tracepoints): the /proc tracker, said once at start and in
+/// `health`; processes still alive when their events are read are named.
+#[test]
+fn without_the_ebpf_tracker_the_proc_tracker_names_live_processes() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CLOSE_WRITE"]);
+    let d = env.start_with_env(&[], &[("FSMON_TRACKER", "procfs")]);
+    let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
+    assert_eq!(health["tracker"], "procfs", "{health}");
+    assert!(health["tracker_fallback"].is_string(), "{health}");
+    let err = d.stderr();
+    assert_eq!(
+        err.matches("tracker procfs").count(),
+        1,
+        "said once, at start:\n{err}"
+    );
+    let f = env.watch.join("by-me");
+    fs::write(&f, b"abc").unwrap();
+    let evs = env.wait_events("_global", "the write", |e| {
+        !find(e, "CLOSE_WRITE", &f).is_empty()
+    });
+    let w = find(&evs, "CLOSE_WRITE", &f)[0];
+    assert_eq!(w["pid"], std::process::id(), "{w}");
+    assert_eq!(w["user"], "root", "{w}");
+    let me = fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(w["cmd"], me.trim(), "{w}");
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
