@@ -42,38 +42,13 @@ const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
 /// sh runs applets such as `touch` and `rm` inside the shell process, without
 /// an exec, so an event would name `sh`, not `touch`; and util-linux's
 /// `losetup --find --show` and the real mkfs tools are what the tests drive.
+#[rustfmt::skip]
 const HOST_TOOLS: &[&str] = &[
     // dash and coreutils
-    "sh",
-    "touch",
-    "rm",
-    "mkdir",
-    "mv",
-    "cp",
-    "cat",
-    "ln",
-    "ls",
-    "true",
-    "false",
-    "sleep",
-    "timeout",
-    "id",
-    "chmod",
-    "chown",
-    "stat",
-    "sync",
-    "truncate",
-    "dd",
-    "head",
-    "tail",
-    // filesystems on loop devices, users
-    "mkfs.ext4",
-    "mkfs.xfs",
-    "mkfs.btrfs",
-    "losetup",
-    "mount",
-    "umount",
-    "setpriv",
+    "sh", "touch", "rm", "mkdir", "mv", "cp", "cat", "ln", "ls", "true", "false", "sleep",
+    "timeout", "id", "chmod", "chown", "stat", "sync", "truncate", "dd", "head", "tail",
+    // filesystems on loop devices, running as another user
+    "mkfs.ext4", "mkfs.xfs", "mkfs.btrfs", "losetup", "mount", "umount", "setpriv",
 ];
 
 /// Modules the guest loads (with their dependencies), in this order. The
@@ -174,7 +149,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
         );
         let started = Instant::now();
         let boot = boot(kernel, image, accel, "", timeout)?;
-        let verdict = Verdict::read(kernel, &boot, &plan)?;
+        let verdict = Verdict::read(kernel, &boot, &plan);
         verdict.print(started.elapsed());
         verdicts.push(verdict);
     }
@@ -418,11 +393,11 @@ fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
 // The test plan and the binaries it needs
 // ---------------------------------------------------------------------------
 
-/// `xtask/vm/tests.txt`: one test binary per line with libtest filters.
+/// `xtask/vm/tests.txt`: one test binary per line with libtest arguments.
 struct TestPlan {
     text: String,
-    /// The test targets named (capture, tracker, drills, ...).
-    targets: BTreeSet<String>,
+    /// The test target of each line (capture, tracker, drills, ...).
+    lines: Vec<String>,
 }
 
 impl TestPlan {
@@ -434,14 +409,18 @@ impl TestPlan {
             .unwrap_or_else(|| vm_sources().join("tests.txt"));
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let targets = text
+        let lines = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .filter_map(|l| l.split_whitespace().next())
             .map(str::to_string)
             .collect();
-        Ok(TestPlan { text, targets })
+        Ok(TestPlan { text, lines })
+    }
+
+    fn targets(&self) -> BTreeSet<&str> {
+        self.lines.iter().map(String::as_str).collect()
     }
 }
 
@@ -467,7 +446,7 @@ fn build_binaries(plan: &TestPlan) -> Result<Binaries> {
     cmd.current_dir(root())
         .args(["test", "--package", "fsmon-tests", "--no-run"])
         .args(["--message-format", "json-render-diagnostics"]);
-    for t in &plan.targets {
+    for t in plan.targets() {
         cmd.args(["--test", t]);
     }
     let out = cmd
@@ -486,11 +465,11 @@ fn build_binaries(plan: &TestPlan) -> Result<Binaries> {
         else {
             continue;
         };
-        if msg["profile"]["test"] == true && plan.targets.contains(name) {
+        if msg["profile"]["test"] == true && plan.targets().contains(name) {
             tests.insert(name.to_string(), PathBuf::from(exe));
         }
     }
-    for t in &plan.targets {
+    for t in plan.targets() {
         if !tests.contains_key(t) {
             bail!("xtask/vm/tests.txt names `{t}`, which is no test target of fsmon-tests");
         }
@@ -795,7 +774,7 @@ struct Verdict {
 }
 
 impl Verdict {
-    fn read(kernel: &Kernel, boot: &Boot, plan: &TestPlan) -> Result<Verdict> {
+    fn read(kernel: &Kernel, boot: &Boot, plan: &TestPlan) -> Verdict {
         let mut v = Verdict {
             version: kernel.version.clone(),
             passed: 0,
@@ -853,12 +832,7 @@ impl Verdict {
                 _ => {}
             }
         }
-        let planned = plan
-            .text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .count();
+        let planned = plan.lines.len();
         if boot.timed_out {
             v.failures.push("the guest timed out and was killed".into());
         } else if !done {
@@ -869,7 +843,7 @@ impl Verdict {
             v.failures
                 .push(format!("only {runs} of {planned} test lines ran"));
         }
-        Ok(v)
+        v
     }
 
     fn print(&self, took: Duration) {
