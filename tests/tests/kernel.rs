@@ -48,6 +48,10 @@ fn assert_tree_captured(env: &Env, watch: &Path) {
     assert!(made.success());
     fs::rename(watch.join("n"), watch.join("m")).unwrap();
     fs::write(watch.join("m/b/g"), b"12345").unwrap();
+    // The size is read when the event is processed: before the rm -rf.
+    env.wait_events("_global", "the write", |e| {
+        !find(e, "CLOSE_WRITE", &watch.join("m/b/g")).is_empty()
+    });
     let (_, rm) = sh_bg(&format!("rm -rf {}", watch.join("m").display()));
     let evs = env.wait_events("_global", "the rm -rf", |e| {
         !find(e, "DELETE", &watch.join("m")).is_empty()
