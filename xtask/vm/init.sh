@@ -76,5 +76,8 @@ while read -r target filters; do
     done < /tmp/vm-tests
     say "RUN $target $(cat /tmp/vm-exit) tests=$ran"
 done < /vm/tests.txt
+# For the record: what the kernel warned about during the tests.
+echo "vm-test: kernel warnings and errors:"
+dmesg -r | grep -E '^<[0-4]>' # busybox dmesg: levels 0 (emerg) to 4 (warning)
 say "DONE"
 finish
