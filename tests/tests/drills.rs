@@ -680,8 +680,19 @@ fn clean_during_a_storm_loses_nothing_written_after_it_began() {
 
 #[test]
 fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
-    const CAPACITY: u64 = 8192;
-    let env = Env::with_config(&format!("[process]\nmap_capacity = {CAPACITY}\n"));
+    // FSMON_CHURN_FORKS makes the drill smaller (cargo xtask vm-test runs it
+    // in an emulated guest); the map shrinks with it (not below fsmon's
+    // minimum), so the forks still overrun it several times.
+    let forks: u64 = std::env::var("FSMON_CHURN_FORKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
+    let capacity: u64 = (forks * 8192 / 50_000).clamp(1024, 8192);
+    assert!(
+        forks >= 3 * capacity,
+        "FSMON_CHURN_FORKS={forks}: too few to overrun a map of {capacity}"
+    );
+    let env = Env::with_config(&format!("[process]\nmap_capacity = {capacity}\n"));
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
     assert_eq!(
@@ -694,7 +705,7 @@ fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
     let forkers: Vec<Child> = (0..2)
         .map(|_| {
             Command::new(testkit_bin())
-                .args(["forks", "25000"])
+                .args(["forks", &(forks / 2).to_string()])
                 .spawn()
                 .expect("fsmon-testkit forks")
         })
@@ -727,10 +738,10 @@ fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
     };
     let mut forkers: Vec<Option<Child>> = forkers.into_iter().map(Some).collect();
     let mut max_entries = 0u64;
-    wait_for("50,000 forks", Duration::from_secs(90), || {
+    wait_for(&format!("{forks} forks"), Duration::from_secs(90), || {
         let entries = health(&env)["ebpf_map_entries"].as_u64().unwrap();
         max_entries = max_entries.max(entries);
-        assert!(entries <= CAPACITY, "map holds {entries} > {CAPACITY}");
+        assert!(entries <= capacity, "map holds {entries} > {capacity}");
         for f in forkers.iter_mut() {
             if let Some(c) = f
                 && let Some(st) = c.try_wait().unwrap()
@@ -743,12 +754,18 @@ fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
     });
     toucher.finish();
     println!(
-        "50,000 forks in {:.1}s; map entries seen up to {max_entries} (capacity {CAPACITY})",
+        "{forks} forks in {:.1}s; map entries seen up to {max_entries} (capacity {capacity})",
         started.elapsed().as_secs_f64()
     );
     // The touches made under pressure: all logged, by touch.
     let touched = std::mem::take(&mut *touched.lock().unwrap());
-    assert!(touched.len() >= 300, "only {} touches", touched.len());
+    // 300 touches during 50,000 forks; proportionally fewer in a smaller drill.
+    let min_touches = (300 * forks / 50_000).max(50) as usize;
+    assert!(
+        touched.len() >= min_touches,
+        "only {} touches",
+        touched.len()
+    );
     let creates = |evs: &[Value]| -> std::collections::HashMap<String, Value> {
         evs.iter()
             .filter(|e| e["event_type"] == "CREATE")
@@ -807,8 +824,8 @@ fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
         assert_eq!(c[0]["user"], "root", "{}", c[0]);
     }
     let h = health(&env);
-    assert!(h["ebpf_map_entries"].as_u64().unwrap() <= CAPACITY, "{h}");
-    assert!(metric(&env, "fsmon_ebpf_map_entries") <= CAPACITY as f64);
+    assert!(h["ebpf_map_entries"].as_u64().unwrap() <= capacity, "{h}");
+    assert!(metric(&env, "fsmon_ebpf_map_entries") <= capacity as f64);
     let err = d.stderr();
     assert!(
         !err.lines().any(|l| l.contains("[ERROR")),

@@ -99,11 +99,19 @@ fn chain_survives_exit_of_the_middle_process() {
         .trim()
         .parse()
         .unwrap();
-    // The child may not have exec'd sleep yet (forked by sh, still "sh").
-    wait_for("the child to exec sleep", Duration::from_secs(10), || {
-        (procfs::read_process(sleep_pid)?.comm_bytes() == b"sleep").then_some(())
-    });
-    let chain = t.chain(sleep_pid);
+    // The child may not have exec'd sleep yet (forked by sh, still "sh");
+    // /proc shows the new name a moment before the exec tracepoint has run
+    // (a long moment in an emulated guest), so wait for the tracker's view.
+    let chain = wait_for(
+        "the tracker to see sleep's exec",
+        Duration::from_secs(10),
+        || {
+            let chain = t.chain(sleep_pid);
+            chain
+                .starts_with(&format!("{sleep_pid}|sleep|"))
+                .then_some(chain)
+        },
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sleep_pid as i32),
         nix::sys::signal::Signal::SIGKILL,

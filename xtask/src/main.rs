@@ -5,6 +5,7 @@
 //! returns in seconds.
 mod fuzz;
 mod setup;
+mod vm;
 
 use std::{
     env,
@@ -23,11 +24,15 @@ tasks:
   build        build-ebpf, then the fsmon binary (release)
   run [ARGS]   install the build tools only, build, install /usr/local/bin/fsmon,
                run `sudo fsmon daemon [ARGS]`
-  test [ARGS]  setup, build, run the whole test suite as root, ending with a 3-minute soak drill
-               (ARGS go to cargo test; with ARGS the soak is skipped)
+  test [ARGS]  setup, build, run the whole test suite as root, then vm-test (FSMON_VM_TEST=0
+               skips it, =6.1 or =6.12 runs one kernel) and a 3-minute soak drill (ARGS go
+               to cargo test; with ARGS both are skipped)
   bench        setup, build, run the benchmarks and write bench-report.md
   soak         setup, build (release), run the 10-minute RSS soak (FSMON_SOAK_SECS to change)
-  fuzz [SECS]  run each fuzz target for SECS seconds (default 30)";
+  fuzz [SECS]  run each fuzz target for SECS seconds (default 30)
+  vm-test [--kernel 6.1|6.12|all]
+               boot Debian 12's kernels under qemu and run xtask/vm/tests.txt
+               in each (part of `test`; FSMON_VM_TEST=0 skips it there)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         "soak" => soak(rest),
         "fuzz" => fuzz::fuzz(rest),
+        "vm-test" => setup::setup().and_then(|_| vm::vm_test(rest)),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -94,7 +100,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo` of the toolchain that runs xtask (rustup's stable).
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
@@ -103,7 +109,7 @@ pub fn ebpf_object() -> PathBuf {
     root().join("target/ebpf/bpfel-unknown-none/release/fsmon")
 }
 
-fn build_ebpf() -> Result<()> {
+pub fn build_ebpf() -> Result<()> {
     let tc = setup::ebpf_toolchain()?;
     let mut cmd = tc.cargo_build();
     cmd.current_dir(root().join("fsmon-ebpf"))
@@ -163,10 +169,20 @@ fn test(args: &[String]) -> Result<()> {
         cmd.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
     }
     run_cmd(&mut cmd)?;
-    // The whole suite ends with a shortened soak drill (3 minutes, so CI
-    // stays well inside its budget; `cargo xtask soak` runs the full 10).
-    // Not when only some tests were asked for.
+    // The whole suite also runs part of itself on Debian 12's 6.1 and 6.12
+    // kernels under qemu (FSMON_VM_TEST=0 skips that), and ends with a
+    // shortened soak drill (3 minutes, so CI stays well inside its budget;
+    // `cargo xtask soak` runs the full 10). Neither when only some tests
+    // were asked for.
     if args.is_empty() {
+        // FSMON_VM_TEST: 0 (skip), 6.1 or 6.12 (one kernel), else all.
+        match env::var("FSMON_VM_TEST").as_deref() {
+            Ok("0") => println!("xtask: FSMON_VM_TEST=0: the kernels under qemu are skipped"),
+            Ok(kernel @ ("6.1" | "6.12")) => {
+                vm::vm_test(&["--kernel".to_string(), kernel.to_string()])?
+            }
+            _ => vm::vm_test(&[])?,
+        }
         println!(
             "xtask: the soak drill (3 min): the release daemon at a steady event rate, RSS sampled"
         );

@@ -81,7 +81,7 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| o.stdout == b"installed")
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());

@@ -216,10 +216,8 @@ impl Pipeline {
         // Apply the initial groups before any thread runs, so the daemon is
         // watching everything by the time it says it is ready.
         capture.set_groups(groups.clone());
-        let _ = process_tx.send(ToProcess::Groups(groups));
-        status.ready.store(true, Ordering::SeqCst);
 
-        let process = Process {
+        let mut process = Process {
             attributor: Attributor::new(tracker),
             groups: Arc::new(GroupSet::default()),
             tracked: HashSet::new(),
@@ -238,6 +236,12 @@ impl Pipeline {
             sync_interval: cfg.sync_interval,
             line: String::new(),
         };
+        // The tracked commands too: a command group's process that execs
+        // right after "ready" must already be marked by the eBPF program
+        // (through the process thread's queue it could be late, and its
+        // events would be silently left out of the group).
+        process.set_groups(groups);
+        status.ready.store(true, Ordering::SeqCst);
         let capture_handle = std::thread::Builder::new()
             .name("fsmon-capture".into())
             .spawn(move || capture.run(capture_rx))?;

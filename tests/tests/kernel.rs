@@ -1,0 +1,189 @@
+//! What depends on the running kernel's features, checked against the
+//! kernel the tests run on (the host's, and Debian's 6.1 and 6.12 under
+//! `cargo xtask vm-test`): a tree on tmpfs, a tree on overlayfs (watched
+//! where the kernel can report its file handles, refused in one clear line
+//! where it cannot), what the daemon says about the kernel at start, and the
+//! /proc tracker that replaces the eBPF one where a kernel cannot load it.
+use std::{fs, path::Path, process::Command};
+
+use fsmon_tests::{Env, find, sh_bg};
+use serde_json::Value;
+
+/// A mount made for the test; lazily unmounted on drop, even on failure.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn new(args: &[&str], target: &Path) -> Mount {
+        fs::create_dir_all(target).unwrap();
+        let out = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mount {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Create, write, rename a directory, rm -rf: full paths and the process.
+fn assert_tree_captured(env: &Env, watch: &Path) {
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p {0}/n/b && touch {0}/n/b/f",
+            watch.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fs::rename(watch.join("n"), watch.join("m")).unwrap();
+    fs::write(watch.join("m/b/g"), b"12345").unwrap();
+    // The size is read when the event is processed: before the rm -rf.
+    env.wait_events("_global", "the write", |e| {
+        !find(e, "CLOSE_WRITE", &watch.join("m/b/g")).is_empty()
+    });
+    let (_, rm) = sh_bg(&format!("rm -rf {}", watch.join("m").display()));
+    let evs = env.wait_events("_global", "the rm -rf", |e| {
+        !find(e, "DELETE", &watch.join("m")).is_empty()
+    });
+    let create = find(&evs, "CREATE", &watch.join("n/b/f"));
+    assert_eq!(create.len(), 1, "{evs:#?}");
+    assert_eq!(create[0]["cmd"], "touch");
+    let write = find(&evs, "CLOSE_WRITE", &watch.join("m/b/g"));
+    assert_eq!(write.len(), 1, "new path after the rename: {evs:#?}");
+    assert_eq!(write[0]["file_size"], 5);
+    for p in ["m/b/g", "m/b", "m"] {
+        let d = find(&evs, "DELETE", &watch.join(p));
+        assert_eq!(d.len(), 1, "DELETE {p}: {evs:#?}");
+        assert_eq!(d[0]["pid"], rm, "{p}");
+        assert_eq!(d[0]["cmd"], "rm", "{p}");
+    }
+    assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
+}
+
+#[test]
+fn tree_on_tmpfs_is_captured_with_full_paths() {
+    let env = Env::new();
+    let watch = env.dir.path().join("tmpfs");
+    let _m = Mount::new(&["-t", "tmpfs", "fsmon-test"], &watch);
+    env.add("_global", &watch, &["-r"]);
+    let _d = env.start(&[]);
+    assert_tree_captured(&env, &watch);
+}
+
+/// Overlayfs reports file handles for filesystem marks only on some kernels
+/// and mount options. Where it cannot, `add` must fail in one line naming
+/// the path and the reason, the path must not be stored, and the daemon must
+/// keep serving; where it can, the tree must be captured like any other.
+#[test]
+fn overlayfs_is_captured_or_refused_in_one_clear_line() {
+    let env = Env::new();
+    let base = env.dir.path().join("ovl");
+    for d in ["lower", "upper", "work"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    // The layers on their own tmpfs: overlayfs refuses some upper
+    // filesystems (the tests' /tmp may itself be an overlay).
+    let _layers = Mount::new(&["-t", "tmpfs", "fsmon-test"], &base);
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    fs::write(base.join("lower/from-lower"), b"x").unwrap();
+    let opts = format!(
+        "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+        base.display()
+    );
+    let merged = base.join("merged");
+    let _m = Mount::new(&["-t", "overlay", "overlay", "-o", &opts], &merged);
+    let _d = env.start(&[]);
+    let out = env.fsmon(&["add", "_global", "--path", merged.to_str().unwrap(), "-r"]);
+    let health = || -> Value { serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap() };
+    if out.status.success() {
+        println!("overlayfs: watched");
+        assert_tree_captured(&env, &merged);
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("overlayfs: refused: {}", err.trim());
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("cannot watch") && err.contains(merged.to_str().unwrap()),
+            "names the path and says it cannot be watched: {err}"
+        );
+        assert!(
+            err.contains("file handles") || err.contains("filesystem marks"),
+            "says why: {err}"
+        );
+        let monitored = env.fsmon_ok(&["monitored"]);
+        assert!(
+            !monitored.contains(merged.to_str().unwrap()),
+            "a refused path is not stored: {monitored}"
+        );
+        assert_eq!(health()["ok"], true, "the daemon keeps serving");
+    }
+}
+
+/// On a kernel with BTF and the scheduler tracepoints (every kernel the
+/// suite runs on), the eBPF tracker is in use and the daemon warns about no
+/// missing kernel feature.
+#[test]
+fn the_kernel_has_what_fsmon_uses() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
+    let err = d.stderr();
+    // For the record (vm-test keeps it in the guest's console log).
+    println!("kernel {}: the daemon said:\n{err}", kernel_release());
+    assert_eq!(health["tracker"], "ebpf", "{err}");
+    assert!(health["tracker_fallback"].is_null(), "{health}");
+    assert!(
+        !err.contains("FAN_REPORT_TARGET_FID") && !err.contains("falling back"),
+        "a kernel feature is missing:\n{err}"
+    );
+}
+
+/// The degraded path for kernels without what the eBPF tracker needs (no
+/// BTF, no tracepoints): the /proc tracker, said once at start and in
+/// `health`; processes still alive when their events are read are named.
+#[test]
+fn without_the_ebpf_tracker_the_proc_tracker_names_live_processes() {
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CLOSE_WRITE"]);
+    let d = env.start_with_env(&[], &[("FSMON_TRACKER", "procfs")]);
+    let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
+    assert_eq!(health["tracker"], "procfs", "{health}");
+    assert!(health["tracker_fallback"].is_string(), "{health}");
+    let err = d.stderr();
+    assert_eq!(
+        err.matches("tracker procfs").count(),
+        1,
+        "said once, at start:\n{err}"
+    );
+    let f = env.watch.join("by-me");
+    fs::write(&f, b"abc").unwrap();
+    let evs = env.wait_events("_global", "the write", |e| {
+        !find(e, "CLOSE_WRITE", &f).is_empty()
+    });
+    let w = find(&evs, "CLOSE_WRITE", &f)[0];
+    assert_eq!(w["pid"], std::process::id(), "{w}");
+    assert_eq!(w["user"], "root", "{w}");
+    let me = fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(w["cmd"], me.trim(), "{w}");
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
