@@ -1,0 +1,178 @@
+//! Collection of exited processes: a deadline queue fed by the kernel's exit
+//! ring buffer. Nothing here walks the process maps; each exit costs a
+//! couple of map operations, once.
+//!
+//! When a record may go (the invariant, written once):
+//! - never while the process runs (it is in the live map, which nothing
+//!   evicts);
+//! - never while it has children in the live map (the kernel keeps it live);
+//! - otherwise once the events queued before its exit have been read
+//!   (`drained_before` has passed its exit) AND the grace period is over.
+//!   Before that only the exited map's LRU can drop it, which happens only
+//!   when more processes exited within the grace period than the map holds;
+//!   a record dropped before its events were read is counted
+//!   ([`Collector::lost_before_read`]).
+use std::collections::VecDeque;
+
+use fsmon_common::{ExitNote, ProcRecord, same_start};
+
+use super::ebpf::Maps;
+
+/// How often an exited process kept for its children is looked at again.
+const KEPT_RECHECK_NS: u64 = 5_000_000_000;
+
+/// One exited process awaiting collection.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    note: ExitNote,
+    /// When to look at it next (boot ns); 0 until the first look.
+    recheck_at: u64,
+}
+
+#[derive(Default)]
+pub struct Collector {
+    /// Exits in the order the kernel announced them (exit time order).
+    queue: VecDeque<Pending>,
+    /// How many of `queue`'s front entries were checked to be still there
+    /// once their events were read (only done under pressure, see
+    /// `check_read`).
+    checked: usize,
+    /// Exited processes kept because they had children, by recheck time.
+    kept: VecDeque<Pending>,
+    /// Records that were gone before the events queued before their exit
+    /// were read (the exited map's LRU let them go too early).
+    pub lost_before_read: u64,
+    /// Records deleted from the live map by the daemon (exited ancestors
+    /// whose children all left while the kernel's cascade stopped).
+    pub removed_live: u64,
+    /// Exit notes received.
+    pub notes: u64,
+}
+
+impl Collector {
+    /// Exited processes not yet collected (the exited map's size, give or
+    /// take records the LRU let go after their events were read).
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.kept.len()
+    }
+
+    /// Reads the exit notes the kernel queued since the last call.
+    pub fn receive(&mut self, maps: &mut Maps) {
+        while let Some(item) = maps.exits.next() {
+            if item.len() < std::mem::size_of::<ExitNote>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote an ExitNote (repr(C), any bit pattern
+            // valid); read_unaligned because the ring gives no alignment.
+            let note: ExitNote = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            self.notes += 1;
+            self.queue.push_back(Pending {
+                note,
+                recheck_at: 0,
+            });
+        }
+    }
+
+    /// Collects what may go. `drained_before`: boot ns up to which every
+    /// file event has been read; `grace_cutoff`: exits before it are past
+    /// the grace period. `forget` is told every process whose record is
+    /// gone for good (with its start time), so side tables can drop it.
+    /// Returns how many records were deleted.
+    pub fn collect(
+        &mut self,
+        maps: &mut Maps,
+        drained_before: u64,
+        grace_cutoff: u64,
+        now: u64,
+        mut forget: impl FnMut(u32, u64),
+    ) -> usize {
+        self.check_read(maps, drained_before);
+        let cutoff = grace_cutoff.min(drained_before);
+        let mut collected = 0;
+        while let Some(p) = self.queue.front().copied() {
+            if p.note.exit_ns >= cutoff {
+                break;
+            }
+            self.queue.pop_front();
+            self.checked = self.checked.saturating_sub(1);
+            collected += self.collect_one(maps, p, now, &mut forget);
+        }
+        while let Some(p) = self.kept.front().copied() {
+            if p.recheck_at > now {
+                break;
+            }
+            self.kept.pop_front();
+            collected += self.collect_one(maps, p, now, &mut forget);
+        }
+        collected
+    }
+
+    /// Under pressure (more exits pending than half the exited map holds,
+    /// when the LRU may start to evict), checks that the records whose
+    /// events have now been read were still there to be read. Without
+    /// pressure the LRU evicts nothing and the lookups are skipped.
+    fn check_read(&mut self, maps: &Maps, drained_before: u64) {
+        let pressure = self.pending() as u64 * 2 > maps.capacity as u64;
+        while let Some(p) = self.queue.get(self.checked).copied() {
+            if p.note.exit_ns >= drained_before {
+                break;
+            }
+            self.checked += 1;
+            if pressure && p.note.kept_live == 0 && find(maps, &p.note).is_none() {
+                self.lost_before_read += 1;
+            }
+        }
+    }
+
+    fn collect_one(
+        &mut self,
+        maps: &mut Maps,
+        mut p: Pending,
+        now: u64,
+        forget: &mut impl FnMut(u32, u64),
+    ) -> usize {
+        let tgid = p.note.tgid;
+        match find(maps, &p.note) {
+            Some((true, r)) if r.children != 0 && r.children < 1 << 30 => {
+                // Still the ancestor of records in the live map: look again
+                // later (the kernel moves it when its last child leaves).
+                p.recheck_at = now + KEPT_RECHECK_NS;
+                self.kept.push_back(p);
+                0
+            }
+            Some((true, _)) => {
+                // Exited, no children left, yet still live: the kernel's
+                // cascade stopped (a chain of exited ancestors deeper than it
+                // walks). It is past its deadline: delete it.
+                let gone = maps.live.remove(&tgid).is_ok();
+                self.removed_live += gone as u64;
+                forget(tgid, p.note.start_ns);
+                gone as usize
+            }
+            Some((false, _)) => {
+                let gone = maps.exited.remove(&tgid).is_ok();
+                forget(tgid, p.note.start_ns);
+                gone as usize
+            }
+            None => {
+                forget(tgid, p.note.start_ns);
+                0
+            }
+        }
+    }
+}
+
+/// The record a note is about: (in the live map?, record), matched by start
+/// time so a reused pid's record is never taken for it.
+fn find(maps: &Maps, note: &ExitNote) -> Option<(bool, ProcRecord)> {
+    let matches = |r: &ProcRecord| r.exit_ns != 0 && same_start(r.start_ns, note.start_ns);
+    if let Ok(r) = maps.live.get(&note.tgid, 0)
+        && matches(&r)
+    {
+        return Some((true, r));
+    }
+    match maps.exited.get(&note.tgid, 0) {
+        Ok(r) if matches(&r) => Some((false, r)),
+        _ => None,
+    }
+}
