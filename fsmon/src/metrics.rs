@@ -6,6 +6,15 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `kind` labels of `fsmon_tracker_losses_total`.
+pub const TRACKER_LOSS_KINDS: [&str; 5] = [
+    "live_insert_refused",
+    "live_evicted",
+    "exited_insert_refused",
+    "ring_full",
+    "exited_lost_before_read",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// Lines logged, by group and event type.
@@ -27,6 +36,12 @@ pub struct Metrics {
     /// 1 for the active tracker (`ebpf` or `procfs`).
     pub tracker_active: IntGaugeVec,
     pub ebpf_map_entries: IntGauge,
+    /// Records in the live-process map (counted, not walked).
+    pub ebpf_live_entries: IntGauge,
+    /// Exited records awaiting collection.
+    pub ebpf_exited_entries: IntGauge,
+    /// What the process tracker could not keep, by kind (see README).
+    pub tracker_losses: IntCounterVec,
     pub ebpf_map_collected: IntCounter,
     pub dir_cache_entries: IntGauge,
     pub dir_cache_hits: IntCounter,
@@ -95,6 +110,19 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         start_time_seconds.set(now.as_secs_f64());
+        let tracker_losses = IntCounterVec::new(
+            Opts::new(
+                "fsmon_tracker_losses_total",
+                "Processes the tracker could not keep, by kind (live_insert_refused, \
+                 live_evicted, exited_insert_refused, ring_full, exited_lost_before_read)",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        r.register(Box::new(tracker_losses.clone())).unwrap();
+        for kind in TRACKER_LOSS_KINDS {
+            tracker_losses.with_label_values(&[kind]);
+        }
         Metrics {
             events_logged,
             kernel_events: counter(
@@ -128,8 +156,19 @@ impl Metrics {
             ebpf_map_entries: gauge(
                 &r,
                 "fsmon_ebpf_map_entries",
-                "Entries in the eBPF process map",
+                "Entries in the eBPF process maps (live + exited awaiting collection)",
             ),
+            ebpf_live_entries: gauge(
+                &r,
+                "fsmon_ebpf_live_entries",
+                "Records in the eBPF live-process map (counted, not walked)",
+            ),
+            ebpf_exited_entries: gauge(
+                &r,
+                "fsmon_ebpf_exited_entries",
+                "Exited processes awaiting collection",
+            ),
+            tracker_losses,
             ebpf_map_collected: counter(
                 &r,
                 "fsmon_ebpf_map_collected_total",

@@ -76,8 +76,7 @@ impl Maps {
         Ok(Self {
             live,
             exited: HashMap::try_from(take(EXITED_MAP)?).map_err(|e| ebpf_err(EXITED_MAP, e))?,
-            tracked: HashMap::try_from(take(TRACKED_MAP)?)
-                .map_err(|e| ebpf_err(TRACKED_MAP, e))?,
+            tracked: HashMap::try_from(take(TRACKED_MAP)?).map_err(|e| ebpf_err(TRACKED_MAP, e))?,
             seeded: HashMap::try_from(take(SEEDED_MAP)?).map_err(|e| ebpf_err(SEEDED_MAP, e))?,
             settings: Array::try_from(take(SETTINGS_MAP)?)
                 .map_err(|e| ebpf_err(SETTINGS_MAP, e))?,

@@ -27,8 +27,7 @@ use std::{
 };
 
 use fsmon_common::{
-    COMM_LEN, MAX_TRACKED_COMMANDS, ProcRecord, SeededBits, Settings, comm_key, counter,
-    same_start,
+    COMM_LEN, MAX_TRACKED_COMMANDS, ProcRecord, SeededBits, Settings, comm_key, counter, same_start,
 };
 use moka::sync::Cache;
 
@@ -585,8 +584,7 @@ impl ProcessTracker {
         };
         let m = &s.b.maps;
         let inserted = m.counter(counter::LIVE_INSERTED) + s.user_inserted;
-        let removed =
-            m.counter(counter::LIVE_REMOVED) + s.user_removed + s.collector.removed_live;
+        let removed = m.counter(counter::LIVE_REMOVED) + s.user_removed + s.collector.removed_live;
         TrackerSizes {
             live: inserted.saturating_sub(removed),
             exited: s.collector.pending() as u64,
@@ -614,7 +612,10 @@ impl EbpfState {
     /// The maps' record for `tgid`: live first, then exited.
     fn get(&self, tgid: u32) -> Option<ProcRecord> {
         let m = &self.b.maps;
-        m.live.get(&tgid, 0).or_else(|_| m.exited.get(&tgid, 0)).ok()
+        m.live
+            .get(&tgid, 0)
+            .or_else(|_| m.exited.get(&tgid, 0))
+            .ok()
     }
 
     /// The record of the process `tgid` that existed at `queued_before`,
@@ -697,11 +698,18 @@ impl EbpfState {
     /// kernel owns records once they are in). A process that exits between
     /// our /proc read and the insert would stay forever: checked after.
     fn insert_missing(&mut self, r: &ProcRecord) -> bool {
-        if self.b.maps.live.insert(r.tgid, *r, ebpf::BPF_NOEXIST).is_err() {
+        if self
+            .b
+            .maps
+            .live
+            .insert(r.tgid, *r, ebpf::BPF_NOEXIST)
+            .is_err()
+        {
             return false;
         }
         self.user_inserted += 1;
-        let alive = procfs::read_process(r.tgid).is_some_and(|p| same_start(p.start_ns, r.start_ns));
+        let alive =
+            procfs::read_process(r.tgid).is_some_and(|p| same_start(p.start_ns, r.start_ns));
         if !alive
             && let Ok(now) = self.b.maps.live.get(&r.tgid, 0)
             && now.exit_ns == 0
