@@ -12,7 +12,7 @@ pub const TRACKER_LOSS_KINDS: [&str; 5] = [
     "live_evicted",
     "exited_insert_refused",
     "ring_full",
-    "exited_lost_before_read",
+    "event_process_unknown",
 ];
 
 pub struct Metrics {
@@ -114,7 +114,7 @@ impl Metrics {
             Opts::new(
                 "fsmon_tracker_losses_total",
                 "Processes the tracker could not keep, by kind (live_insert_refused, \
-                 live_evicted, exited_insert_refused, ring_full, exited_lost_before_read)",
+                 live_evicted, exited_insert_refused, ring_full, event_process_unknown)",
             ),
             &["kind"],
         )

@@ -738,7 +738,7 @@ impl Process {
         set("live_evicted", losses.live_evicted);
         set("exited_insert_refused", losses.exited_insert_refused);
         set("ring_full", losses.ring_full);
-        set("exited_lost_before_read", losses.exited_lost_before_read);
+        set("event_process_unknown", losses.event_process_unknown);
         if losses.total() > self.tracker_losses_logged {
             self.tracker_losses_logged = losses.total();
             log::warn!("the process tracker lost track of processes: {losses:?}");

@@ -9,9 +9,10 @@
 //! - otherwise once the events queued before its exit have been read
 //!   (`drained_before` has passed its exit) AND the grace period is over.
 //!   Before that only the exited map's LRU can drop it, which happens only
-//!   when more processes exited within the grace period than the map holds;
-//!   a record dropped before its events were read is counted
-//!   ([`Collector::lost_before_read`]).
+//!   when more processes exited within the grace period than the map holds
+//!   (oldest first). If such a record's events were still unread, their
+//!   lookup finds nothing: that is counted where it happens, as an event
+//!   whose process is unknown (`ProcessTracker::record_at`).
 use std::collections::VecDeque;
 
 use fsmon_common::{ExitNote, ProcRecord, same_start};
@@ -33,15 +34,8 @@ struct Pending {
 pub struct Collector {
     /// Exits in the order the kernel announced them (exit time order).
     queue: VecDeque<Pending>,
-    /// How many of `queue`'s front entries were checked to be still there
-    /// once their events were read (only done under pressure, see
-    /// `check_read`).
-    checked: usize,
     /// Exited processes kept because they had children, by recheck time.
     kept: VecDeque<Pending>,
-    /// Records that were gone before the events queued before their exit
-    /// were read (the exited map's LRU let them go too early).
-    pub lost_before_read: u64,
     /// Records deleted from the live map by the daemon (exited ancestors
     /// whose children all left while the kernel's cascade stopped).
     pub removed_live: u64,
@@ -50,8 +44,9 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Exited processes not yet collected (the exited map's size, give or
-    /// take records the LRU let go after their events were read).
+    /// Exited processes not yet collected. The exited map holds at most its
+    /// capacity of them (the LRU lets the oldest go); the rest are only
+    /// entries of this queue.
     pub fn pending(&self) -> usize {
         self.queue.len() + self.kept.len()
     }
@@ -86,7 +81,6 @@ impl Collector {
         now: u64,
         mut forget: impl FnMut(u32, u64),
     ) -> usize {
-        self.check_read(maps, drained_before);
         let cutoff = grace_cutoff.min(drained_before);
         let mut collected = 0;
         while let Some(p) = self.queue.front().copied() {
@@ -94,7 +88,6 @@ impl Collector {
                 break;
             }
             self.queue.pop_front();
-            self.checked = self.checked.saturating_sub(1);
             collected += self.collect_one(maps, p, now, &mut forget);
         }
         while let Some(p) = self.kept.front().copied() {
@@ -105,23 +98,6 @@ impl Collector {
             collected += self.collect_one(maps, p, now, &mut forget);
         }
         collected
-    }
-
-    /// Under pressure (more exits pending than half the exited map holds,
-    /// when the LRU may start to evict), checks that the records whose
-    /// events have now been read were still there to be read. Without
-    /// pressure the LRU evicts nothing and the lookups are skipped.
-    fn check_read(&mut self, maps: &Maps, drained_before: u64) {
-        let pressure = self.pending() as u64 * 2 > maps.capacity as u64;
-        while let Some(p) = self.queue.get(self.checked).copied() {
-            if p.note.exit_ns >= drained_before {
-                break;
-            }
-            self.checked += 1;
-            if pressure && p.note.kept_live == 0 && find(maps, &p.note).is_none() {
-                self.lost_before_read += 1;
-            }
-        }
     }
 
     fn collect_one(

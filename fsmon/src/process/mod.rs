@@ -143,10 +143,11 @@ pub struct TrackerLosses {
     pub exited_insert_refused: u64,
     /// Exit notes the ring buffer had no room for.
     pub ring_full: u64,
-    /// Exited records gone before the events queued before the exit were
-    /// read (the exited map's LRU, when more processes exited within the
-    /// grace period than it holds).
-    pub exited_lost_before_read: u64,
+    /// File events whose process was found nowhere (not in the maps, not
+    /// in `/proc`): its exited record was let go before the event was read
+    /// (more processes exited within the grace period than the exited map
+    /// holds), or it was never recorded.
+    pub event_process_unknown: u64,
 }
 
 impl TrackerLosses {
@@ -155,7 +156,7 @@ impl TrackerLosses {
             + self.live_evicted
             + self.exited_insert_refused
             + self.ring_full
-            + self.exited_lost_before_read
+            + self.event_process_unknown
     }
 }
 
@@ -190,6 +191,9 @@ pub struct ProcessTracker {
     exit_grace: Duration,
     lookups: u64,
     misses: u64,
+    /// Event processes the eBPF tracker could not find (see
+    /// [`TrackerLosses::event_process_unknown`]).
+    unknown_event_processes: u64,
     /// Ancestors looked up recently, with when: consecutive chains share
     /// them (the same shell, sshd, systemd), and each map lookup is a
     /// syscall. Used for ancestors only, never for the event's own process.
@@ -257,6 +261,7 @@ impl ProcessTracker {
             exit_grace: cfg.exit_grace,
             lookups: 0,
             misses: 0,
+            unknown_event_processes: 0,
             ancestors: HashMap::new(),
         })
     }
@@ -301,7 +306,15 @@ impl ProcessTracker {
     pub fn record_at(&mut self, tgid: u32, queued_before: u64) -> Option<ProcRecord> {
         self.lookups += 1;
         let found = match &mut self.backend {
-            Backend::Ebpf(s) => s.lookup(tgid, queued_before),
+            Backend::Ebpf(s) => {
+                let r = s.lookup(tgid, queued_before);
+                // Every process the event could be from is recorded from
+                // fork to collection: not finding it is a loss.
+                if r.is_none() && tgid != 0 && queued_before != u64::MAX {
+                    self.unknown_event_processes += 1;
+                }
+                r
+            }
             Backend::Procfs(p) => p.get(tgid),
         };
         if found.is_none() {
@@ -603,7 +616,7 @@ impl ProcessTracker {
             live_evicted: c[counter::LIVE_EVICTED as usize],
             exited_insert_refused: c[counter::EXITED_INSERT_REFUSED as usize],
             ring_full: c[counter::RING_FULL as usize],
-            exited_lost_before_read: s.collector.lost_before_read,
+            event_process_unknown: self.unknown_event_processes,
         }
     }
 }
