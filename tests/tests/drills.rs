@@ -678,6 +678,15 @@ fn clean_during_a_storm_loses_nothing_written_after_it_began() {
 // 5. The eBPF process map under pressure
 // ---------------------------------------------------------------------------
 
+/// The process-map drills run one at a time: each fills the machine with
+/// processes (the burst keeps 20,000 alive, which alone is more than the
+/// churn drill's 4,096-entry map may hold).
+static MACHINE_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn machine_wide() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE_WIDE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A count from the environment (to run a drill bigger or smaller than its
 /// CI size), or `default`.
 fn env_count(name: &str, default: u64) -> u64 {
@@ -743,6 +752,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// record.
 #[test]
 fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
+    let _one_at_a_time = machine_wide();
     const CAPACITY: u64 = 4096;
     let forks = env_count("FSMON_CHURN_FORKS", 100_000);
     let env = Env::with_config(&format!("[process]\nmap_capacity = {CAPACITY}\n"));
@@ -890,6 +900,7 @@ fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
 /// are collected, nothing is counted lost.
 #[test]
 fn ebpf_burst_of_sleepers_returns_to_idle() {
+    let _one_at_a_time = machine_wide();
     let n = env_count("FSMON_BURST_PROCS", 20_000);
     let env = Env::with_config("[process]\nexit_grace_secs = 1\n");
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
@@ -941,6 +952,7 @@ fn ebpf_burst_of_sleepers_returns_to_idle() {
 /// the daemon's RSS and the map sizes stay flat, nothing is lost.
 #[test]
 fn ebpf_fork_soak_keeps_rss_and_map_flat() {
+    let _one_at_a_time = machine_wide();
     let secs = env_count("FSMON_TRACKER_SOAK_SECS", 60);
     let env = Env::new();
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
@@ -984,13 +996,16 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
     );
     assert!(d.stop().success());
     assert!(samples.len() >= 4, "{samples:?}");
-    // After the first third (warm-up: caches fill), flat: RSS within 1 MiB,
-    // map entries within what a grace period of forks holds.
+    // After the first third (warm-up: caches fill), flat: RSS within 2 MiB
+    // (the exit queue's high-water mark: it holds a grace period of exits,
+    // tens of thousands at this rate, and doubles its buffer when it needs
+    // to; a leak grows past that, steadily), map entries within what a
+    // grace period of forks holds.
     let warm = samples.len() / 3;
     let rss0 = samples[warm].1;
     let rss_end = samples.last().unwrap().1;
     assert!(
-        rss_end <= rss0 + 1024,
+        rss_end <= rss0 + 2048,
         "RSS grew {rss0} -> {rss_end} KiB: {samples:?}"
     );
     let map_max_after = samples[warm..].iter().map(|s| s.2).max().unwrap();

@@ -650,11 +650,13 @@ impl EbpfState {
                 // Not in the maps (older than the daemon and missed by
                 // seeding, or refused when the map was full): /proc still
                 // knows it if it runs.
-                let r = procfs::read_process(tgid)?;
+                let (r, exited) = procfs::read_process_state(tgid)?;
                 if r.start_ns > queued_before {
                     return None;
                 }
-                self.insert_missing(&r);
+                if !exited {
+                    self.insert_missing(&r);
+                }
                 Some(r)
             }
             None => None,
@@ -677,8 +679,10 @@ impl EbpfState {
         match found {
             Some(r) => Some(self.complete(r)),
             None => {
-                let r = procfs::read_process(pid)?;
-                self.insert_missing(&r);
+                let (r, exited) = procfs::read_process_state(pid)?;
+                if !exited {
+                    self.insert_missing(&r);
+                }
                 Some(r)
             }
         }
@@ -721,8 +725,8 @@ impl EbpfState {
             return false;
         }
         self.user_inserted += 1;
-        let alive =
-            procfs::read_process(r.tgid).is_some_and(|p| same_start(p.start_ns, r.start_ns));
+        let alive = procfs::read_process_state(r.tgid)
+            .is_some_and(|(p, exited)| !exited && same_start(p.start_ns, r.start_ns));
         if !alive
             && let Ok(now) = self.b.maps.live.get(&r.tgid, 0)
             && now.exit_ns == 0
@@ -751,7 +755,9 @@ impl EbpfState {
     fn seed_from_proc(&mut self) -> usize {
         let mut seeded: HashMap<u32, ProcRecord> = HashMap::new();
         for pid in procfs::all_pids() {
-            if let Some(rec) = procfs::read_process(pid) {
+            // Zombies have exited already: their exit was (or was not) seen,
+            // and a live record of them would stay forever.
+            if let Some((rec, false)) = procfs::read_process_state(pid) {
                 seeded.insert(pid, rec);
             }
         }
