@@ -21,7 +21,7 @@
 #![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -67,10 +67,12 @@ static FSMON_TRACKED: HashMap<[u8; COMM_LEN], u64> =
     HashMap::with_max_entries(MAX_TRACKED_COMMANDS, 0);
 
 /// tgid -> tracked bits the daemon gave a process that was running before
-/// its command was tracked. Written by the daemon only; read at fork.
+/// its command was tracked. Written by the daemon only; read at fork. Not
+/// preallocated (BPF_F_NO_PREALLOC): it is usually near empty, and only the
+/// daemon inserts, so its memory follows its use.
 #[map]
 static FSMON_SEEDED: HashMap<u32, SeededBits> =
-    HashMap::with_max_entries(DEFAULT_PROC_MAP_CAPACITY, 0);
+    HashMap::with_max_entries(DEFAULT_PROC_MAP_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Daemon settings (index 0), written by the daemon only.
 #[map]

@@ -13,21 +13,36 @@
 //!   (oldest first). If such a record's events were still unread, their
 //!   lookup finds nothing: that is counted where it happens, as an event
 //!   whose process is unknown (`ProcessTracker::record_at`).
-use std::collections::VecDeque;
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+};
 
 use fsmon_common::{ExitNote, ProcRecord, same_start};
 
 use super::ebpf::Maps;
 
-/// How often an exited process kept for its children is looked at again.
+/// How soon an exited process kept for its children is looked at again;
+/// the wait doubles at each look, up to 64 times this (a daemon's parent
+/// that exited long ago costs a lookup every few minutes).
 const KEPT_RECHECK_NS: u64 = 5_000_000_000;
 
 /// One exited process awaiting collection.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     note: ExitNote,
-    /// When to look at it next (boot ns); 0 until the first look.
+    /// How many times it was found kept for its children.
+    rechecks: u32,
+}
+
+/// A kept process, ordered by when to look at it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Kept {
     recheck_at: u64,
+    tgid: u32,
+    rechecks: u32,
+    start_ns: u64,
+    exit_ns: u64,
 }
 
 #[derive(Default)]
@@ -35,7 +50,7 @@ pub struct Collector {
     /// Exits in the order the kernel announced them (exit time order).
     queue: VecDeque<Pending>,
     /// Exited processes kept because they had children, by recheck time.
-    kept: VecDeque<Pending>,
+    kept: BinaryHeap<Reverse<Kept>>,
     /// Records deleted from the live map by the daemon (exited ancestors
     /// whose children all left while the kernel's cascade stopped).
     pub removed_live: u64,
@@ -61,10 +76,7 @@ impl Collector {
             // valid); read_unaligned because the ring gives no alignment.
             let note: ExitNote = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             self.notes += 1;
-            self.queue.push_back(Pending {
-                note,
-                recheck_at: 0,
-            });
+            self.queue.push_back(Pending { note, rechecks: 0 });
         }
     }
 
@@ -90,11 +102,20 @@ impl Collector {
             self.queue.pop_front();
             collected += self.collect_one(maps, p, now, &mut forget);
         }
-        while let Some(p) = self.kept.front().copied() {
-            if p.recheck_at > now {
+        while let Some(Reverse(k)) = self.kept.peek().copied() {
+            if k.recheck_at > now {
                 break;
             }
-            self.kept.pop_front();
+            self.kept.pop();
+            let p = Pending {
+                note: ExitNote {
+                    tgid: k.tgid,
+                    kept_live: 1,
+                    start_ns: k.start_ns,
+                    exit_ns: k.exit_ns,
+                },
+                rechecks: k.rechecks,
+            };
             collected += self.collect_one(maps, p, now, &mut forget);
         }
         collected
@@ -103,7 +124,7 @@ impl Collector {
     fn collect_one(
         &mut self,
         maps: &mut Maps,
-        mut p: Pending,
+        p: Pending,
         now: u64,
         forget: &mut impl FnMut(u32, u64),
     ) -> usize {
@@ -112,8 +133,13 @@ impl Collector {
             Some((true, r)) if r.children != 0 && r.children < 1 << 30 => {
                 // Still the ancestor of records in the live map: look again
                 // later (the kernel moves it when its last child leaves).
-                p.recheck_at = now + KEPT_RECHECK_NS;
-                self.kept.push_back(p);
+                self.kept.push(Reverse(Kept {
+                    recheck_at: now + (KEPT_RECHECK_NS << p.rechecks.min(6)),
+                    tgid,
+                    rechecks: p.rechecks + 1,
+                    start_ns: p.note.start_ns,
+                    exit_ns: p.note.exit_ns,
+                }));
                 0
             }
             Some((true, _)) => {

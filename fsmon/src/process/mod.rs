@@ -343,7 +343,16 @@ impl ProcessTracker {
     #[doc(hidden)]
     pub fn insert_for_bench(&mut self, rec: &ProcRecord) -> bool {
         match &mut self.backend {
-            Backend::Ebpf(s) => s.insert_missing(rec),
+            // Synthetic pids: no /proc check (it would remove them).
+            Backend::Ebpf(s) => {
+                let ok =
+                    s.b.maps
+                        .live
+                        .insert(rec.tgid, *rec, ebpf::BPF_NOEXIST)
+                        .is_ok();
+                s.user_inserted += ok as u64;
+                ok
+            }
             Backend::Procfs(p) => {
                 p.cache.insert(rec.tgid, *rec);
                 true
