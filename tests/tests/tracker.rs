@@ -600,3 +600,43 @@ fn impossible_capacity_is_an_error() {
         .to_string();
     assert!(err.contains("capacity"), "{err}");
 }
+
+/// Fork churn with the tracker running: afterwards, every record in the
+/// live map is a running process (or an exited one kept for its children):
+/// no exit was missed.
+#[test]
+fn no_live_record_outlives_its_process() {
+    let t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let forkers: Vec<_> = (0..2)
+        .map(|k| {
+            let d = dir.path().join(format!("k{k}"));
+            fs::create_dir_all(&d).unwrap();
+            Command::new(testkit_bin())
+                .arg("churn")
+                .arg(&d)
+                .args(["5000", "100"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut f in forkers {
+        assert!(f.wait().unwrap().success());
+    }
+    let stale = t.live_records_without_process();
+    let shown: Vec<String> = stale
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|ppid {}|start {}|exec {}",
+                r.tgid,
+                String::from_utf8_lossy(r.comm_bytes()),
+                r.ppid,
+                r.start_ns,
+                r.exec_ns
+            )
+        })
+        .collect();
+    assert!(stale.is_empty(), "live records of gone processes: {shown:?}");
+}

@@ -339,6 +339,32 @@ impl ProcessTracker {
         self.ancestors.clear();
     }
 
+    /// Tests only (walks the live map): records of processes that are not
+    /// running and not kept for their children, i.e. whose exit was missed.
+    /// The invariant is that there are none.
+    #[doc(hidden)]
+    pub fn live_records_without_process(&self) -> Vec<ProcRecord> {
+        let Backend::Ebpf(s) = &self.backend else {
+            return Vec::new();
+        };
+        s.b.maps
+            .live
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, r)| r)
+            .filter(|r| r.exit_ns == 0 && r.tgid != 0)
+            .filter(|r| {
+                let running = procfs::read_process_state(r.tgid)
+                    .is_some_and(|(p, exited)| !exited && same_start(p.start_ns, r.start_ns));
+                // Re-read: it may have exited (and moved) meanwhile.
+                !running
+                    && s.b.maps.live.get(&r.tgid, 0).is_ok_and(|now| {
+                        now.exit_ns == 0 && same_start(now.start_ns, r.start_ns)
+                    })
+            })
+            .collect()
+    }
+
     /// Benchmarks only: writes a synthetic record into the eBPF map.
     #[doc(hidden)]
     pub fn insert_for_bench(&mut self, rec: &ProcRecord) -> bool {

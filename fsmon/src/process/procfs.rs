@@ -11,6 +11,8 @@ pub struct StatFields<'a> {
     pub comm: &'a [u8],
     /// State letter (`R`, `S`, `Z` for a zombie, ...).
     pub state: u8,
+    /// The kernel's task flags (`PF_*`) of the thread-group leader.
+    pub flags: u64,
     pub ppid: u32,
     /// Start time in clock ticks since boot.
     pub start_ticks: u64,
@@ -30,10 +32,13 @@ pub fn parse_stat(buf: &[u8]) -> Option<StatFields<'_>> {
     // After the comm: state(0) ppid(1) ... starttime(19).
     let state = *fields.next()?.as_bytes().first()?;
     let ppid = fields.next()?.parse().ok()?;
-    let start_ticks = fields.nth(17)?.parse().ok()?;
+    // pgrp session tty_nr tpgid, then flags.
+    let flags = fields.nth(4)?.parse().ok()?;
+    let start_ticks = fields.nth(12)?.parse().ok()?;
     Some(StatFields {
         comm,
         state,
+        flags,
         ppid,
         start_ticks,
     })
@@ -84,14 +89,16 @@ pub fn read_process(tgid: u32) -> Option<ProcRecord> {
     read_process_state(tgid).map(|(r, _)| r)
 }
 
-/// [`read_process`], and whether the process has exited (a zombie not yet
-/// reaped: `/proc` still shows it, but its exit has already happened, so
-/// it must not be put in the live map).
+/// [`read_process`], and whether the process has exited or is exiting (a
+/// zombie not yet reaped, or a task already in `do_exit`, past the exit
+/// tracepoint: `/proc` still shows it, but it must not be put in the live
+/// map, where nothing would ever remove it).
 pub fn read_process_state(tgid: u32) -> Option<(ProcRecord, bool)> {
     let mut buf = Vec::with_capacity(1024);
     read_small(&format!("/proc/{tgid}/stat"), &mut buf)?;
     let stat = parse_stat(&buf)?;
-    let exited = matches!(stat.state, b'Z' | b'X' | b'x');
+    const PF_EXITING: u64 = 0x4;
+    let exited = matches!(stat.state, b'Z' | b'X' | b'x') || stat.flags & PF_EXITING != 0;
     let mut comm = [0u8; COMM_LEN];
     let n = stat.comm.len().min(COMM_LEN - 1);
     comm[..n].copy_from_slice(&stat.comm[..n]);
@@ -131,6 +138,7 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.comm, b"my (odd) cmd");
         assert_eq!(s.state, b'S');
+        assert_eq!(s.flags, 4194560);
         assert_eq!(s.ppid, 17);
         assert_eq!(s.start_ticks, 987654);
     }
