@@ -638,5 +638,8 @@ fn no_live_record_outlives_its_process() {
             )
         })
         .collect();
-    assert!(stale.is_empty(), "live records of gone processes: {shown:?}");
+    assert!(
+        stale.is_empty(),
+        "live records of gone processes: {shown:?}"
+    );
 }

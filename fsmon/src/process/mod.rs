@@ -358,9 +358,11 @@ impl ProcessTracker {
                     .is_some_and(|(p, exited)| !exited && same_start(p.start_ns, r.start_ns));
                 // Re-read: it may have exited (and moved) meanwhile.
                 !running
-                    && s.b.maps.live.get(&r.tgid, 0).is_ok_and(|now| {
-                        now.exit_ns == 0 && same_start(now.start_ns, r.start_ns)
-                    })
+                    && s.b
+                        .maps
+                        .live
+                        .get(&r.tgid, 0)
+                        .is_ok_and(|now| now.exit_ns == 0 && same_start(now.start_ns, r.start_ns))
             })
             .collect()
     }
