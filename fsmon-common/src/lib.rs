@@ -53,9 +53,13 @@ pub mod counter {
     pub const LIVE_REMOVED: u32 = 1;
     /// Inserts the live map refused (full): a process fsmon will not know.
     pub const LIVE_INSERT_REFUSED: u32 = 2;
-    /// A fork found a record of a process that had not exited under the
-    /// child's pid and replaced it: a live record lost (its exit was missed).
-    pub const LIVE_EVICTED: u32 = 3;
+    /// A fork found, under the child's pid, a record whose process never
+    /// exited as far as the programs saw: its exit was missed (the kernel
+    /// skips tracepoint programs on a CPU where a `bpf()` map syscall is in
+    /// progress; see `recursion_misses`), and the fork replaces it. Nothing
+    /// else ever removes a record of a running process: the live map is a
+    /// plain hash, it evicts nothing.
+    pub const EXIT_MISSED: u32 = 3;
     /// Moves into the exited map that failed.
     pub const EXITED_INSERT_REFUSED: u32 = 4;
     /// Exit notes the ring buffer had no room for (the record then waits in
@@ -63,7 +67,12 @@ pub mod counter {
     pub const RING_FULL: u32 = 5;
     /// Processes that exited (notes sent).
     pub const EXITS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Processes that exited without a record in the live map (older than
+    /// the tracker and not seeded, or never recorded).
+    pub const EXITS_UNRECORDED: u32 = 7;
+    /// Fork tracepoint runs for a process child (not a thread).
+    pub const FORKS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// What the daemon tells the programs ([`SETTINGS_MAP`], index 0).

@@ -182,6 +182,7 @@ pub fn fsmon_fork(ctx: TracePointContext) -> u32 {
         }
         let _ = FSMON_NEW_PROCS.remove(&child);
     }
+    count(counter::FORKS);
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let ids = bpf_get_current_uid_gid();
     let (parent_start_ns, mut tracked) = match unsafe { FSMON_LIVE.get(&parent) } {
@@ -210,13 +211,13 @@ pub fn fsmon_fork(ctx: TracePointContext) -> u32 {
     };
     let inserted = match unsafe { FSMON_LIVE.get(&child) } {
         // The pid is taken again while a record of its previous holder is
-        // still live: either the previous holder's exit was never seen (a
-        // live record lost: counted), or it is an exited ancestor kept for
-        // its children, which goes to the exited map (its children's chains
-        // find it there by start time).
+        // still live: either the previous holder's exit was never seen
+        // (counted: a pid is only reused once its holder is gone), or it is
+        // an exited ancestor kept for its children, which goes to the exited
+        // map (its children's chains find it there by start time).
         Some(old) => {
             if old.exit_ns == 0 {
-                count(counter::LIVE_EVICTED);
+                count(counter::EXIT_MISSED);
             } else {
                 let old = *old;
                 if FSMON_EXITED.insert(&child, &old, 0).is_err() {
@@ -348,6 +349,7 @@ pub fn fsmon_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(p) = FSMON_LIVE.get_ptr_mut(&tgid) else {
+        count(counter::EXITS_UNRECORDED);
         return 0;
     };
     let now = unsafe { bpf_ktime_get_boot_ns() };

@@ -7,9 +7,10 @@ use prometheus::{
 };
 
 /// The `kind` labels of `fsmon_tracker_losses_total`.
-pub const TRACKER_LOSS_KINDS: [&str; 5] = [
+pub const TRACKER_LOSS_KINDS: [&str; 6] = [
     "live_insert_refused",
-    "live_evicted",
+    "exit_missed",
+    "tracepoint_skipped",
     "exited_insert_refused",
     "ring_full",
     "event_process_unknown",
@@ -114,7 +115,8 @@ impl Metrics {
             Opts::new(
                 "fsmon_tracker_losses_total",
                 "Processes the tracker could not keep, by kind (live_insert_refused, \
-                 live_evicted, exited_insert_refused, ring_full, event_process_unknown)",
+                 exit_missed, tracepoint_skipped, exited_insert_refused, ring_full, \
+                 event_process_unknown)",
             ),
             &["kind"],
         )

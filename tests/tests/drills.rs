@@ -704,7 +704,8 @@ fn tracker_losses(h: &Value) -> std::collections::BTreeMap<String, u64> {
         .unwrap_or_else(|| panic!("health has no tracker_losses: {h}"));
     for kind in [
         "live_insert_refused",
-        "live_evicted",
+        "exit_missed",
+        "tracepoint_skipped",
         "exited_insert_refused",
         "ring_full",
         "event_process_unknown",
@@ -714,6 +715,25 @@ fn tracker_losses(h: &Value) -> std::collections::BTreeMap<String, u64> {
     l.iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect()
+}
+
+/// No insert refused, no exit note dropped, no event without its process;
+/// and an exit missed only where the kernel counted a skipped program run
+/// (it skips tracepoint programs on a CPU where any process's `bpf()` map
+/// syscall was preempted: other daemons on a shared machine cause that).
+fn assert_losses_explained(losses: &std::collections::BTreeMap<String, u64>, h: &Value) {
+    for kind in [
+        "live_insert_refused",
+        "exited_insert_refused",
+        "ring_full",
+        "event_process_unknown",
+    ] {
+        assert_eq!(losses[kind], 0, "{kind}: {h}");
+    }
+    assert!(
+        losses["exit_missed"] <= losses["tracepoint_skipped"],
+        "exits missed without a counted skip: {h}"
+    );
 }
 
 /// Runs `fsmon-testkit churn` in `n` parallel forkers; returns their
@@ -878,9 +898,7 @@ fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
     let h = health(&env);
     let losses = tracker_losses(&h);
     println!("churn: tracker losses {losses:?}; {h}");
-    assert_eq!(losses["live_insert_refused"], 0, "{h}");
-    assert_eq!(losses["live_evicted"], 0, "{h}");
-    assert_eq!(losses["ring_full"], 0, "{h}");
+    assert_losses_explained(&losses, &h);
     assert_eq!(
         metric(&env, "fsmon_tracker_losses_total"),
         losses.values().sum::<u64>() as f64
@@ -943,7 +961,7 @@ fn ebpf_burst_of_sleepers_returns_to_idle() {
     });
     let losses = tracker_losses(&h);
     println!("burst: idle {idle}, peak {peak}, after {h}");
-    assert!(losses.values().all(|&v| v == 0), "losses: {losses:?}");
+    assert_losses_explained(&losses, &h);
     assert!(d.stop().success());
 }
 
@@ -1014,7 +1032,7 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
         map_max_after <= map_at_warm * 2 + 2000,
         "map entries grew: {samples:?}"
     );
-    assert!(losses.values().all(|&v| v == 0), "losses: {losses:?}");
+    assert_losses_explained(&losses, &h);
 }
 
 // ---------------------------------------------------------------------------

@@ -735,7 +735,8 @@ impl Process {
             c.inc_by(total.saturating_sub(c.get()));
         };
         set("live_insert_refused", losses.live_insert_refused);
-        set("live_evicted", losses.live_evicted);
+        set("exit_missed", losses.exit_missed);
+        set("tracepoint_skipped", losses.tracepoint_skipped);
         set("exited_insert_refused", losses.exited_insert_refused);
         set("ring_full", losses.ring_full);
         set("event_process_unknown", losses.event_process_unknown);

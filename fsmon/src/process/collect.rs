@@ -66,6 +66,11 @@ impl Collector {
         self.queue.len() + self.kept.len()
     }
 
+    /// Queues an exit the daemon found itself (an exit the kernel skipped).
+    pub fn push(&mut self, note: ExitNote) {
+        self.queue.push_back(Pending { note, rechecks: 0 });
+    }
+
     /// Reads the exit notes the kernel queued since the last call.
     pub fn receive(&mut self, maps: &mut Maps) {
         while let Some(item) = maps.exits.next() {

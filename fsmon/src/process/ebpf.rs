@@ -1,7 +1,10 @@
 //! The eBPF backend of the process tracker: loads `fsmon-ebpf`, attaches its
 //! tracepoints, and gives typed access to its maps. What the daemon does with
 //! them (collection, tracked bits) is in `collect.rs` and `mod.rs`.
-use std::path::{Path, PathBuf};
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -39,6 +42,66 @@ pub struct EbpfBackend {
     /// Attachments made by `load`, by program name (for pinning).
     attached: Vec<(&'static str, TracePointLinkId)>,
     pub maps: Maps,
+    /// The attached programs, for their kernel statistics.
+    programs: Vec<OwnedFd>,
+}
+
+/// A program's descriptor from its id (`BPF_PROG_GET_FD_BY_ID`).
+fn prog_fd_by_id(id: u32) -> Option<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let attr = Attr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for this command, and its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    // SAFETY: a new descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// How many times the kernel skipped a program (`recursion_misses`: it
+/// does not run tracepoint programs on a CPU where another BPF program, or
+/// a `bpf()` map syscall preempted in the middle, is active).
+fn recursion_misses(fd: &OwnedFd) -> u64 {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: a plain C struct; all zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points at a buffer of info_len bytes that lives across
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 { 0 } else { info.recursion_misses }
 }
 
 /// The maps the daemon uses (see fsmon-common for what each holds and who
@@ -201,6 +264,7 @@ impl EbpfBackend {
             .map_err(|e| ebpf_err("loading the object", e))?;
 
         let mut attached = Vec::new();
+        let mut programs = Vec::new();
         let mut attach = |prog: &'static str, category: &str, event: &str| -> Result<()> {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -213,6 +277,9 @@ impl EbpfBackend {
                 .attach(category, event)
                 .map_err(|e| ebpf_err(&format!("attaching {prog} to {category}/{event}"), e))?;
             attached.push((prog, id));
+            if let Some(fd) = tp.info().ok().and_then(|i| prog_fd_by_id(i.id())) {
+                programs.push(fd);
+            }
             Ok(())
         };
         for (prog, category, event) in PROGRAMS {
@@ -241,6 +308,7 @@ impl EbpfBackend {
             prog_id: None,
             attached,
             maps,
+            programs,
         })
     }
 
@@ -283,6 +351,7 @@ impl EbpfBackend {
                 Map::from_map_data(data).map_err(|e| ebpf_err(name, e))
             })?;
             let mut links = Vec::new();
+            let mut programs = Vec::new();
             let mut prog_id = None;
             for (prog, _, _) in PROGRAMS {
                 let path = dir.join(prog);
@@ -295,8 +364,12 @@ impl EbpfBackend {
                     .unpin()
                     .map_err(|e| ebpf_err(&format!("unpinning {prog}"), e))?;
                 // aya-log finds its ring through a program that logs.
+                let id = link.info().ok().map(|i| i.program_id());
                 if prog == "fsmon_fork" {
-                    prog_id = link.info().ok().map(|i| i.program_id());
+                    prog_id = id;
+                }
+                if let Some(fd) = id.and_then(prog_fd_by_id) {
+                    programs.push(fd);
                 }
                 links.push(link);
             }
@@ -312,6 +385,7 @@ impl EbpfBackend {
                 prog_id,
                 attached: Vec::new(),
                 maps,
+                programs,
             })
         })();
         // Whatever happened, leave nothing pinned: a stale pin would keep
@@ -349,6 +423,12 @@ impl EbpfBackend {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+
+    /// Runs of the programs the kernel skipped, summed (see
+    /// [`recursion_misses`]): each may be a fork, exec or exit not seen.
+    pub fn skipped_runs(&self) -> u64 {
+        self.programs.iter().map(recursion_misses).sum()
     }
 
     /// Sets the tracked-command mask for a comm key (0 removes it).

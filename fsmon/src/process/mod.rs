@@ -129,7 +129,17 @@ struct EbpfState {
     /// its size without a walk.
     user_inserted: u64,
     user_removed: u64,
+    /// Program runs the kernel skipped, as last read. Evidence of missed
+    /// exits (skipped runs + exits found missed by a fork) and the live
+    /// map's size as of the last reconciliation, and when that was.
+    skipped: u64,
+    evidence_reconciled: u64,
+    live_reconciled: u64,
+    reconciled_at: u64,
 }
+
+/// At most one reconciliation of the live map per this long.
+const RECONCILE_EVERY_NS: u64 = 10_000_000_000;
 
 /// What the tracker could not keep (all only grow). Any of them growing is
 /// logged in-band (see the pipeline) and shown in metrics and `health`.
@@ -137,8 +147,15 @@ struct EbpfState {
 pub struct TrackerLosses {
     /// The live map was full: a new process is not known to the tracker.
     pub live_insert_refused: u64,
-    /// A live record was replaced before its process's exit was seen.
-    pub live_evicted: u64,
+    /// A record whose process's exit was never seen, replaced when its pid
+    /// was reused (a live record is never evicted: only a fork of the same
+    /// pid, which proves the old holder gone, replaces one).
+    pub exit_missed: u64,
+    /// Runs of the fork/exec/exit programs the kernel skipped (a `bpf()`
+    /// map syscall preempted on that CPU, another BPF program active): each
+    /// may be a process, a name or an exit not seen. When it grows, the
+    /// daemon reconciles the live map with `/proc`.
+    pub tracepoint_skipped: u64,
     /// An exited record could not be moved to the exited map.
     pub exited_insert_refused: u64,
     /// Exit notes the ring buffer had no room for.
@@ -153,7 +170,8 @@ pub struct TrackerLosses {
 impl TrackerLosses {
     pub fn total(&self) -> u64 {
         self.live_insert_refused
-            + self.live_evicted
+            + self.exit_missed
+            + self.tracepoint_skipped
             + self.exited_insert_refused
             + self.ring_full
             + self.event_process_unknown
@@ -240,6 +258,10 @@ impl ProcessTracker {
                         stale: HashMap::new(),
                         user_inserted: 0,
                         user_removed: 0,
+                        skipped: 0,
+                        evidence_reconciled: 0,
+                        live_reconciled: 0,
+                        reconciled_at: 0,
                     };
                     state.seed_from_proc();
                     (Backend::Ebpf(state), None)
@@ -354,15 +376,20 @@ impl ProcessTracker {
             .map(|(_, r)| r)
             .filter(|r| r.exit_ns == 0 && r.tgid != 0)
             .filter(|r| {
-                let running = procfs::read_process_state(r.tgid)
-                    .is_some_and(|(p, exited)| !exited && same_start(p.start_ns, r.start_ns));
+                // Gone from /proc (reaped: its exit tracepoint has run), or
+                // the pid is another process's now. An exiting process or a
+                // zombie may still be between its exit and our program.
+                let gone = match procfs::read_process(r.tgid) {
+                    None => true,
+                    Some(p) => !same_start(p.start_ns, r.start_ns),
+                };
                 // Re-read: it may have exited (and moved) meanwhile.
-                !running
-                    && s.b
-                        .maps
-                        .live
-                        .get(&r.tgid, 0)
-                        .is_ok_and(|now| now.exit_ns == 0 && same_start(now.start_ns, r.start_ns))
+                gone && s
+                    .b
+                    .maps
+                    .live
+                    .get(&r.tgid, 0)
+                    .is_ok_and(|now| now.exit_ns == 0 && same_start(now.start_ns, r.start_ns))
             })
             .collect()
     }
@@ -601,6 +628,28 @@ impl ProcessTracker {
         let now = boot_ns();
         let grace_cutoff = now.saturating_sub(self.exit_grace.as_nanos() as u64);
         s.collector.receive(&mut s.b.maps);
+        // Reconcile the live map with /proc when exits were missed (the
+        // kernel skipped a program run, or a fork found a record whose exit
+        // was never seen) or when it doubled in size since the last time
+        // (a leak of missed exits that nothing counted); never more than
+        // once per RECONCILE_EVERY_NS.
+        s.skipped = s.b.skipped_runs();
+        let evidence = s.skipped + s.b.maps.counter(counter::EXIT_MISSED);
+        let live = live_size(s);
+        if (evidence > s.evidence_reconciled || live > 2 * s.live_reconciled + 1024)
+            && now.saturating_sub(s.reconciled_at) >= RECONCILE_EVERY_NS
+        {
+            s.reconciled_at = now;
+            let n = s.reconcile(now);
+            s.evidence_reconciled = evidence;
+            s.live_reconciled = live_size(s);
+            if evidence > 0 || n > 0 {
+                log::warn!(
+                    "process tracker: {evidence} signs of missed exits so far; reconciled the \
+                     live map with /proc ({n} records of gone processes moved out)"
+                );
+            }
+        }
         let mut gone = Vec::new();
         let collected = s.collector.collect(
             &mut s.b.maps,
@@ -627,16 +676,34 @@ impl ProcessTracker {
         }
     }
 
+    /// Tests only: reconciles the live map with /proc now (the daemon does
+    /// it when exits were missed); returns how many records moved out.
+    #[doc(hidden)]
+    pub fn reconcile_now(&mut self) -> usize {
+        match &mut self.backend {
+            Backend::Ebpf(s) => s.reconcile(boot_ns()),
+            Backend::Procfs(_) => 0,
+        }
+    }
+
+    /// The kernel counters (`fsmon_common::counter`), for tests and
+    /// diagnostics.
+    #[doc(hidden)]
+    pub fn kernel_counters(&self) -> Vec<u64> {
+        match &self.backend {
+            Backend::Ebpf(s) => s.b.maps.all_counters().to_vec(),
+            Backend::Procfs(_) => Vec::new(),
+        }
+    }
+
     /// Sizes of the eBPF maps (zero for the /proc tracker).
     pub fn sizes(&self) -> TrackerSizes {
         let Backend::Ebpf(s) = &self.backend else {
             return TrackerSizes::default();
         };
         let m = &s.b.maps;
-        let inserted = m.counter(counter::LIVE_INSERTED) + s.user_inserted;
-        let removed = m.counter(counter::LIVE_REMOVED) + s.user_removed + s.collector.removed_live;
         TrackerSizes {
-            live: inserted.saturating_sub(removed),
+            live: live_size(s),
             exited: s.collector.pending() as u64,
             capacity: m.capacity as u64,
         }
@@ -650,12 +717,21 @@ impl ProcessTracker {
         let c = s.b.maps.all_counters();
         TrackerLosses {
             live_insert_refused: c[counter::LIVE_INSERT_REFUSED as usize],
-            live_evicted: c[counter::LIVE_EVICTED as usize],
+            exit_missed: c[counter::EXIT_MISSED as usize],
+            tracepoint_skipped: s.skipped,
             exited_insert_refused: c[counter::EXITED_INSERT_REFUSED as usize],
             ring_full: c[counter::RING_FULL as usize],
             event_process_unknown: self.unknown_event_processes,
         }
     }
+}
+
+/// Records in the live map, from counts of inserts and removals.
+fn live_size(s: &EbpfState) -> u64 {
+    let m = &s.b.maps;
+    let inserted = m.counter(counter::LIVE_INSERTED) + s.user_inserted;
+    let removed = m.counter(counter::LIVE_REMOVED) + s.user_removed + s.collector.removed_live;
+    inserted.saturating_sub(removed)
 }
 
 impl EbpfState {
@@ -775,6 +851,52 @@ impl EbpfState {
         true
     }
 
+    /// After the kernel skipped exit programs: moves records of processes
+    /// that are gone (not in `/proc`, or their pid is another process's) to
+    /// the exited map and queues them for collection, as their exit would
+    /// have. The one walk of the live map, and only when a skip was counted.
+    fn reconcile(&mut self, now: u64) -> usize {
+        let records: Vec<ProcRecord> = self
+            .b
+            .maps
+            .live
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, r)| r)
+            .filter(|r| r.exit_ns == 0 && r.start_ns != 0)
+            .collect();
+        let mut moved = 0;
+        for mut r in records {
+            let gone = match procfs::read_process(r.tgid) {
+                None => true,
+                Some(p) => !same_start(p.start_ns, r.start_ns),
+            };
+            // Re-read: the kernel may have recorded its exit meanwhile.
+            let still = self
+                .b
+                .maps
+                .live
+                .get(&r.tgid, 0)
+                .is_ok_and(|now| now.exit_ns == 0 && same_start(now.start_ns, r.start_ns));
+            if !gone || !still {
+                continue;
+            }
+            r.exit_ns = now;
+            let _ = self.b.maps.exited.insert(r.tgid, r, ebpf::BPF_NOEXIST);
+            if self.b.maps.live.remove(&r.tgid).is_ok() {
+                self.user_removed += 1;
+                moved += 1;
+                self.collector.push(fsmon_common::ExitNote {
+                    tgid: r.tgid,
+                    kept_live: 0,
+                    start_ns: r.start_ns,
+                    exit_ns: now,
+                });
+            }
+        }
+        moved
+    }
+
     /// Tracked bits of a record: the kernel's, plus those the daemon gave a
     /// process older than its tracking, minus untracked ones.
     fn tracked_bits(&self, r: &ProcRecord) -> u64 {
@@ -828,6 +950,17 @@ impl EbpfState {
     /// their future children inherit the bit). New processes get the bit
     /// from the kernel at exec and fork; this covers those already there.
     fn retro_tag(&mut self, key: &[u8; COMM_LEN], bit: u64) {
+        /// What two sources say about a process: the map (fork-time parent,
+        /// comm as of the last exec the programs saw) and `/proc` (current
+        /// parent, comm set at exec before the exec tracepoint runs).
+        #[derive(Default)]
+        struct Node {
+            comms: Vec<[u8; COMM_LEN]>,
+            parents: Vec<u32>,
+            start_ns: u64,
+            running: bool,
+        }
+        let mut nodes: HashMap<u32, Node> = HashMap::new();
         let raw: Vec<ProcRecord> = self
             .b
             .maps
@@ -836,40 +969,69 @@ impl EbpfState {
             .filter_map(|r| r.ok())
             .map(|(_, v)| v)
             .collect();
-        let all: Vec<ProcRecord> = raw.into_iter().map(|r| self.complete(r)).collect();
-        let by_pid: HashMap<u32, &ProcRecord> = all.iter().map(|r| (r.tgid, r)).collect();
-        let mut memo: HashMap<u32, bool> = HashMap::new();
+        for r in raw.into_iter().map(|r| self.complete(r)) {
+            let n = nodes.entry(r.tgid).or_default();
+            n.comms.push(r.comm);
+            n.parents.push(r.ppid);
+            n.start_ns = r.start_ns;
+            n.running |= r.exit_ns == 0;
+        }
+        // /proc as well: the programs' walk of a map that changes meanwhile
+        // is no snapshot, and a process exec'ing right now may already show
+        // its new name there while its exec tracepoint looked up the tracked
+        // mask before it was set.
+        for pid in procfs::all_pids() {
+            if let Some((p, false)) = procfs::read_process_state(pid) {
+                let n = nodes.entry(pid).or_default();
+                n.comms.push(p.comm);
+                n.parents.push(p.ppid);
+                if n.start_ns == 0 {
+                    n.start_ns = p.start_ns;
+                }
+                n.running = true;
+            }
+        }
         fn marked(
             pid: u32,
             key: &[u8; COMM_LEN],
-            by_pid: &HashMap<u32, &ProcRecord>,
+            nodes: &HashMap<u32, Node>,
             memo: &mut HashMap<u32, bool>,
             depth: usize,
         ) -> bool {
             if let Some(&m) = memo.get(&pid) {
                 return m;
             }
-            let m = match by_pid.get(&pid) {
+            memo.insert(pid, false); // cycle guard
+            let m = match nodes.get(&pid) {
                 None => false,
-                Some(r) if &r.comm == key => true,
-                Some(r) if r.ppid == 0 || r.ppid == pid || depth >= MAX_CHAIN_DEPTH => false,
-                Some(r) => marked(r.ppid, key, by_pid, memo, depth + 1),
+                Some(n) if n.comms.iter().any(|c| c == key) => true,
+                Some(_) if depth >= MAX_CHAIN_DEPTH => false,
+                Some(n) => n
+                    .parents
+                    .iter()
+                    .filter(|&&pp| pp != 0 && pp != pid)
+                    .any(|&pp| marked(pp, key, nodes, memo, depth + 1)),
             };
             memo.insert(pid, m);
             m
         }
-        for r in &all {
-            if r.exit_ns == 0 && marked(r.tgid, key, &by_pid, &mut memo, 0) {
-                let entry = self.seeded.entry(r.tgid).or_default();
-                if !same_start(entry.start_ns, r.start_ns) {
-                    entry.bits = 0;
-                }
-                entry.start_ns = r.start_ns;
-                entry.bits |= bit;
-                let value = *entry;
-                // The daemon is this map's only writer.
-                let _ = self.b.maps.seeded.insert(r.tgid, value, 0);
+        let mut memo: HashMap<u32, bool> = HashMap::new();
+        let pids: Vec<u32> = nodes.keys().copied().collect();
+        for pid in pids {
+            let n = &nodes[&pid];
+            if !n.running || !marked(pid, key, &nodes, &mut memo, 0) {
+                continue;
             }
+            let start_ns = n.start_ns;
+            let entry = self.seeded.entry(pid).or_default();
+            if !same_start(entry.start_ns, start_ns) {
+                entry.bits = 0;
+            }
+            entry.start_ns = start_ns;
+            entry.bits |= bit;
+            let value = *entry;
+            // The daemon is this map's only writer.
+            let _ = self.b.maps.seeded.insert(pid, value, 0);
         }
     }
 
