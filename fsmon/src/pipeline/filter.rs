@@ -1,4 +1,13 @@
-//! Stage 5, filter: which groups log an event, and as which types.
+//! Stage 5, filter: which events are logged, by which groups, as which
+//! types. Every filtering decision is here, in two halves:
+//!
+//! - [`at_capture`], on the capture thread, before an event costs a batch
+//!   slot: the types no group asks for, the daemon's own events, events
+//!   outside every watched tree (scope, as the resolver placed the path)
+//!   and events the daemon's user may not see;
+//! - [`CompiledGroup::logs`], on the process thread, per group: the path's
+//!   entries (recursive or direct children), their types, the size filter,
+//!   and for a command group, membership of the process (its chain).
 //!
 //! Groups come from the store. A group matches an event when one of its
 //! paths covers the event's path (recursively, or as a direct child), the
@@ -6,7 +15,11 @@
 //! command group, the process descends from a process that exec'd it.
 use std::sync::Arc;
 
-use super::scope::{Scope, WatchRoot, child_of, under};
+use super::{
+    Captured,
+    resolve::Resolution,
+    scope::{Scope, WatchRoot, child_of, under},
+};
 use crate::{
     filters::SizeFilter,
     store::{GLOBAL, Store},
@@ -30,7 +43,68 @@ pub struct CompiledGroup {
     pub types: u64,
 }
 
+/// What the capture stage does with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureVerdict {
+    /// Hand it on with these types (a subset of what groups ask for).
+    Keep { types: u64, unresolved: bool },
+    /// Inside a watched tree, but the daemon's user may not see it
+    /// (counted in `fsmon_events_hidden_total`).
+    Hidden,
+    /// Nobody asked for it: no wanted type, fsmon's own, or outside.
+    Drop,
+}
+
+/// The capture half of filtering: `types` of an event by `pid` that the
+/// resolver placed as `resolution`; `wanted_types` is what any group asks
+/// for, `self_pid` the daemon (its own log writes are never reported).
+pub fn at_capture(
+    types: u64,
+    wanted_types: u64,
+    pid: u32,
+    self_pid: u32,
+    resolution: Resolution,
+) -> CaptureVerdict {
+    let types = types & wanted_types;
+    if types == 0 || pid == self_pid {
+        return CaptureVerdict::Drop;
+    }
+    match resolution {
+        Resolution::Path {
+            inside: true,
+            visible: true,
+        } => CaptureVerdict::Keep {
+            types,
+            unresolved: false,
+        },
+        Resolution::Unresolved => CaptureVerdict::Keep {
+            types,
+            unresolved: true,
+        },
+        Resolution::Path {
+            inside: true,
+            visible: false,
+        } => CaptureVerdict::Hidden,
+        _ => CaptureVerdict::Drop,
+    }
+}
+
 impl CompiledGroup {
+    /// The process half of filtering, for this group: the types it logs for
+    /// the captured event `c` at `path`. `member(cmd)` says whether the
+    /// event's process belongs to the command `cmd`; it is asked only for
+    /// a command group, and only when the path and types matched.
+    pub fn logs(&self, c: &Captured, path: &str, member: impl FnOnce(&str) -> bool) -> u64 {
+        let types = self.match_types(path, c.types, c.size, c.unresolved);
+        if types == 0 {
+            return 0;
+        }
+        match &self.cmd {
+            Some(cmd) if !member(cmd) => 0,
+            _ => types,
+        }
+    }
+
     /// The subset of `mask` this group logs for an event at `path`.
     /// Unresolved events (path unknown) match on type alone.
     pub fn match_types(&self, path: &str, mask: u64, size: u64, unresolved: bool) -> u64 {
@@ -116,6 +190,42 @@ impl GroupSet {
 mod tests {
     use super::*;
     use crate::{event::EventType, store::PathOptions};
+
+    #[test]
+    fn capture_keeps_only_wanted_foreign_visible_events() {
+        const C: u64 = EventType::Create.mask();
+        const M: u64 = EventType::Modify.mask();
+        let inside = Resolution::Path {
+            inside: true,
+            visible: true,
+        };
+        let keep = |types, unresolved| CaptureVerdict::Keep { types, unresolved };
+        assert_eq!(at_capture(C | M, C, 5, 9, inside), keep(C, false));
+        assert_eq!(
+            at_capture(C, C, 5, 9, Resolution::Unresolved),
+            keep(C, true)
+        );
+        // No group wants it, or it is the daemon's own.
+        assert_eq!(at_capture(M, C, 5, 9, inside), CaptureVerdict::Drop);
+        assert_eq!(at_capture(C, C, 9, 9, inside), CaptureVerdict::Drop);
+        // Outside every tree; inside but not the user's to see.
+        let outside = Resolution::Path {
+            inside: false,
+            visible: true,
+        };
+        assert_eq!(at_capture(C, C, 5, 9, outside), CaptureVerdict::Drop);
+        assert_eq!(
+            at_capture(C, C, 5, 9, Resolution::Drop),
+            CaptureVerdict::Drop
+        );
+        let hidden = Resolution::Path {
+            inside: true,
+            visible: false,
+        };
+        assert_eq!(at_capture(C, C, 5, 9, hidden), CaptureVerdict::Hidden);
+        // Hidden is only counted for events someone would have logged.
+        assert_eq!(at_capture(M, C, 5, 9, hidden), CaptureVerdict::Drop);
+    }
 
     #[test]
     fn matching() {

@@ -44,6 +44,7 @@ const CREATE: u64 = EventType::Create.mask();
 const DELETE: u64 = EventType::Delete.mask();
 const MOVED_TO: u64 = EventType::MovedTo.mask();
 const ATTRIB: u64 = EventType::Attrib.mask();
+#[cfg(test)]
 const CLOSE_WRITE: u64 = EventType::CloseWrite.mask();
 const SELF_EVENTS: u64 = EventType::DeleteSelf.mask() | EventType::MoveSelf.mask();
 
@@ -111,7 +112,6 @@ pub struct ResolverStats {
     pub unresolved_outside: u64,
     /// Events inside a watched tree that the daemon's user may not see.
     pub hidden: u64,
-    pub size_entries: u64,
 }
 
 /// What the resolver made of one event.
@@ -149,9 +149,6 @@ pub struct PathResolver {
     generation: u64,
     scope: Scope,
     mounts: HashMap<u64, Mount>,
-    /// Last size seen per file (object handle), for DELETE and MOVED_FROM,
-    /// whose file is no longer at its path when we read the event.
-    sizes: moka::sync::Cache<Box<[u8]>, u64>,
     /// Handles of watched paths that are files (their self events count).
     watched_files: HashMap<Box<[u8]>, String>,
     capacity: usize,
@@ -270,20 +267,12 @@ fn entries(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(Vec<u8>, u64, bool)>> {
 }
 
 impl PathResolver {
-    pub fn new(
-        dir_capacity: u64,
-        dir_ttl: Duration,
-        size_capacity: u64,
-        access: Option<UserAccess>,
-    ) -> Self {
+    pub fn new(dir_capacity: u64, dir_ttl: Duration, access: Option<UserAccess>) -> Self {
         Self {
             dirs: HashMap::new(),
             generation: 1,
             scope: Scope::default(),
             mounts: HashMap::new(),
-            sizes: moka::sync::Cache::builder()
-                .max_capacity(size_capacity)
-                .build(),
             watched_files: HashMap::new(),
             capacity: dir_capacity as usize,
             ttl_secs: dir_ttl.as_secs().min(u32::MAX as u64) as u32,
@@ -1010,22 +999,6 @@ impl PathResolver {
         Some(st.st_size as u64)
     }
 
-    /// Records the size just seen for a written file, so its DELETE can
-    /// report it later (by then the file is gone).
-    pub fn remember_size(&mut self, ev: &RawEvent<'_>, size: u64) {
-        if ev.mask & CLOSE_WRITE != 0
-            && ev.mask & FAN_ONDIR == 0
-            && let Some(obj) = ev.object
-        {
-            self.sizes.insert(obj.key.into(), size);
-        }
-    }
-
-    /// Last known size of the event's object (for DELETE / MOVED_FROM).
-    pub fn last_size(&self, ev: &RawEvent<'_>) -> Option<u64> {
-        self.sizes.get(ev.object?.key)
-    }
-
     /// Events were lost: directories created meanwhile are unknown until the
     /// watched trees are walked again.
     pub fn mark_incomplete(&mut self) {
@@ -1085,7 +1058,6 @@ impl PathResolver {
             );
         }
         self.stats.dir_entries = self.dirs.len() as u64;
-        self.stats.size_entries = self.sizes.entry_count();
     }
 }
 
@@ -1107,7 +1079,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b/c")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: root.to_string_lossy().into(),
             recursive: true,
@@ -1143,7 +1115,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: root.to_string_lossy().into(),
             recursive: true,
@@ -1192,7 +1164,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("x/y")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
         r.add_mount(&root).unwrap();
         let (key, fsid, h) = fid_for(&root.join("x/y"));
         let ev = RawEvent {
@@ -1228,7 +1200,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), 100, None);
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: root.to_string_lossy().into(),
             recursive: true,
@@ -1373,7 +1345,7 @@ mod tests {
     }
 
     fn watching(root: &Path, access: Option<UserAccess>) -> PathResolver {
-        let mut r = PathResolver::new(100_000, Duration::from_secs(60), 100, access);
+        let mut r = PathResolver::new(100_000, Duration::from_secs(60), access);
         r.set_scope(Scope::from_roots(vec![WatchRoot {
             path: escape::encode_path(root).into_owned(),
             recursive: true,
