@@ -163,8 +163,9 @@ pub struct Config {
     pub proc_ttl: Duration,
     pub stats_interval: Option<Duration>,
     pub buffer_size: usize,
-    /// None: unbounded.
-    pub channel_capacity: Option<usize>,
+    /// Bound of the capture -> process queue, in events (also bounded in
+    /// bytes: `pipeline::queue::MAX_BYTES`).
+    pub channel_capacity: usize,
     pub subscribe_buf: usize,
     pub metrics_listen: Option<String>,
     pub tracker: TrackerChoice,
@@ -265,15 +266,11 @@ impl Config {
                 ),
             ));
         }
-        let channel_capacity = match cache.channel_capacity {
-            Some(0) => {
-                return Err(at(
-                    "cache.channel_capacity",
-                    "must be greater than 0 (omit it for unbounded)".into(),
-                ));
-            }
-            other => other,
-        };
+        let channel_capacity = positive(
+            "cache.channel_capacity",
+            cache.channel_capacity.map(|v| v as u64),
+            crate::pipeline::queue::DEFAULT_EVENTS as u64,
+        )? as usize;
         let subscribe_buf = positive(
             "cache.subscribe_buf",
             cache.subscribe_buf.map(|v| v as u64),
@@ -434,7 +431,7 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # proc_ttl_secs = 600         # /proc tracker cache TTL (fallback tracker only)
 # stats_interval_secs = 60    # log cache statistics every N seconds (0 = never)
 # buffer_size = 32768         # fanotify read buffer (4096..=1048576)
-# channel_capacity = 1024     # not set by default (unbounded); bound of the capture -> process queue, in events
+# channel_capacity = 8192     # bound of the capture -> process queue, in events (and 1 MiB); a storm waits in the kernel queue
 # subscribe_buf = 4096        # per-subscriber buffer, in events
 
 [metrics]
@@ -477,15 +474,14 @@ mod tests {
         assert_eq!(c.client_limits.total, crate::clients::DEFAULT_MAX_CLIENTS);
         assert_eq!(c.socket_timeout, crate::control::DEFAULT_TIMEOUT);
         assert_eq!(c.buffer_size, 32768);
-        assert_eq!(c.channel_capacity, None);
+        assert_eq!(c.channel_capacity, 8192, "bounded by default");
         assert_eq!(c.sync_interval, None, "sync is off by default");
         assert!(c.file.is_none());
     }
 
     /// The settings the template shows with an example value, because they
     /// are not set by default; each with its field in `Config` (None there).
-    const TEMPLATE_EXAMPLES: [&str; 4] =
-        ["disk_min_free", "channel_capacity", "listen", "queue_size"];
+    const TEMPLATE_EXAMPLES: [&str; 3] = ["disk_min_free", "listen", "queue_size"];
 
     /// Every commented `# key = value` line of the template, uncommented and
     /// stripped of its trailing comment: the values the template claims
@@ -539,11 +535,10 @@ mod tests {
             format!("{absent:#?}"),
             "the template's values differ from the defaults:\n{text}"
         );
-        // Every setting is there: 24 in the template, 4 of them examples.
-        assert_eq!(keys, 20, "{text}");
+        // Every setting is there: 24 in the template, 3 of them examples.
+        assert_eq!(keys, 21, "{text}");
         // The example-only settings really are off by default.
         assert!(absent.disk_min_free.is_none());
-        assert!(absent.channel_capacity.is_none());
         assert!(absent.metrics_listen.is_none());
         assert!(absent.queue_size.is_none());
         // And the template as written (all commented) is the defaults too,

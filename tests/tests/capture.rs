@@ -116,6 +116,36 @@ fn sigterm_writes_every_event_read() {
     }
 }
 
+/// The queue between the capture and process threads is bounded: with a
+/// bound of 16 events, a burst waits in the kernel queue instead, and
+/// nothing is lost, even when the daemon is stopped right after it (the
+/// capture thread keeps reading until the kernel queue is empty).
+#[test]
+fn a_burst_through_a_tiny_bound_loses_nothing() {
+    let env = Env::with_config("[cache]\nchannel_capacity = 16\n");
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    for i in 0..3000 {
+        fs::write(env.watch.join(format!("f{i}")), b"").unwrap();
+    }
+    assert!(d.stop().success());
+    let evs = env.events("_global");
+    assert!(
+        evs.iter().all(|e| e["event_type"] != "Q_OVERFLOW"),
+        "the kernel queue (16,384) holds the burst"
+    );
+    let created = paths_of(&evs, "CREATE");
+    for i in 0..3000 {
+        let p = env.watch.join(format!("f{i}"));
+        assert!(
+            created.contains(p.to_str().unwrap()),
+            "missing CREATE of {}",
+            p.display()
+        );
+    }
+    assert_eq!(created.len(), 3000);
+}
+
 #[test]
 fn mkdir_p_then_touch_at_full_speed_loses_nothing() {
     let env = Env::new();

@@ -45,7 +45,7 @@ fn apply_flags(ctx: &mut Context, a: &DaemonArgs) -> Result<()> {
         c.buffer_size = b;
     }
     if let Some(n) = a.channel_capacity {
-        c.channel_capacity = Some(positive("channel-capacity", n as u64)? as usize);
+        c.channel_capacity = positive("channel-capacity", n as u64)? as usize;
     }
     if let Some(n) = a.subscribe_buf {
         c.subscribe_buf = positive("subscribe-buf", n as u64)? as usize;

@@ -6,11 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -21,6 +17,7 @@ use super::{
     filter::{self, CaptureVerdict, GroupSet},
     parse,
     process::ToProcess,
+    queue::{InFlight, MAX_BATCH_BYTES},
     read::EventReader,
     resolve::PathResolver,
     sizes::FileSizes,
@@ -65,8 +62,9 @@ pub struct Capture {
     kernel_types: u64,
     out: mpsc::Sender<ToProcess>,
     recycle: mpsc::Receiver<Batch>,
-    in_flight: Arc<AtomicUsize>,
-    capacity: Option<usize>,
+    in_flight: Arc<InFlight>,
+    /// The bound in events of the queue to the process thread.
+    capacity: usize,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     self_pid: u32,
@@ -87,8 +85,8 @@ pub struct CaptureParts {
     pub sizes: FileSizes,
     pub out: mpsc::Sender<ToProcess>,
     pub recycle: mpsc::Receiver<Batch>,
-    pub in_flight: Arc<AtomicUsize>,
-    pub capacity: Option<usize>,
+    pub in_flight: Arc<InFlight>,
+    pub capacity: usize,
     pub metrics: Arc<Metrics>,
     pub status: Arc<Status>,
     pub stats_interval: Option<Duration>,
@@ -144,8 +142,13 @@ impl Capture {
                     ToCapture::Shutdown => shutting_down = true,
                 }
             }
-            self.drain(&mut batch);
+            let mut emptied = self.drain(&mut batch);
             if shutting_down {
+                // Everything the kernel queued before the stop is written:
+                // held back by the bound, wait for the process thread.
+                while !emptied {
+                    emptied = self.drain(&mut batch);
+                }
                 return;
             }
             if Instant::now() >= next_sweep {
@@ -197,19 +200,16 @@ impl Capture {
         bump(&m.events_hidden, s.hidden);
     }
 
-    /// Reads until the queue is empty, sending batches on.
-    fn drain(&mut self, batch: &mut Batch) {
+    /// Reads until the kernel queue is empty (true), or until the queue to
+    /// the process thread is full (false: backpressure, the rest waits in
+    /// the kernel's queue), sending batches on.
+    fn drain(&mut self, batch: &mut Batch) -> bool {
         loop {
-            // Back-pressure: with a bounded channel, stop reading while the
-            // process thread is that far behind (the kernel queue fills, and
-            // overflows are reported).
-            if let Some(cap) = self.capacity
-                && self.in_flight.load(Ordering::Acquire) >= cap
-            {
+            if self.in_flight.full(self.capacity) {
                 std::thread::sleep(Duration::from_millis(1));
-                if self.in_flight.load(Ordering::Acquire) >= cap {
+                if self.in_flight.full(self.capacity) {
                     self.send(batch);
-                    return;
+                    return false;
                 }
             }
             let before = boot_ns();
@@ -218,13 +218,13 @@ impl Capture {
                 Err(e) => {
                     log::error!("reading fanotify events: {e}");
                     std::thread::sleep(Duration::from_millis(100));
-                    return;
+                    return true;
                 }
             };
             if data.is_empty() {
                 batch.drained_before = Some(before);
                 self.send(batch);
-                return;
+                return true;
             }
             let queued_before = boot_ns();
             if batch.read_at.is_none() {
@@ -301,7 +301,7 @@ impl Capture {
                 self.resolver.mark_incomplete();
                 self.walk_roots();
             }
-            if batch.items.len() >= MAX_BATCH {
+            if batch.items.len() >= MAX_BATCH || batch.paths.len() >= MAX_BATCH_BYTES {
                 self.send(batch);
             }
         }
@@ -314,7 +314,7 @@ impl Capture {
         let mut next = self.recycle.try_recv().unwrap_or_default();
         next.clear();
         let full = std::mem::replace(batch, next);
-        self.in_flight.fetch_add(full.items.len(), Ordering::AcqRel);
+        self.in_flight.add(&full);
         let _ = self.out.send(ToProcess::Batch(full));
     }
 

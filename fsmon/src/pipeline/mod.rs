@@ -24,6 +24,7 @@ pub mod emit;
 pub mod filter;
 pub mod parse;
 pub mod process;
+pub mod queue;
 pub mod read;
 pub mod resolve;
 pub mod scope;
@@ -33,7 +34,7 @@ pub mod write;
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -120,7 +121,8 @@ pub struct Status {
 
 pub struct PipelineConfig {
     pub buffer_size: usize,
-    pub channel_capacity: Option<usize>,
+    /// Bound of the capture -> process queue, in events (see [`queue`]).
+    pub channel_capacity: usize,
     pub local_time: bool,
     pub sync_interval: Option<Duration>,
     pub dir_capacity: u64,
@@ -155,7 +157,7 @@ impl Pipeline {
         let (capture_tx, capture_rx) = mpsc::channel();
         let (process_tx, process_rx) = mpsc::channel();
         let (recycle_tx, recycle_rx) = mpsc::channel();
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(queue::InFlight::default());
         let (subscribe, _) = tokio::sync::broadcast::channel(cfg.subscribe_buf);
         metrics
             .tracker_active

@@ -6,11 +6,7 @@
 use std::{
     borrow::Cow,
     collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-        mpsc,
-    },
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -18,7 +14,7 @@ use chrono::Utc;
 
 use super::{
     Batch, Captured, Item, SubEvent, attribute::Attributor, clock::Clock, emit::emit,
-    filter::GroupSet, write::LogSet,
+    filter::GroupSet, queue::InFlight, write::LogSet,
 };
 use crate::{
     event::{EventType, FileEvent, OVERFLOW_TYPE, TRACKER_LOSS_TYPE},
@@ -48,7 +44,7 @@ pub struct Process {
     /// Counter handles by group index x event type, resolved on first use.
     counters: Vec<Option<prometheus::IntCounter>>,
     recycle: mpsc::Sender<Batch>,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<InFlight>,
     drained_before: u64,
     sync_interval: Option<Duration>,
     line: String,
@@ -64,7 +60,7 @@ pub struct ProcessParts {
     pub subscribe: tokio::sync::broadcast::Sender<Arc<SubEvent>>,
     pub metrics: Arc<Metrics>,
     pub recycle: mpsc::Sender<Batch>,
-    pub in_flight: Arc<AtomicUsize>,
+    pub in_flight: Arc<InFlight>,
     pub sync_interval: Option<Duration>,
 }
 
@@ -204,7 +200,7 @@ impl Process {
             }
             self.flush();
         }
-        self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        self.in_flight.done(&b);
         b.clear();
         let _ = self.recycle.send(b);
     }
@@ -358,7 +354,7 @@ mod tests {
             subscribe,
             metrics: metrics.clone(),
             recycle,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(InFlight::default()),
             sync_interval: None,
         });
         let store = Store {
