@@ -171,6 +171,11 @@ pub struct AddArgs {
     pub types: Vec<String>,
     #[arg(long, value_name = "FILTER", help = SIZE_HELP, value_hint = ValueHint::Other)]
     pub size: Option<String>,
+    /// How the kernel watches the path: one mark on its filesystem, inode
+    /// marks on each directory of the tree, or auto (a filesystem mark where
+    /// the kernel allows one, else inode marks)
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["auto", "filesystem", "inode"])]
+    pub mark: String,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,9 @@ pub enum Request {
         types: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<String>,
+        /// `filesystem`, `inode` or `auto` (absent: auto).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mark: Option<String>,
     },
     Remove {
         group: String,

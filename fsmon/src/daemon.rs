@@ -426,8 +426,14 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
             recursive,
             types,
             size,
+            mark,
         } => {
             store::validate_group(&group)?;
+            let mark = mark
+                .as_deref()
+                .map(crate::marks::MarkKind::parse)
+                .transpose()?
+                .unwrap_or_default();
             // Resolved and checked with the user's credentials: the user
             // may watch only what the user may read.
             let (path, pending) = state.fs.run(move || -> crate::Result<_> {
@@ -443,6 +449,7 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
                 recursive,
                 types,
                 size,
+                mark,
             };
             update_store(state, |s| s.add(&group, &path_str, opts.clone()), &path_str)?;
             Ok(json!({"ok": true, "group": group, "path": path_str, "pending": pending}))
@@ -509,12 +516,24 @@ fn update_store(state: &State, change: impl FnOnce(&mut Store), path: &str) -> c
 fn health(state: &State) -> serde_json::Value {
     let info = state.pipeline.status.info.lock().unwrap().clone();
     let store = state.store.lock().unwrap();
+    let marks = &info.marks;
     let paths: Vec<serde_json::Value> = store
         .groups
         .iter()
         .flat_map(|g| {
             g.paths.iter().map(move |(p, o)| {
-                json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !crate::escape::as_path(p).exists()})
+                let got = marks.iter().find(|m| m.path == *p);
+                let mut v = json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !crate::escape::as_path(p).exists()});
+                if let Some(m) = got {
+                    v["mark"] = json!(m.mark);
+                    if let Some(why) = &m.why {
+                        v["why"] = json!(why);
+                    }
+                    if let Some(d) = m.dirs {
+                        v["marked_dirs"] = json!(d);
+                    }
+                }
+                v
             })
         })
         .collect();
@@ -542,6 +561,7 @@ fn health(state: &State) -> serde_json::Value {
         "groups": store.groups.iter().filter(|g| !g.paths.is_empty()).count(),
         "paths": paths,
         "store_unparsed": store.unparsed.iter().map(|u| json!({"path": state.cfg.store_path, "line": u.line, "error": u.reason})).collect::<Vec<_>>(),
+        "inode_marks": info.inode_marks,
         "watch_errors": info.watch_errors.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
         "log_dir": state.cfg.log_dir,
         "events_logged": logged,

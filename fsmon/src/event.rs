@@ -239,6 +239,10 @@ pub struct FileEvent<'a> {
     /// to a path; `path` then holds what is known (the file name).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
+    /// Found by the scan of a new directory (inode marks) rather than
+    /// reported by the kernel: no process is known (`pid` 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scan: bool,
     /// On a `Q_OVERFLOW` record: events were lost (count unknown to the
     /// kernel interface, so this is a flag, not a number). On a
     /// `TRACKER_LOSS` record: processes were lost.

@@ -15,6 +15,7 @@ pub mod event;
 pub mod fanotify;
 pub mod filters;
 pub mod logfile;
+pub mod marks;
 pub mod metrics;
 pub mod pipeline;
 pub mod safefs;

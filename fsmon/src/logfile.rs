@@ -1166,6 +1166,7 @@ mod tests {
             cgroup: None,
             container: None,
             unresolved: false,
+            scan: false,
             lost: false,
         };
         serde_json::to_string(&event).unwrap() + "\n"

@@ -18,6 +18,7 @@ use crate::{
     error::{Error, Result},
     event::{EventType, TypeSet},
     filters::SizeFilter,
+    marks::MarkKind,
     safefs,
     userfs::UserFs,
 };
@@ -33,6 +34,9 @@ pub struct PathOptions {
     pub types: Vec<EventType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<SizeFilter>,
+    /// The kind of mark asked for (absent in the line when `auto`).
+    #[serde(default, skip_serializing_if = "MarkKind::is_auto")]
+    pub mark: MarkKind,
 }
 
 impl PathOptions {
@@ -409,6 +413,7 @@ mod tests {
             recursive: true,
             types: vec![EventType::Modify, EventType::Create],
             size: None,
+            mark: Default::default(),
         };
         s.add("nginx", "/var/www/myapp", opts.clone());
         let lines: Vec<String> = s.lines().collect();

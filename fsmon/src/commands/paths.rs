@@ -10,6 +10,7 @@ use crate::{
     control::{Client, Request},
     error::Error,
     filters::SizeFilter,
+    marks::MarkKind,
     store::{self, PathOptions, Store, StoreLock},
     userfs,
 };
@@ -28,6 +29,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     store::validate_group(&args.group)?;
     let types = store::parse_types(&args.types)?;
     let size = args.size.as_deref().map(SizeFilter::parse).transpose()?;
+    let mark = MarkKind::parse(&args.mark)?;
     let cwd = std::env::current_dir()?;
     // Resolved and checked as the user: a path the user may not read is
     // refused here (and again by the daemon, with the same rule).
@@ -59,6 +61,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                 recursive: args.recursive,
                 types: types.iter().map(|t| t.as_str().to_string()).collect(),
                 size: size.map(|s| s.to_string()),
+                mark: (mark != MarkKind::Auto).then(|| mark.as_str().to_string()),
             })?;
         }
         None => {
@@ -71,6 +74,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                     recursive: args.recursive,
                     types,
                     size,
+                    mark,
                 },
             );
             s.save(&ctx.fs, &ctx.config.store_path)?;

@@ -5,7 +5,7 @@
 //! actor ([`super::process`]).
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use chrono::Utc;
 use super::{
     Batch, Captured, Item, Status, WatchErrors,
     filter::{self, CaptureVerdict, GroupSet},
-    parse,
+    parse::{self, RawEvent},
     process::ToProcess,
     queue::{InFlight, MAX_BATCH_BYTES},
     read::EventReader,
@@ -26,6 +26,7 @@ use crate::{
     escape,
     event::{EventType, TypeSet},
     fanotify::FAN_Q_OVERFLOW,
+    marks::{Marks, ScanFound},
     metrics::Metrics,
     process::boot_ns,
 };
@@ -56,8 +57,14 @@ pub struct Capture {
     resolver: PathResolver,
     sizes: FileSizes,
     groups: Arc<GroupSet>,
-    /// fsid -> (a path on that filesystem, mask marked).
-    marks: HashMap<u64, (PathBuf, u64)>,
+    /// Filesystem and inode marks, per watched path.
+    marks: Marks,
+    /// Entries found by scans of new directories, not yet reported.
+    scans: ScanReports,
+    /// Scratch for what one scan finds.
+    found: Vec<ScanFound>,
+    /// Inode marks and runtime mark errors last shown in health.
+    published_marks: (u64, usize),
     /// Event types any group wants (others are only used by the resolver).
     kernel_types: u64,
     out: mpsc::Sender<ToProcess>,
@@ -71,11 +78,68 @@ pub struct Capture {
     stats_interval: Option<Duration>,
 }
 
-/// The nearest existing path at or above `path` (a pending path is watched
-/// on the filesystem of its nearest existing ancestor).
-fn nearest_existing(path: &Path) -> Option<&Path> {
-    path.ancestors()
-        .find(|p| std::fs::symlink_metadata(p).is_ok())
+/// An entry of a directory: (the directory's key, the name).
+type EntryKey = (Box<[u8]>, Box<[u8]>);
+
+/// Entries found by the scans of new directories (inode marks), resolved
+/// when found and held until the kernel queue is read empty: an entry whose
+/// own event (`CREATE`, `MOVED_TO`) is read meanwhile is reported by that
+/// event, with its process; the others are reported as found by a scan.
+#[derive(Default)]
+struct ScanReports {
+    batch: Batch,
+    keys: HashMap<EntryKey, usize>,
+}
+
+impl ScanReports {
+    /// Before `ev` is captured: an entry it reports the creation of needs
+    /// no scan report; one it deletes or moves is reported now, first.
+    fn before_event(&mut self, ev: &RawEvent<'_>, batch: &mut Batch) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (Some(dir), Some(name)) = (ev.dir, ev.name) else {
+            return;
+        };
+        let entry = EventType::Create.mask() | EventType::MovedTo.mask();
+        let gone = EventType::Delete.mask() | EventType::MovedFrom.mask();
+        if ev.mask & (entry | gone) == 0 {
+            return;
+        }
+        let Some(i) = self.keys.remove(&(Box::from(dir.key), Box::from(name))) else {
+            return;
+        };
+        if ev.mask & gone != 0 && ev.mask & entry == 0 {
+            self.move_into(i, batch);
+        }
+        self.batch.items[i] = Item::Cancelled;
+    }
+
+    fn move_into(&self, i: usize, batch: &mut Batch) {
+        if let Item::Event(mut c) = self.batch.items[i] {
+            let start = batch.paths.len();
+            batch
+                .paths
+                .push_str(&self.batch.paths[c.path.0 as usize..c.path.1 as usize]);
+            c.path = (start as u32, batch.paths.len() as u32);
+            batch.items.push(Item::Event(c));
+        }
+    }
+
+    /// The queue is empty: every entry still held is reported.
+    fn report_all(&mut self, batch: &mut Batch) {
+        if self.batch.items.is_empty() {
+            return;
+        }
+        if batch.read_at.is_none() {
+            batch.read_at = Some(Utc::now());
+        }
+        for i in 0..self.batch.items.len() {
+            self.move_into(i, batch);
+        }
+        self.batch.clear();
+        self.keys.clear();
+    }
 }
 
 /// What the capture actor is given at start.
@@ -83,6 +147,7 @@ pub struct CaptureParts {
     pub reader: EventReader,
     pub resolver: PathResolver,
     pub sizes: FileSizes,
+    pub marks: Marks,
     pub out: mpsc::Sender<ToProcess>,
     pub recycle: mpsc::Receiver<Batch>,
     pub in_flight: Arc<InFlight>,
@@ -99,7 +164,10 @@ impl Capture {
             resolver: p.resolver,
             sizes: p.sizes,
             groups: Arc::new(GroupSet::default()),
-            marks: HashMap::new(),
+            marks: p.marks,
+            published_marks: (0, 0),
+            scans: ScanReports::default(),
+            found: Vec::new(),
             kernel_types: 0,
             out: p.out,
             recycle: p.recycle,
@@ -204,6 +272,15 @@ impl Capture {
     /// the process thread is full (false: backpressure, the rest waits in
     /// the kernel's queue), sending batches on.
     fn drain(&mut self, batch: &mut Batch) -> bool {
+        // The read buffer is taken for the loop (and put back), so that the
+        // events borrowed from it can go through `&mut self` stages.
+        let mut buf = self.reader.take_buffer();
+        let emptied = self.drain_with(&mut buf, batch);
+        self.reader.put_buffer(buf);
+        emptied
+    }
+
+    fn drain_with(&mut self, buf: &mut [u8], batch: &mut Batch) -> bool {
         loop {
             if self.in_flight.full(self.capacity) {
                 std::thread::sleep(Duration::from_millis(1));
@@ -213,17 +290,25 @@ impl Capture {
                 }
             }
             let before = boot_ns();
-            let data = match self.reader.read() {
-                Ok(d) => d,
+            let n = match self.reader.fan.read(buf) {
+                Ok(n) => n,
                 Err(e) => {
                     log::error!("reading fanotify events: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     return true;
                 }
             };
-            if data.is_empty() {
+            if n == 0 {
+                if self.marks.follows_trees() {
+                    // Every event made before `before` has been read: what
+                    // the scans of new directories found without an event
+                    // of its own is reported now.
+                    self.marks.at_queue_empty(&self.resolver);
+                    self.scans.report_all(batch);
+                }
                 batch.drained_before = Some(before);
                 self.send(batch);
+                self.publish_marks();
                 return true;
             }
             let queued_before = boot_ns();
@@ -232,7 +317,7 @@ impl Capture {
             }
             self.resolver.tick();
             let mut overflowed = false;
-            for item in parse::events(data) {
+            for item in parse::events(&buf[..n]) {
                 let ev = match item {
                     Ok(ev) => ev,
                     Err(e) => {
@@ -246,52 +331,31 @@ impl Capture {
                     batch.items.push(Item::Overflow);
                     continue;
                 }
-                let mut types = ev.mask & TypeSet::ALL.0;
-                if !self.resolver.keep_self_events(&ev) {
-                    types &= !PathResolver::SELF_EVENTS;
+                if !self.marks.follows_trees() {
+                    self.capture_event(&ev, batch, queued_before, false);
+                    continue;
                 }
-                let start = batch.paths.len();
-                let resolution = self.resolver.resolve(&ev, &mut batch.paths);
-                let (wanted, unresolved) = match filter::at_capture(
-                    types,
-                    self.kernel_types,
-                    ev.pid,
-                    self.self_pid,
-                    resolution,
-                ) {
-                    CaptureVerdict::Keep { types, unresolved } => (types, unresolved),
-                    CaptureVerdict::Hidden => {
-                        self.resolver.stats.hidden += 1;
-                        batch.paths.truncate(start);
-                        continue;
-                    }
-                    CaptureVerdict::Drop => {
-                        batch.paths.truncate(start);
-                        continue;
-                    }
-                };
-                let size = if unresolved {
-                    0
-                } else if wanted & DELETE_LIKE != 0 {
-                    self.sizes.last(&ev).unwrap_or(0)
-                } else {
-                    match self.resolver.current_size(&ev, &batch.paths[start..]) {
-                        // Remembered for its DELETE, when the file is gone.
-                        Some(size) => {
-                            self.sizes.remember(&ev, size);
-                            size
+                self.scans.before_event(&ev, batch);
+                self.capture_event(&ev, batch, queued_before, false);
+                self.marks.on_event(&self.resolver, &ev, &mut self.found);
+                if !self.found.is_empty() {
+                    // Resolved now (the paths as they are when found), held
+                    // until the queue is empty.
+                    let found = std::mem::take(&mut self.found);
+                    let mut held = std::mem::take(&mut self.scans.batch);
+                    for f in &found {
+                        let n = held.items.len();
+                        self.capture_event(&f.as_event(), &mut held, queued_before, true);
+                        if held.items.len() > n {
+                            self.scans
+                                .keys
+                                .insert((f.dir_key.clone(), f.name.clone()), n);
                         }
-                        None => self.sizes.last(&ev).unwrap_or(0),
                     }
-                };
-                batch.items.push(Item::Event(Captured {
-                    types: wanted,
-                    pid: ev.pid,
-                    path: (start as u32, batch.paths.len() as u32),
-                    size,
-                    unresolved,
-                    queued_before,
-                }));
+                    self.scans.batch = held;
+                    self.found = found;
+                    self.found.clear();
+                }
             }
             if overflowed {
                 self.metrics.queue_overflows.inc();
@@ -305,6 +369,77 @@ impl Capture {
                 self.send(batch);
             }
         }
+    }
+
+    /// Inode marks follow the trees: health shows how many there are, and
+    /// a new directory that could not be marked (a kernel limit).
+    fn publish_marks(&mut self) {
+        let n = self.marks.inode_marks() as u64;
+        let errors = self.marks.runtime_errors.len();
+        if n == self.published_marks.0 && errors == self.published_marks.1 {
+            return;
+        }
+        self.published_marks = (n, errors);
+        let mut info = self.status.info.lock().unwrap();
+        info.inode_marks = n;
+        for e in &self.marks.runtime_errors[..] {
+            if !info.watch_errors.contains(e) {
+                info.watch_errors.push(e.clone());
+            }
+        }
+    }
+
+    /// Resolves, filters and sizes one event, and adds it to `batch` if it
+    /// is kept. `scan`: an entry found by a scan, not reported by the kernel.
+    fn capture_event(
+        &mut self,
+        ev: &RawEvent<'_>,
+        batch: &mut Batch,
+        queued_before: u64,
+        scan: bool,
+    ) {
+        let mut types = ev.mask & TypeSet::ALL.0;
+        if !self.resolver.keep_self_events(ev) {
+            types &= !PathResolver::SELF_EVENTS;
+        }
+        let start = batch.paths.len();
+        let resolution = self.resolver.resolve(ev, &mut batch.paths);
+        let (wanted, unresolved) =
+            match filter::at_capture(types, self.kernel_types, ev.pid, self.self_pid, resolution) {
+                CaptureVerdict::Keep { types, unresolved } => (types, unresolved),
+                CaptureVerdict::Hidden => {
+                    self.resolver.stats.hidden += 1;
+                    batch.paths.truncate(start);
+                    return;
+                }
+                CaptureVerdict::Drop => {
+                    batch.paths.truncate(start);
+                    return;
+                }
+            };
+        let size = if unresolved {
+            0
+        } else if wanted & DELETE_LIKE != 0 {
+            self.sizes.last(ev).unwrap_or(0)
+        } else {
+            match self.resolver.current_size(ev, &batch.paths[start..]) {
+                // Remembered for its DELETE, when the file is gone.
+                Some(size) => {
+                    self.sizes.remember(ev, size);
+                    size
+                }
+                None => self.sizes.last(ev).unwrap_or(0),
+            }
+        };
+        batch.items.push(Item::Event(Captured {
+            types: wanted,
+            pid: ev.pid,
+            path: (start as u32, batch.paths.len() as u32),
+            size,
+            unresolved,
+            queued_before,
+            scan,
+        }));
     }
 
     fn send(&mut self, batch: &mut Batch) {
@@ -339,7 +474,6 @@ impl Capture {
 
     /// Applies a new set of groups: marks, scope, pre-walks.
     pub fn set_groups(&mut self, groups: Arc<GroupSet>) -> WatchErrors {
-        let mut errors = Vec::new();
         let scope = groups.scope();
         let types = groups.types();
         // A non-root user's view depends on directory permissions: their
@@ -349,55 +483,11 @@ impl Capture {
         } else {
             INTERNAL_MASK
         };
-        // Which filesystems need which events.
-        let mut wanted: HashMap<u64, (PathBuf, u64)> = HashMap::new();
-        for root in &scope.roots {
-            let root_path = escape::as_path(&root.path);
-            let Some(existing) = nearest_existing(&root_path) else {
-                errors.push((root.path.clone(), "no existing ancestor".into()));
-                continue;
-            };
-            match self.resolver.add_mount(existing) {
-                Ok(fsid) => {
-                    let e = wanted
-                        .entry(fsid)
-                        .or_insert_with(|| (existing.to_path_buf(), 0));
-                    e.1 |= types | internal_mask;
-                }
-                Err(e) => errors.push((root.path.clone(), format!("cannot watch: {e}"))),
-            }
-        }
-        for (fsid, (path, mask)) in &wanted {
-            let old = self.marks.get(fsid).map_or(0, |m| m.1);
-            if let Err(e) = self.reader.fan.add_filesystem_mark(path, *mask) {
-                let why = match e.raw_os_error() {
-                    Some(libc::EXDEV) => format!(
-                        "this filesystem (or subvolume) does not support fanotify filesystem marks: {e}"
-                    ),
-                    Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) => {
-                        format!("this filesystem cannot report file handles: {e}")
-                    }
-                    _ => e.to_string(),
-                };
-                for root in scope
-                    .roots
-                    .iter()
-                    .filter(|r| nearest_existing(&escape::as_path(&r.path)) == Some(path.as_path()))
-                {
-                    errors.push((root.path.clone(), why.clone()));
-                }
-                continue;
-            }
-            let dropped = old & !mask;
-            if dropped != 0 {
-                let _ = self.reader.fan.remove_filesystem_mark(path, dropped);
-            }
-        }
-        for (fsid, (path, mask)) in &self.marks {
-            if !wanted.contains_key(fsid) {
-                let _ = self.reader.fan.remove_filesystem_mark(path, *mask);
-            }
-        }
+        let errors = self.marks.apply(
+            &mut self.resolver,
+            &groups.marked_roots(),
+            types | internal_mask,
+        );
         let old_roots: HashSet<(String, bool)> = self
             .resolver
             .scope()
@@ -416,7 +506,6 @@ impl Capture {
                 self.resolver.mark_incomplete();
             }
         }
-        self.marks = wanted;
         self.kernel_types = types;
         self.groups = groups;
         self.metrics.watched_paths.set(scope.roots.len() as i64);
@@ -424,7 +513,12 @@ impl Capture {
         for (p, e) in &errors {
             log::error!("cannot watch {p}: {e}");
         }
-        self.status.info.lock().unwrap().watch_errors = errors.clone();
+        let mut info = self.status.info.lock().unwrap();
+        info.watch_errors = errors.clone();
+        info.marks = self.marks.roots.clone();
+        info.inode_marks = self.marks.inode_marks() as u64;
+        drop(info);
+        self.published_marks = (self.marks.inode_marks() as u64, 0);
         errors
     }
 }

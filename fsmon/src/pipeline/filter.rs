@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     filters::SizeFilter,
+    marks::MarkKind,
     store::{GLOBAL, Store},
 };
 
@@ -31,6 +32,7 @@ struct Entry {
     recursive: bool,
     types: u64,
     size: Option<SizeFilter>,
+    mark: MarkKind,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,7 @@ impl GroupSet {
                         recursive: o.recursive,
                         types: o.type_set().0,
                         size: o.size,
+                        mark: o.mark,
                     })
                     .collect();
                 CompiledGroup {
@@ -173,6 +176,24 @@ impl GroupSet {
                 })
                 .collect(),
         )
+    }
+
+    /// Every watched path with the kind of mark it asks for (several
+    /// groups on one path: the stronger kind, see [`MarkKind::merge`]).
+    pub fn marked_roots(&self) -> Vec<(WatchRoot, MarkKind)> {
+        let mut kinds: std::collections::HashMap<&str, MarkKind> = Default::default();
+        for e in self.groups.iter().flat_map(|g| g.entries.iter()) {
+            let k = kinds.entry(e.root.as_str()).or_default();
+            *k = k.merge(e.mark);
+        }
+        self.scope()
+            .roots
+            .into_iter()
+            .map(|r| {
+                let kind = kinds.get(r.path.as_str()).copied().unwrap_or_default();
+                (r, kind)
+            })
+            .collect()
     }
 
     /// Event types any group wants.
@@ -237,6 +258,7 @@ mod tests {
                 recursive: true,
                 types: vec![EventType::Create, EventType::CloseWrite],
                 size: None,
+                mark: Default::default(),
             },
         );
         s.add(
@@ -246,6 +268,7 @@ mod tests {
                 recursive: false,
                 types: vec![EventType::CloseWrite],
                 size: Some(SizeFilter::parse(">=1KB").unwrap()),
+                mark: Default::default(),
             },
         );
         let gs = GroupSet::from_store(&s);

@@ -65,6 +65,9 @@ pub struct Captured {
     /// Boot-clock ns when the read that returned the event ended: the
     /// event was queued before then (pid reuse check of the tracker).
     pub queued_before: u64,
+    /// Found by the scan of a new directory (inode marks), not reported by
+    /// the kernel: `pid` is 0, the process is not known.
+    pub scan: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +75,8 @@ pub enum Item {
     Event(Captured),
     /// The kernel queue overflowed here: events were lost.
     Overflow,
+    /// Nothing (an entry found by a scan whose own event came after all).
+    Cancelled,
 }
 
 /// What the capture thread hands to the process thread.
@@ -112,6 +117,10 @@ pub struct PipelineInfo {
     pub tracker: String,
     pub tracker_fallback: Option<String>,
     pub watch_errors: WatchErrors,
+    /// What each watched path got (filesystem or inode marks) and why.
+    pub marks: Vec<crate::marks::RootMark>,
+    /// Directories carrying an inode mark.
+    pub inode_marks: u64,
 }
 
 pub struct Status {
@@ -153,6 +162,7 @@ impl Pipeline {
         cfg: PipelineConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        let marks = crate::marks::Marks::new(&fan)?;
         let (reader, waker) = EventReader::new(fan, cfg.buffer_size)?;
         let (capture_tx, capture_rx) = mpsc::channel();
         let (process_tx, process_rx) = mpsc::channel();
@@ -169,6 +179,8 @@ impl Pipeline {
                 tracker: tracker.kind().as_str().to_string(),
                 tracker_fallback: tracker.fallback_reason().map(str::to_string),
                 watch_errors: Vec::new(),
+                marks: Vec::new(),
+                inode_marks: 0,
             }),
         });
 
@@ -176,6 +188,7 @@ impl Pipeline {
             reader,
             resolver: PathResolver::new(cfg.dir_capacity, cfg.dir_ttl, cfg.user_access),
             sizes: FileSizes::new(cfg.file_size_capacity),
+            marks,
             out: process_tx.clone(),
             recycle: recycle_rx,
             in_flight: in_flight.clone(),

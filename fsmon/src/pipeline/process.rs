@@ -193,6 +193,7 @@ impl Process {
             for item in &b.items {
                 match *item {
                     Item::Overflow => self.overflow(),
+                    Item::Cancelled => {}
                     Item::Event(c) => {
                         self.event(&c, &b.paths[c.path.0 as usize..c.path.1 as usize])
                     }
@@ -233,6 +234,7 @@ impl Process {
                 cgroup: None,
                 container: None,
                 unresolved: false,
+                scan: false,
                 lost: true,
             };
             emit(
@@ -247,7 +249,12 @@ impl Process {
     }
 
     fn event(&mut self, c: &Captured, path: &str) {
-        let rec = self.attributor.process(c.pid, c.queued_before);
+        // An entry found by a scan has no process: none is made up.
+        let rec = if c.scan {
+            None
+        } else {
+            self.attributor.process(c.pid, c.queued_before)
+        };
         let (ppid, tgid) = rec.map_or((0, c.pid), |r| (r.ppid, r.tgid));
         // Per event, not per group or line: the name borrows the record (no
         // allocation for UTF-8 names), the user is a shared string.
@@ -293,6 +300,7 @@ impl Process {
                         .and_then(|g| g.container.as_deref())
                         .map(Cow::Borrowed),
                     unresolved: c.unresolved,
+                    scan: c.scan,
                     lost: false,
                 };
                 emit(
@@ -382,6 +390,7 @@ mod tests {
                             recursive: *recursive,
                             types: types.to_vec(),
                             size: None,
+                            mark: Default::default(),
                         },
                     )
                 })
@@ -405,6 +414,7 @@ mod tests {
                 size: 7,
                 unresolved: false,
                 queued_before: boot_ns(),
+                scan: false,
             }));
         }
         b

@@ -77,6 +77,7 @@ mod tests {
                 size: 0,
                 unresolved: false,
                 queued_before: 0,
+                scan: false,
             }));
         }
         b

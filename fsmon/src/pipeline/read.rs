@@ -86,6 +86,16 @@ impl EventReader {
         }
     }
 
+    /// The read buffer, for a loop that reads with `fan.read` and hands
+    /// events borrowed from it on (put it back with [`Self::put_buffer`]).
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn put_buffer(&mut self, buf: Vec<u8>) {
+        self.buf = buf;
+    }
+
     /// Reads what is queued; an empty slice means the queue is empty.
     pub fn read(&mut self) -> io::Result<&[u8]> {
         let n = self.fan.read(&mut self.buf)?;

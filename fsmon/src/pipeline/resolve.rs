@@ -180,7 +180,7 @@ fn cstr(p: &Path) -> Option<CString> {
     CString::new(p.as_os_str().as_bytes()).ok()
 }
 
-fn key_of(fsid: u64, handle: &[u8]) -> Box<[u8]> {
+pub(crate) fn key_of(fsid: u64, handle: &[u8]) -> Box<[u8]> {
     let mut k = Vec::with_capacity(8 + handle.len());
     k.extend_from_slice(&fsid.to_ne_bytes());
     k.extend_from_slice(handle);
@@ -214,7 +214,7 @@ fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
 }
 
 /// `lstat` of `name` in the directory `dir`.
-fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<libc::stat> {
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<libc::stat> {
     let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: an all-zero stat is a valid out value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -233,7 +233,7 @@ fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<libc::stat> {
     Ok(st)
 }
 
-fn open_at(dir: BorrowedFd<'_>, name: &[u8], flags: i32) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &[u8], flags: i32) -> std::io::Result<OwnedFd> {
     let c = CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: valid descriptor and name; the new descriptor is owned below.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -244,13 +244,13 @@ fn open_at(dir: BorrowedFd<'_>, name: &[u8], flags: i32) -> std::io::Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn is_dir(st: &libc::stat) -> bool {
+pub(crate) fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// The entries of the directory open at `dir` (read through a duplicate, so
 /// `dir` stays usable), as (name, inode, maybe a directory).
-fn entries(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(Vec<u8>, u64, bool)>> {
+pub(crate) fn entries(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(Vec<u8>, u64, bool)>> {
     let dup = dir.try_clone_to_owned()?;
     let mut d = nix::dir::Dir::from_fd(dup).map_err(std::io::Error::from)?;
     let mut out = Vec::new();
@@ -598,6 +598,18 @@ impl PathResolver {
             out.push_str(name);
         }
         true
+    }
+
+    /// The cached path of the directory `key`, if known (for messages: it
+    /// may predate a rename).
+    pub fn path_of_key(&self, key: &[u8]) -> Option<String> {
+        let mut s = String::new();
+        self.write_path(key, &mut s).then_some(s)
+    }
+
+    /// A descriptor on the filesystem `fsid` for `open_by_handle_at`.
+    pub fn mount_fd(&self, fsid: u64) -> Option<BorrowedFd<'_>> {
+        self.mounts.get(&fsid).map(|m| m.fd.as_fd())
     }
 
     /// Recomputes the cached path of `key` and of its stale ancestors.
