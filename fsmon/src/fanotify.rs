@@ -229,6 +229,10 @@ pub fn handle_of_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     handle_at(Some(fd), Path::new(""), libc::AT_EMPTY_PATH)
 }
 
+/// `name_to_handle_at` flag: a handle that identifies the object but may
+/// not be decodable (what fanotify reports where decoding is impossible).
+const AT_HANDLE_FID: i32 = 0x200;
+
 fn handle_at(dirfd: Option<BorrowedFd<'_>>, path: &Path, flags: i32) -> io::Result<Vec<u8>> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -248,7 +252,14 @@ fn handle_at(dirfd: Option<BorrowedFd<'_>>, path: &Path, flags: i32) -> io::Resu
         )
     };
     if r < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // A filesystem that cannot decode handles (overlayfs without
+        // nfs_export) can still name its objects the way fanotify reports
+        // them for inode marks: AT_HANDLE_FID (Linux 6.5+).
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) && flags & AT_HANDLE_FID == 0 {
+            return handle_at(dirfd, path, flags | AT_HANDLE_FID);
+        }
+        return Err(e);
     }
     let len = 8 + buf[0] as usize;
     // SAFETY: reading len <= 136 bytes of buf.

@@ -166,6 +166,10 @@ pub struct Marks {
     /// arriving in one: moved out of the tree, unless their `MOVED_TO`
     /// comes before the queue is empty.
     moved_away: HashMap<Box<[u8]>, u64>,
+    /// Directories created in a followed tree that could not be opened by
+    /// handle nor found under their name (renamed at once): marked and
+    /// scanned as created when their `MOVED_TO` is read.
+    unmarked_created: HashSet<Box<[u8]>>,
     /// What each watched path got.
     pub roots: Vec<RootMark>,
     /// A runtime failure to mark a new directory (kernel limit): kept for
@@ -226,6 +230,7 @@ impl Marks {
             dirs: HashMap::new(),
             inode_mask: 0,
             moved_away: HashMap::new(),
+            unmarked_created: HashSet::new(),
             roots: Vec::new(),
             runtime_errors: Vec::new(),
         })
@@ -384,6 +389,7 @@ impl Marks {
         // events are dropped at capture) until the daemon restarts.
         let before = std::mem::take(&mut self.dirs);
         self.moved_away.clear();
+        self.unmarked_created.clear();
         self.inode_mask |= mask;
         for (root, existing, why) in inode_roots {
             let root_path = escape::as_path(&root.path).into_owned();
@@ -403,7 +409,13 @@ impl Marks {
                     why,
                     dirs: Some(n as u64),
                 }),
-                Err(e) => errors.push((root.path.clone(), e)),
+                Err(e) => errors.push((
+                    root.path.clone(),
+                    match why {
+                        Some(why) => format!("{why}; inode marks refused too: {e}"),
+                        None => e,
+                    },
+                )),
             }
         }
         let stale: Vec<Box<[u8]>> = before
@@ -620,7 +632,8 @@ impl Marks {
                 && p.recursive
                 && !self.dirs.contains_key(obj.key)
             {
-                let created = ev.mask & EventType::Create.mask() != 0;
+                let created = ev.mask & EventType::Create.mask() != 0
+                    || self.unmarked_created.remove(obj.key);
                 self.mark_new_dir(
                     resolver,
                     dir.fsid,
@@ -650,21 +663,41 @@ impl Marks {
         let flags = libc::O_RDONLY | libc::O_DIRECTORY;
         // By its own handle: it may have been renamed since (its name in
         // the event is then another directory's, or nothing's). By name in
-        // its parent where handles cannot be opened (then a rename in
-        // between is seen by the rename's own events).
+        // its parent where handles cannot be opened (overlayfs): if it was
+        // renamed in between, its MOVED_TO marks it (and, as it was just
+        // created, scans it for what it holds).
         let fd = match fanotify::open_by_handle(mount, handle, flags) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ESTALE) => return, // deleted already
             Err(_) => {
-                let Ok(parent) = fanotify::open_by_handle(mount, parent_handle, flags) else {
-                    return; // gone already: so is the new directory
-                };
-                match resolve::open_at(parent.as_fd(), name, flags | libc::O_NOFOLLOW) {
-                    Ok(fd) => fd,
-                    Err(_) => return, // gone or replaced: its events say so
+                let by_name = fanotify::open_by_handle(mount, parent_handle, flags)
+                    .or_else(|e| match resolver.path_of_key(parent_key) {
+                        Some(p) => {
+                            let p = escape::as_path(&p).into_owned();
+                            std::fs::File::open(&p).map(OwnedFd::from)
+                        }
+                        None => Err(e),
+                    })
+                    .and_then(|parent| {
+                        resolve::open_at(parent.as_fd(), name, flags | libc::O_NOFOLLOW)
+                    });
+                // The same directory, not one that took its name since.
+                match by_name {
+                    Ok(fd)
+                        if fanotify::handle_of_fd(fd.as_fd())
+                            .is_ok_and(|h| *resolve::key_of(fsid, &h) == *key) =>
+                    {
+                        fd
+                    }
+                    _ => {
+                        if found.is_some() {
+                            self.unmarked_created.insert(key.into());
+                        }
+                        return;
+                    }
                 }
             }
         };
+        self.unmarked_created.remove(key);
         let text = format!(
             "{}/{}",
             resolver

@@ -365,25 +365,64 @@ impl PathResolver {
                 .insert(root_key, escape::encode_path(root).into_owned());
             return true;
         }
-        self.walk_below(fsid, root_key, depth)
+        // The top opened by its path: on a filesystem whose handles cannot
+        // be opened (overlayfs), the walk then goes by names below it.
+        let top = cstr(root).and_then(|c| {
+            // SAFETY: valid path; the descriptor is owned below.
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            // SAFETY: a new descriptor.
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        });
+        self.walk_below_from(fsid, root_key, top, depth)
+    }
+
+    fn walk_below(&mut self, fsid: u64, top: Box<[u8]>, depth: usize) -> bool {
+        self.walk_below_from(fsid, top, None, depth)
     }
 
     /// Learns the directories below `top` (to `depth` levels), opening each
-    /// one from its handle and its children relative to it: no path is
-    /// ever built, so depth does not matter.
-    fn walk_below(&mut self, fsid: u64, top: Box<[u8]>, depth: usize) -> bool {
+    /// one from its handle (or, where the filesystem cannot open handles,
+    /// by its name in its parent, which stays open meanwhile) and its
+    /// children relative to it: no path is ever built, so depth does not
+    /// matter.
+    fn walk_below_from(
+        &mut self,
+        fsid: u64,
+        top: Box<[u8]>,
+        top_fd: Option<OwnedFd>,
+        depth: usize,
+    ) -> bool {
         let mut complete = true;
         let mut dev = None;
-        let mut stack = vec![(top, 0usize)];
-        while let Some((key, level)) = stack.pop() {
+        type Parent = Option<(std::rc::Rc<OwnedFd>, Vec<u8>)>;
+        let mut stack: Vec<(Box<[u8]>, usize, Parent)> = vec![(top, 0usize, None)];
+        let mut top_fd = top_fd;
+        while let Some((key, level, parent)) = stack.pop() {
             let Some(mount) = self.mounts.get(&fsid) else {
                 return false;
             };
-            let fd = match fanotify::open_by_handle(
-                mount.fd.as_fd(),
-                &key[8..],
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            ) {
+            let opened = match top_fd.take() {
+                Some(fd) => Ok(fd),
+                None => fanotify::open_by_handle(
+                    mount.fd.as_fd(),
+                    &key[8..],
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+                .or_else(|e| match &parent {
+                    Some((p, name)) => open_at(
+                        p.as_fd(),
+                        name,
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    ),
+                    None => Err(e),
+                }),
+            };
+            let fd = match opened {
                 Ok(fd) => fd,
                 // Removed meanwhile: its events say so.
                 Err(e) if miss_of(&e) == Miss::Gone => continue,
@@ -393,6 +432,7 @@ impl PathResolver {
                     continue;
                 }
             };
+            let fd = std::rc::Rc::new(fd);
             if let Some(a) = &self.access {
                 let bits = a.check(fd.as_fd());
                 if let Some(n) = self.dirs.get_mut(&key) {
@@ -443,7 +483,7 @@ impl PathResolver {
                     Some(key.clone()),
                     escape::encode(&name).into_owned(),
                 );
-                stack.push((child, level + 1));
+                stack.push((child, level + 1, Some((fd.clone(), name))));
             }
         }
         complete
