@@ -779,3 +779,54 @@ impl Marks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_limits_are_named_with_the_path() {
+        let e = io::Error::from_raw_os_error(libc::ENOSPC);
+        let m = mark_error(&e, "/w/deep/dir", 8191);
+        assert!(m.contains("fs.fanotify.max_user_marks = "), "{m}");
+        assert!(m.contains("/w/deep/dir") && m.contains("8191"), "{m}");
+        let e = io::Error::from_raw_os_error(libc::ENOMEM);
+        let m = mark_error(&e, "/w/x", 3);
+        assert!(m.contains("ENOMEM") && m.contains("/w/x"), "{m}");
+    }
+
+    #[test]
+    fn kinds_parse_print_and_merge() {
+        for k in [MarkKind::Auto, MarkKind::Filesystem, MarkKind::Inode] {
+            assert_eq!(MarkKind::parse(k.as_str()).unwrap(), k);
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+        assert!(MarkKind::parse("inodes").is_err());
+        use MarkKind::*;
+        assert_eq!(Auto.merge(Inode), Inode);
+        assert_eq!(Inode.merge(Filesystem), Filesystem);
+        assert_eq!(Auto.merge(Auto), Auto);
+    }
+
+    /// A store line without "mark" (older lines, the seed's shape) is
+    /// auto; auto is not written.
+    #[test]
+    fn store_lines_omit_auto() {
+        let o: crate::store::PathOptions =
+            serde_json::from_str(r#"{"recursive":true,"types":["CREATE"]}"#).unwrap();
+        assert_eq!(o.mark, MarkKind::Auto);
+        assert!(!serde_json::to_string(&o).unwrap().contains("mark"));
+        let o: crate::store::PathOptions =
+            serde_json::from_str(r#"{"recursive":true,"types":["CREATE"],"mark":"inode"}"#)
+                .unwrap();
+        assert_eq!(o.mark, MarkKind::Inode);
+        assert!(
+            serde_json::to_string(&o)
+                .unwrap()
+                .contains(r#""mark":"inode""#)
+        );
+    }
+}

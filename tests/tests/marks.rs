@@ -395,6 +395,17 @@ fn btrfs_subvolume_gets_inode_marks_with_auto() {
     env.add("_global", &sub, &["-r"]);
     let _d = env.start(&[]);
     let h = path_health(&env, &sub);
+    if h["mark"] == "none" {
+        // Before Linux 6.8 fanotify reports no file ids on a subvolume at
+        // all: refused whole, with both reasons.
+        println!("btrfs subvolume refused: {h}");
+        let why = h["why"].as_str().unwrap_or("");
+        assert!(
+            why.contains("EXDEV") && why.contains("inode marks refused too"),
+            "{h}"
+        );
+        return;
+    }
     assert_eq!(h["mark"], "inode", "{h}");
     assert!(
         h["why"].as_str().unwrap_or("").contains("EXDEV"),

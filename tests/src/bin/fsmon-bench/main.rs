@@ -92,6 +92,9 @@ fn main() {
             report.push_str(&bench_unrelated(&o, base.path()));
         }
     }
+    if asked("marks") {
+        report.push_str(&bench_marks(&o));
+    }
     if want("query") {
         report.push_str(&bench_query(&o));
     }
@@ -375,6 +378,8 @@ enum Monitor {
     None,
     KernelFloor,
     Fsmon,
+    /// fsmon with `--mark inode`.
+    FsmonInode,
 }
 
 /// Counts log lines under `prefix`, reading the log incrementally.
@@ -514,12 +519,13 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
         Monitor::None => "none",
         Monitor::KernelFloor => "floor",
         Monitor::Fsmon => "fsmon",
+        Monitor::FsmonInode => "fsmon-inode",
     };
     let dir = base.join(format!("w{rep}-{tag}"));
     fs::create_dir_all(&dir).unwrap();
     let dir = fs::canonicalize(&dir).unwrap();
     w.prepare(&dir);
-    if monitor != Monitor::Fsmon {
+    if !matches!(monitor, Monitor::Fsmon | Monitor::FsmonInode) {
         // fsmon's mask for these types: theirs plus what the resolver needs.
         let types = fsmon::event::EventType::parse_list(&[w.types()]).unwrap().0;
         let internal = 0x100 | 0x200 | 0x40 | 0x80;
@@ -540,7 +546,16 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
         };
     }
     let env = Env::new();
-    env.add("_global", &dir, &["-r", "--types", w.types()]);
+    let mark = if monitor == Monitor::FsmonInode {
+        "inode"
+    } else {
+        "filesystem"
+    };
+    env.add(
+        "_global",
+        &dir,
+        &["-r", "--types", w.types(), "--mark", mark],
+    );
     let d = env.start(&[]);
     let pid = d.pid();
     let hwm_kb = status_kb(pid, "VmHWM:");
@@ -615,6 +630,7 @@ fn bench_capture(o: &Opts) -> String {
         let mut none = Vec::new();
         let mut floor = Vec::new();
         let mut with = Vec::new();
+        let mut inode = Vec::new();
         // Warm-up (page cache, dentries), not counted.
         run_once(w, Monitor::None, base.path(), 99);
         // Short workloads get more repetitions: their spread is larger.
@@ -623,6 +639,7 @@ fn bench_capture(o: &Opts) -> String {
             none.push(run_once(w, Monitor::None, base.path(), rep));
             floor.push(run_once(w, Monitor::KernelFloor, base.path(), rep));
             with.push(run_once(w, Monitor::Fsmon, base.path(), rep));
+            inode.push(run_once(w, Monitor::FsmonInode, base.path(), rep));
         }
         let ratios_of = |runs: &[Run]| -> (f64, f64) {
             let mut r: Vec<f64> = none
@@ -662,6 +679,30 @@ fn bench_capture(o: &Opts) -> String {
             out,
             "| ↳ kernel floor: a no-op fanotify reader, same marks | | | | | {floor_min:.3} / {floor_med:.3} | | | | |"
         );
+        {
+            let (imin, imed) = ratios_of(&inode);
+            let captured = inode.iter().map(|r| r.captured).min().unwrap();
+            let correct = inode
+                .iter()
+                .map(|r| r.correct as f64 / r.captured.max(1) as f64)
+                .fold(1.0, f64::min);
+            let cpu_us = inode
+                .iter()
+                .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
+                .fold(0.0, f64::max);
+            let rss = inode.iter().map(|r| r.rss_max_kb).max().unwrap();
+            let hwm = inode.iter().map(|r| r.hwm_kb).max().unwrap();
+            let mut drains: Vec<f64> = inode.iter().map(|r| r.drain_ms).collect();
+            let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
+            let _ = writeln!(
+                out,
+                "| ↳ fsmon with `--mark inode` | {expected} | {captured} | {loss:.2}% | {:.1}% (scan finds have no process) | {imin:.3} / {imed:.3} | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.0} ms |",
+                correct * 100.0,
+                rss as f64 / 1024.0,
+                hwm as f64 / 1024.0,
+                median(&mut drains)
+            );
+        }
         let secs = |v: &[Run]| {
             v.iter()
                 .map(|r| format!("{:.3}", r.secs))
@@ -669,11 +710,12 @@ fn bench_capture(o: &Opts) -> String {
                 .join(", ")
         };
         raw.push_str(&format!(
-            "- {}: no monitor [{}] s; kernel floor [{}] s; fsmon [{}] s\n",
+            "- {}: no monitor [{}] s; kernel floor [{}] s; fsmon [{}] s; fsmon --mark inode [{}] s\n",
             w.name(),
             secs(&none),
             secs(&floor),
-            secs(&with)
+            secs(&with),
+            secs(&inode)
         ));
     }
     out.push_str("\nWorkload times, interleaved runs:\n\n");
@@ -838,61 +880,150 @@ fn bench_unrelated(o: &Opts, base: &Path) -> String {
     let files = if o.quick { 5_000 } else { 20_000 };
     let watched = base.join("watched");
     fs::create_dir_all(watched.join("a/b")).unwrap();
-    let mut none = Vec::new();
-    let mut with = Vec::new();
-    let mut cpu_us = 0.0f64;
-    let mut logged = 0usize;
-    for rep in 0..o.reps {
-        let busy = base.join(format!("elsewhere{rep}"));
-        fs::create_dir_all(&busy).unwrap();
-        let t = Instant::now();
+    let storm = |dir: &Path| {
         assert!(
             Command::new(testkit_bin())
                 .arg("storm")
-                .arg(&busy)
+                .arg(dir)
                 .arg(files.to_string())
                 .arg("100")
                 .status()
                 .unwrap()
                 .success()
         );
-        none.push(t.elapsed().as_secs_f64());
-        let env = Env::new();
-        env.add("_global", &watched, &["-r"]);
-        let d = env.start(&[]);
-        let cpu0 = cpu_secs(d.pid());
-        let t = Instant::now();
-        assert!(
-            Command::new(testkit_bin())
-                .arg("storm")
-                .arg(&busy)
-                .arg(files.to_string())
-                .arg("100")
-                .status()
-                .unwrap()
-                .success()
-        );
-        with.push(t.elapsed().as_secs_f64());
-        // Let the daemon read what the kernel queued before reading its CPU.
-        std::thread::sleep(Duration::from_millis(500));
-        cpu_us = cpu_us.max((cpu_secs(d.pid()) - cpu0) / (files * 5) as f64 * 1e6);
-        d.stop();
-        logged = logged.max(fsmon_tests::read_events(&env.log_path("_global")).len());
-        let _ = fs::remove_dir_all(&busy);
-    }
-    let mut r: Vec<f64> = none.iter().zip(&with).map(|(a, b)| b / a).collect();
-    let min = r.iter().cloned().fold(f64::MAX, f64::min);
-    format!(
+    };
+    let mut out = format!(
         "## Unrelated activity on a watched filesystem\n\n\
          fsmon watches one small tree; the create-storm ({files} files) runs elsewhere on the same \
          filesystem.\n\n\
-         | workload time ratio min / median | fsmon CPU per unrelated kernel event | lines logged |\n\
-         |---|---|---|\n\
-         | {min:.3} / {:.3} | {cpu_us:.2} µs | {logged} |\n\n\
-         A filesystem mark makes the kernel generate events for the whole filesystem; fsmon drops \
-         those outside its trees after one cached lookup of the directory.\n\n",
-        median(&mut r)
-    )
+         | mark | workload time ratio min / median | fsmon CPU per unrelated kernel event | kernel events read | lines logged | RSS max during it |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    for mark in ["filesystem", "inode"] {
+        let mut none = Vec::new();
+        let mut with = Vec::new();
+        let (mut cpu, mut logged, mut rss, mut read) = (0.0f64, 0usize, 0u64, 0f64);
+        for rep in 0..o.reps {
+            let busy = base.join(format!("elsewhere{rep}"));
+            fs::create_dir_all(&busy).unwrap();
+            let t = Instant::now();
+            storm(&busy);
+            none.push(t.elapsed().as_secs_f64());
+            let _ = fs::remove_dir_all(&busy);
+            fs::create_dir_all(&busy).unwrap();
+            let env = Env::new();
+            env.add("_global", &watched, &["-r", "--mark", mark]);
+            let d = env.start(&[]);
+            let events0 = kernel_events(&env);
+            let cpu0 = cpu_secs(d.pid());
+            let sampler = RssSampler::start(d.pid());
+            let t = Instant::now();
+            storm(&busy);
+            with.push(t.elapsed().as_secs_f64());
+            // Let the daemon read what the kernel queued before reading its CPU.
+            std::thread::sleep(Duration::from_millis(500));
+            rss = rss.max(sampler.finish());
+            cpu = cpu.max(cpu_secs(d.pid()) - cpu0);
+            read = read.max(kernel_events(&env) - events0);
+            d.stop();
+            logged = logged.max(fsmon_tests::read_events(&env.log_path("_global")).len());
+            let _ = fs::remove_dir_all(&busy);
+        }
+        let mut r: Vec<f64> = none.iter().zip(&with).map(|(a, b)| b / a).collect();
+        let min = r.iter().cloned().fold(f64::MAX, f64::min);
+        let per_event = if read > 0.0 {
+            format!("{:.2} µs", cpu / read * 1e6)
+        } else {
+            format!("none read ({:.3} s of CPU in all)", cpu)
+        };
+        let _ = writeln!(
+            out,
+            "| {mark} | {min:.3} / {:.3} | {per_event} | {read:.0} | {logged} | {:.1} MiB |",
+            median(&mut r),
+            rss as f64 / 1024.0
+        );
+    }
+    out.push_str(
+        "\nA filesystem mark makes the kernel generate events for the whole filesystem; fsmon drops \
+         those outside its trees after one cached lookup of the directory. Inode marks generate \
+         none.\n\n",
+    );
+    out
+}
+
+/// `fsmon_kernel_events_total` of a running daemon.
+fn kernel_events(env: &Env) -> f64 {
+    use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(&env.socket).unwrap();
+    c.write_all(b"{\"op\":\"metrics\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    v["text"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .find_map(|l| l.strip_prefix("fsmon_kernel_events_total ")?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// Inode marks on a large tree: start-up time and kernel memory
+// ---------------------------------------------------------------------------
+
+/// Kernel slab memory in KiB (/proc/meminfo `Slab:`).
+fn slab_kb() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Slab:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_marks(o: &Opts) -> String {
+    let dirs: usize = if o.quick { 10_000 } else { 100_000 };
+    let loopfs = fsmon_tests::LoopFs::new_in("/dev/shm", "ext4", 2048);
+    let root = loopfs.mountpoint.join("tree");
+    // 100 top directories of 1,000 each.
+    for i in 0..dirs {
+        fs::create_dir_all(root.join(format!("t{}/d{i}", i % 100))).unwrap();
+    }
+    let total = dirs + 100 + 1;
+    let mut out = format!(
+        "## Inode marks on a tree of {total} directories\n\n\
+         | mark | start-up (add to ready) | inode marks | kernel slab growth while watching | daemon RSS |\n\
+         |---|---|---|---|---|\n"
+    );
+    for mark in ["filesystem", "inode"] {
+        let env = Env::new();
+        env.add("_global", &root, &["-r", "--mark", mark]);
+        // Drop clean caches so both start from the same state, then measure.
+        let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+        let slab0 = slab_kb();
+        let t = Instant::now();
+        let d = env.start(&[]);
+        let secs = t.elapsed().as_secs_f64();
+        let h: serde_json::Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
+        let slab = slab_kb() as i64 - slab0 as i64;
+        let rss = status_kb(d.pid(), "VmRSS:");
+        let _ = writeln!(
+            out,
+            "| {mark} | {secs:.2} s | {} | {:.1} MiB ({:.0} bytes per directory) | {:.1} MiB |",
+            h["inode_marks"],
+            slab as f64 / 1024.0,
+            slab as f64 * 1024.0 / total as f64,
+            rss as f64 / 1024.0
+        );
+        d.stop();
+    }
+    out.push_str(
+        "\nThe slab growth includes the directories' inodes and dentries that the marks keep in \
+         memory (the walk reads them in; a mark pins its inode), measured on a shared machine.\n\n",
+    );
+    out
 }
 
 // ---------------------------------------------------------------------------
