@@ -170,6 +170,8 @@ pub struct Marks {
     /// handle nor found under their name (renamed at once): marked and
     /// scanned as created when their `MOVED_TO` is read.
     unmarked_created: HashSet<Box<[u8]>>,
+    /// The trees carrying inode marks: (path, recursive).
+    inode_trees: Vec<(PathBuf, bool)>,
     /// What each watched path got.
     pub roots: Vec<RootMark>,
     /// A runtime failure to mark a new directory (kernel limit): kept for
@@ -231,6 +233,7 @@ impl Marks {
             inode_mask: 0,
             moved_away: HashMap::new(),
             unmarked_created: HashSet::new(),
+            inode_trees: Vec::new(),
             roots: Vec::new(),
             runtime_errors: Vec::new(),
         })
@@ -390,6 +393,7 @@ impl Marks {
         let before = std::mem::take(&mut self.dirs);
         self.moved_away.clear();
         self.unmarked_created.clear();
+        self.inode_trees.clear();
         self.inode_mask |= mask;
         for (root, existing, why) in inode_roots {
             let root_path = escape::as_path(&root.path).into_owned();
@@ -403,12 +407,15 @@ impl Marks {
                 continue;
             }
             match self.mark_tree(resolver, &root_path, root.recursive) {
-                Ok(n) => reports.push(RootMark {
-                    path: root.path.clone(),
-                    mark: "inode",
-                    why,
-                    dirs: Some(n as u64),
-                }),
+                Ok(n) => {
+                    self.inode_trees.push((root_path.clone(), root.recursive));
+                    reports.push(RootMark {
+                        path: root.path.clone(),
+                        mark: "inode",
+                        why,
+                        dirs: Some(n as u64),
+                    })
+                }
                 Err(e) => errors.push((
                     root.path.clone(),
                     match why {
@@ -571,12 +578,6 @@ impl Marks {
                 if !is_dir || !recursive {
                     continue;
                 }
-                if child_key
-                    .as_ref()
-                    .is_some_and(|k| self.dirs.contains_key(k))
-                {
-                    continue;
-                }
                 match resolve::open_at(
                     fd.as_fd(),
                     &name,
@@ -718,6 +719,20 @@ impl Marks {
         if let Err(e) = r {
             log::error!("a new directory in a watched tree cannot be followed: {e}");
             self.runtime_errors.push((text, e));
+        }
+    }
+
+    /// Events were lost (queue overflow): directories created meanwhile
+    /// were never marked. Every inode-marked tree is walked and marked
+    /// again (what they hold is not logged: the overflow record says
+    /// events were lost).
+    pub fn after_overflow(&mut self, resolver: &PathResolver) {
+        for (path, recursive) in self.inode_trees.clone() {
+            if let Err(e) = self.mark_tree(resolver, &path, recursive) {
+                log::error!("re-marking {} after a queue overflow: {e}", path.display());
+                self.runtime_errors
+                    .push((escape::encode_path(&path).into_owned(), e));
+            }
         }
     }
 

@@ -352,16 +352,22 @@ fn add_and_remove_apply_live_to_a_running_daemon() {
         )),
         "{mon}"
     );
-    // A path the kernel cannot watch (procfs reports no file handles, for
-    // a filesystem mark or for inode marks): refused by the daemon, one
-    // line, store unchanged. (sysfs, refused a filesystem mark, takes
-    // inode marks.)
+    // A path the kernel cannot watch as asked (sysfs refuses a
+    // filesystem mark; with `auto` it would take inode marks): refused by
+    // the daemon, one line, store unchanged.
     let before = store_bytes(&env);
     let msg = assert_one_line_error(
-        &env.fsmon(&["add", "_global", "--path", "/proc/sys"]),
-        "add /proc/sys",
+        &env.fsmon(&[
+            "add",
+            "_global",
+            "--path",
+            "/sys/kernel",
+            "--mark",
+            "filesystem",
+        ]),
+        "add /sys/kernel",
     );
-    assert!(msg.contains("cannot watch /proc/sys"), "{msg}");
+    assert!(msg.contains("cannot watch /sys/kernel"), "{msg}");
     assert_eq!(store_bytes(&env), before);
     fs::write(a.join("one"), b"1").unwrap();
     let evs = env.wait_events("_global", "CREATE of a/one", |e| {

@@ -363,6 +363,9 @@ impl Capture {
                     "the kernel event queue overflowed: events were lost; re-reading the watched trees"
                 );
                 self.resolver.mark_incomplete();
+                if self.marks.follows_trees() {
+                    self.marks.after_overflow(&self.resolver);
+                }
                 self.walk_roots();
             }
             if batch.items.len() >= MAX_BATCH || batch.paths.len() >= MAX_BATCH_BYTES {
