@@ -144,7 +144,7 @@ pub struct DaemonArgs {
     /// Process tracker: auto (eBPF, else /proc), ebpf, procfs
     #[arg(long, value_name = "KIND", value_parser = ["auto", "ebpf", "procfs"])]
     pub tracker: Option<String>,
-    /// eBPF process map capacity (default 65536)
+    /// eBPF process maps capacity: live processes, and exited ones awaiting collection (each; default 65536)
     #[arg(long, value_name = "ENTRIES")]
     pub proc_map_capacity: Option<u32>,
     /// Keep exited processes this long for late events (default 5)

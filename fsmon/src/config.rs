@@ -442,7 +442,7 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 
 [process]
 # tracker = "auto"            # auto (eBPF, else /proc), ebpf, procfs
-# map_capacity = 65536        # eBPF process map entries (LRU)
+# map_capacity = 65536        # eBPF maps: live processes, and exited ones (each)
 # exit_grace_secs = 5         # keep exited processes this long for late events
 
 [fanotify]

@@ -550,8 +550,22 @@ fn health(state: &State) -> serde_json::Value {
         "unresolved_paths": m.unresolved_paths.with_label_values(&["maybe_inside"]).get(),
         "events_hidden": m.events_hidden.get(),
         "ebpf_map_entries": m.ebpf_map_entries.get(),
+        "ebpf_live_entries": m.ebpf_live_entries.get(),
+        "ebpf_exited_entries": m.ebpf_exited_entries.get(),
+        "tracker_losses": tracker_losses(m),
         "subscribers": m.subscribers.get(),
     })
+}
+
+/// `health`'s `tracker_losses`: each kind's count (all 0 when nothing was
+/// lost).
+fn tracker_losses(m: &Metrics) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for kind in crate::metrics::TRACKER_LOSS_KINDS {
+        let n = m.tracker_losses.with_label_values(&[kind]).get();
+        out.insert(kind.to_string(), json!(n));
+    }
+    serde_json::Value::Object(out)
 }
 
 fn clean_swap(

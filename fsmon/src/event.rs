@@ -196,6 +196,11 @@ impl Default for TypeSet {
 
 /// The `event_type` of the record written when the kernel queue overflowed.
 pub const OVERFLOW_TYPE: &str = "Q_OVERFLOW";
+/// The `event_type` of the record written when the process tracker lost
+/// track of processes (a full map, a dropped exit note, an exited record
+/// gone before its events were read): attribution of nearby events may be
+/// missing or wrong.
+pub const TRACKER_LOSS_TYPE: &str = "TRACKER_LOSS";
 
 /// One log line, borrowed: what the daemon serializes and what readers
 /// (`query`, `changes`, `clean`, subscribers) parse back.
@@ -235,7 +240,8 @@ pub struct FileEvent<'a> {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
     /// On a `Q_OVERFLOW` record: events were lost (count unknown to the
-    /// kernel interface, so this is a flag, not a number).
+    /// kernel interface, so this is a flag, not a number). On a
+    /// `TRACKER_LOSS` record: processes were lost.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lost: bool,
 }

@@ -477,6 +477,7 @@ impl QueryOptions {
                 None => true,
                 Some(prefix) => {
                     line.event.event_type == OVERFLOW_TYPE
+                        || line.event.lost
                         || path_has_prefix(&line.event.path, prefix)
                 }
             }

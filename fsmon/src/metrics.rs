@@ -6,6 +6,16 @@ use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `kind` labels of `fsmon_tracker_losses_total`.
+pub const TRACKER_LOSS_KINDS: [&str; 6] = [
+    "live_insert_refused",
+    "exit_missed",
+    "tracepoint_skipped",
+    "exited_insert_refused",
+    "ring_full",
+    "event_process_unknown",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// Lines logged, by group and event type.
@@ -29,6 +39,12 @@ pub struct Metrics {
     /// 1 for the active tracker (`ebpf` or `procfs`).
     pub tracker_active: IntGaugeVec,
     pub ebpf_map_entries: IntGauge,
+    /// Records in the live-process map (counted, not walked).
+    pub ebpf_live_entries: IntGauge,
+    /// Exited records awaiting collection.
+    pub ebpf_exited_entries: IntGauge,
+    /// What the process tracker could not keep, by kind (see README).
+    pub tracker_losses: IntCounterVec,
     pub ebpf_map_collected: IntCounter,
     pub dir_cache_entries: IntGauge,
     pub dir_cache_hits: IntCounter,
@@ -111,6 +127,20 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         start_time_seconds.set(now.as_secs_f64());
+        let tracker_losses = IntCounterVec::new(
+            Opts::new(
+                "fsmon_tracker_losses_total",
+                "Processes the tracker could not keep, by kind (live_insert_refused, \
+                 exit_missed, tracepoint_skipped, exited_insert_refused, ring_full, \
+                 event_process_unknown)",
+            ),
+            &["kind"],
+        )
+        .unwrap();
+        r.register(Box::new(tracker_losses.clone())).unwrap();
+        for kind in TRACKER_LOSS_KINDS {
+            tracker_losses.with_label_values(&[kind]);
+        }
         Metrics {
             events_logged,
             kernel_events: counter(
@@ -149,8 +179,19 @@ impl Metrics {
             ebpf_map_entries: gauge(
                 &r,
                 "fsmon_ebpf_map_entries",
-                "Entries in the eBPF process map",
+                "Entries in the eBPF process maps (live + exited awaiting collection)",
             ),
+            ebpf_live_entries: gauge(
+                &r,
+                "fsmon_ebpf_live_entries",
+                "Records in the eBPF live-process map (counted, not walked)",
+            ),
+            ebpf_exited_entries: gauge(
+                &r,
+                "fsmon_ebpf_exited_entries",
+                "Exited processes awaiting collection",
+            ),
+            tracker_losses,
             ebpf_map_collected: counter(
                 &r,
                 "fsmon_ebpf_map_collected_total",

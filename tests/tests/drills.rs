@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, find, sh_bg, testkit_bin, wait_for};
+use fsmon_tests::{Env, LoopFs, find, testkit_bin, wait_for};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -678,160 +678,402 @@ fn clean_during_a_storm_loses_nothing_written_after_it_began() {
 // 5. The eBPF process map under pressure
 // ---------------------------------------------------------------------------
 
-#[test]
-fn ebpf_map_under_fifty_thousand_forks_keeps_attributing() {
-    // FSMON_CHURN_FORKS makes the drill smaller (cargo xtask vm-test runs it
-    // in an emulated guest); the map shrinks with it (not below fsmon's
-    // minimum), so the forks still overrun it several times.
-    let forks: u64 = std::env::var("FSMON_CHURN_FORKS")
+/// The process-map drills run one at a time: each fills the machine with
+/// processes (the burst keeps 20,000 alive, which alone is more than the
+/// churn drill's 4,096-entry map may hold).
+static MACHINE_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn machine_wide() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE_WIDE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A count from the environment (to run a drill bigger or smaller than its
+/// CI size), or `default`.
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50_000);
-    let capacity: u64 = (forks * 8192 / 50_000).clamp(1024, 8192);
+        .unwrap_or(default)
+}
+
+/// The kernel-counted losses of the tracker, from `health`: every kind must
+/// be present (a missing one would make an assertion on it vacuous).
+fn tracker_losses(h: &Value) -> std::collections::BTreeMap<String, u64> {
+    let l = h["tracker_losses"]
+        .as_object()
+        .unwrap_or_else(|| panic!("health has no tracker_losses: {h}"));
+    for kind in [
+        "live_insert_refused",
+        "exit_missed",
+        "tracepoint_skipped",
+        "exited_insert_refused",
+        "ring_full",
+        "event_process_unknown",
+    ] {
+        assert!(l.contains_key(kind), "{kind} missing: {h}");
+    }
+    l.iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect()
+}
+
+/// No insert refused, no exit note dropped, no event without its process.
+/// Exits the programs never saw (`exit_missed`, found when a fork reuses the
+/// pid; a live process's record is never evicted) must stay rare: at most
+/// 1 in 1,000 forks. They are not 0 on this shared machine: while other
+/// test binaries start and stop their own trackers, the kernel sometimes
+/// runs no exit program at all for a process and counts nothing (see the
+/// ignored `no_live_record_outlives_its_process` in tracker.rs); the
+/// daemon counts them and reconciles its map with /proc.
+fn assert_losses_explained(
+    losses: &std::collections::BTreeMap<String, u64>,
+    forks: u64,
+    h: &Value,
+) {
+    for kind in [
+        "live_insert_refused",
+        "exited_insert_refused",
+        "ring_full",
+        "event_process_unknown",
+    ] {
+        assert_eq!(losses[kind], 0, "{kind}: {h}");
+    }
     assert!(
-        forks >= 3 * capacity,
-        "FSMON_CHURN_FORKS={forks}: too few to overrun a map of {capacity}"
+        losses["exit_missed"] * 1000 <= forks.max(1000),
+        "{} exits missed in {forks} forks: {h}",
+        losses["exit_missed"]
     );
-    let env = Env::with_config(&format!("[process]\nmap_capacity = {capacity}\n"));
-    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+}
+
+/// Processes created on the whole machine since boot (`/proc/stat`).
+fn machine_forks() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("processes "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `fsmon-testkit churn` in `n` parallel forkers; returns their
+/// children.
+fn churners(dir: &Path, forkers: u64, total: u64, every: u64) -> Vec<Child> {
+    (0..forkers)
+        .map(|k| {
+            let d = dir.join(format!("k{k}"));
+            fs::create_dir_all(&d).unwrap();
+            Command::new(testkit_bin())
+                .arg("churn")
+                .arg(&d)
+                .arg((total / forkers).to_string())
+                .arg(every.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("fsmon-testkit churn")
+        })
+        .collect()
+}
+
+/// A shell script named `name` (so its comm is `name`).
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Churn: far more short-lived processes than the map holds (100,000 by
+/// default, FSMON_CHURN_FORKS to change; the capacity is 4,096) while a
+/// long-lived tracked command keeps spawning writers. The command's group
+/// gets every child's event with a whole chain; the churn's own writers are
+/// attributed right; the kernel refused no insert and evicted no live
+/// record.
+#[test]
+fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
+    let _one_at_a_time = machine_wide();
+    const CAPACITY: u64 = 4096;
+    let forks = env_count("FSMON_CHURN_FORKS", 100_000);
+    let env = Env::with_config(&format!("[process]\nmap_capacity = {CAPACITY}\n"));
+    let churn_dir = env.watch.join("churn");
+    let acc_dir = env.watch.join("acc");
+    fs::create_dir_all(&churn_dir).unwrap();
+    fs::create_dir_all(&acc_dir).unwrap();
+    env.add("_global", &churn_dir, &["-r", "--types", "CREATE"]);
+    env.add("accspawn", &acc_dir, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
+    let h = health(&env);
     assert_eq!(
-        health(&env)["tracker"],
+        h["tracker"],
         "ebpf",
-        "this drill needs the eBPF tracker:\n{}",
+        "needs the eBPF tracker:\n{}",
         d.stderr()
     );
+    let stop = env.dir.path().join("stop");
+    let acc = script(
+        env.dir.path(),
+        "accspawn",
+        &format!(
+            "i=0\nwhile [ ! -e {stop} ]; do touch {acc}/a$i; i=$((i+1)); sleep 0.2; done",
+            stop = stop.display(),
+            acc = acc_dir.display()
+        ),
+    );
+    let mut acc_proc = Command::new(&acc).spawn().expect("accspawn");
     let started = Instant::now();
-    let forkers: Vec<Child> = (0..2)
-        .map(|_| {
-            Command::new(testkit_bin())
-                .args(["forks", &(forks / 2).to_string()])
-                .spawn()
-                .expect("fsmon-testkit forks")
-        })
-        .collect();
-    // Short-lived `touch` processes all along the pressure.
-    let touched = Arc::new(std::sync::Mutex::new(Vec::<(u32, PathBuf)>::new()));
-    let toucher = {
-        let touched = touched.clone();
-        let during = env.watch.join("during");
-        Background::spawn(move |stop| {
-            let mut round = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let dir = during.join(format!("r{round}"));
-                fs::create_dir_all(&dir).unwrap();
-                round += 1;
-                let out = Command::new(testkit_bin())
-                    .arg("touches")
-                    .arg(&dir)
-                    .arg("50")
-                    .output()
-                    .expect("fsmon-testkit touches");
-                assert!(out.status.success());
-                let mut t = touched.lock().unwrap();
-                for l in String::from_utf8(out.stdout).unwrap().lines() {
-                    let (pid, path) = l.split_once(' ').unwrap();
-                    t.push((pid.parse().unwrap(), PathBuf::from(path)));
-                }
-            }
-        })
-    };
-    let mut forkers: Vec<Option<Child>> = forkers.into_iter().map(Some).collect();
-    let mut max_entries = 0u64;
-    wait_for(&format!("{forks} forks"), Duration::from_secs(90), || {
-        let entries = health(&env)["ebpf_map_entries"].as_u64().unwrap();
-        max_entries = max_entries.max(entries);
-        assert!(entries <= capacity, "map holds {entries} > {capacity}");
-        for f in forkers.iter_mut() {
-            if let Some(c) = f
-                && let Some(st) = c.try_wait().unwrap()
-            {
-                assert!(st.success(), "forks failed");
-                *f = None;
-            }
-        }
-        forkers.iter().all(Option::is_none).then_some(())
+    let every = 100;
+    let mut kids = churners(&churn_dir, 2, forks, every);
+    let mut max_live = 0u64;
+    let mut writers: Vec<(u32, String)> = Vec::new();
+    wait_for("the churn", Duration::from_secs(1200), || {
+        let h = health(&env);
+        max_live = max_live.max(h["ebpf_live_entries"].as_u64().unwrap());
+        let done = kids.iter_mut().all(|c| c.try_wait().unwrap().is_some());
+        done.then_some(())
     });
-    toucher.finish();
+    for c in kids.drain(..) {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "churn failed");
+        for l in String::from_utf8(out.stdout).unwrap().lines() {
+            let (pid, path) = l.split_once(' ').unwrap();
+            writers.push((pid.parse().unwrap(), path.to_string()));
+        }
+    }
+    let churn_secs = started.elapsed().as_secs_f64();
+    fs::write(&stop, b"").unwrap();
+    assert!(acc_proc.wait().unwrap().success());
     println!(
-        "{forks} forks in {:.1}s; map entries seen up to {max_entries} (capacity {capacity})",
-        started.elapsed().as_secs_f64()
-    );
-    // The touches made under pressure: all logged, by touch.
-    let touched = std::mem::take(&mut *touched.lock().unwrap());
-    // 300 touches during 50,000 forks; proportionally fewer in a smaller drill.
-    let min_touches = (300 * forks / 50_000).max(50) as usize;
-    assert!(
-        touched.len() >= min_touches,
-        "only {} touches",
-        touched.len()
-    );
-    let creates = |evs: &[Value]| -> std::collections::HashMap<String, Value> {
-        evs.iter()
-            .filter(|e| e["event_type"] == "CREATE")
-            .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
-            .collect()
-    };
-    let by_path = wait_for(
-        "the touches made under pressure",
-        Duration::from_secs(30),
-        || {
-            let c = creates(&env.events("_global"));
-            touched
-                .iter()
-                .all(|(_, p)| c.contains_key(p.to_str().unwrap()))
-                .then_some(c)
-        },
-    );
-    let right = touched
-        .iter()
-        .filter(|(pid, p)| {
-            let c = &by_path[p.to_str().unwrap()];
-            c["pid"] == *pid && c["cmd"] == "touch"
-        })
-        .count();
-    println!(
-        "touches under pressure attributed: {right}/{}",
-        touched.len()
-    );
-    assert!(
-        right * 100 >= touched.len() * 99,
-        "attribution under pressure: {right}/{}",
-        touched.len()
+        "churn: {forks} processes in {churn_secs:.1}s ({:.0}/s), live map up to {max_live} of {CAPACITY}",
+        forks as f64 / churn_secs
     );
 
-    // After the pressure: recent short-lived processes, exactly.
-    let after = env.watch.join("after");
-    fs::create_dir_all(&after).unwrap();
-    let expected: Vec<(PathBuf, u32, u32)> = (0..50)
-        .map(|i| {
-            let p = after.join(format!("F{i}"));
-            let (sh, pid) = sh_bg(&format!("touch {}", p.display()));
-            (p, sh, pid)
-        })
+    // Every child of the tracked command: in its group, with a whole chain.
+    let acc_files: Vec<String> = fs::read_dir(&acc_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_str().unwrap().to_string())
         .collect();
-    let evs = env.wait_events("_global", "the touches after the pressure", |e| {
-        expected
-            .iter()
-            .all(|(p, _, _)| !find(e, "CREATE", p).is_empty())
+    assert!(
+        acc_files.len() >= 5,
+        "only {} accspawn writes",
+        acc_files.len()
+    );
+    let evs = env.wait_events("accspawn", "every accspawn child's event", |e| {
+        acc_files.iter().all(|f| {
+            e.iter()
+                .any(|x| x["event_type"] == "CREATE" && x["path"] == *f)
+        })
     });
-    for (p, sh, pid) in &expected {
-        let c = find(&evs, "CREATE", p);
-        assert_eq!(c.len(), 1, "{}", p.display());
-        assert_eq!(c[0]["pid"], *pid, "{}", c[0]);
-        assert_eq!(c[0]["cmd"], "touch", "{}", c[0]);
-        assert_eq!(c[0]["ppid"], *sh, "{}", c[0]);
-        assert_eq!(c[0]["user"], "root", "{}", c[0]);
+    for f in &acc_files {
+        let e = evs
+            .iter()
+            .find(|x| x["event_type"] == "CREATE" && x["path"] == *f)
+            .unwrap();
+        let chain = e["chain"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no chain: {e}"));
+        let parts: Vec<&str> = chain.split(';').collect();
+        assert_eq!(e["cmd"], "touch", "{e}");
+        assert!(parts[1].contains("|accspawn|"), "{e}");
+        assert!(!chain.contains("|?|?"), "broken chain: {e}");
+        assert!(
+            parts.last().unwrap().starts_with("1|"),
+            "chain to pid 1: {e}"
+        );
     }
+
+    // The churn's own writers: right pid and name.
+    assert!(
+        writers.len() as u64 >= forks / every - 2,
+        "{} writers",
+        writers.len()
+    );
+    let logged = env.wait_events("_global", "every churn writer's event", |e| {
+        let paths: HashSet<&str> = e
+            .iter()
+            .filter(|x| x["event_type"] == "CREATE")
+            .filter_map(|x| x["path"].as_str())
+            .collect();
+        writers.iter().all(|(_, p)| paths.contains(p.as_str()))
+    });
+    let by_path: std::collections::HashMap<&str, &Value> = logged
+        .iter()
+        .filter(|x| x["event_type"] == "CREATE")
+        .map(|x| (x["path"].as_str().unwrap(), x))
+        .collect();
+    let right = writers
+        .iter()
+        .filter(|(pid, p)| {
+            let e = by_path[p.as_str()];
+            e["pid"] == *pid && e["cmd"] == "touch"
+        })
+        .count();
+    println!("churn: writers attributed right: {right}/{}", writers.len());
+    assert!(
+        right * 1000 >= writers.len() * 999,
+        "attribution under churn: {right}/{}",
+        writers.len()
+    );
+
     let h = health(&env);
-    assert!(h["ebpf_map_entries"].as_u64().unwrap() <= capacity, "{h}");
-    assert!(metric(&env, "fsmon_ebpf_map_entries") <= capacity as f64);
+    let losses = tracker_losses(&h);
+    println!("churn: tracker losses {losses:?}; {h}");
+    assert_losses_explained(&losses, forks, &h);
+    // The metric says the same (it only grows: read after health).
+    assert!(
+        metric(&env, "fsmon_tracker_losses_total") >= losses.values().sum::<u64>() as f64,
+        "{h}"
+    );
+    // The map's size is counted, not clamped: it never reached the capacity.
+    assert!(max_live < CAPACITY, "live map reached {max_live}");
     let err = d.stderr();
     assert!(
         !err.lines().any(|l| l.contains("[ERROR")),
         "the daemon logged an error:\n{err}"
     );
     assert!(d.stop().success());
+}
+
+/// Burst: 20,000 processes alive at once (FSMON_BURST_PROCS to change),
+/// then all exit: the live map returns to its idle size, the exited ones
+/// are collected, nothing is counted lost.
+#[test]
+fn ebpf_burst_of_sleepers_returns_to_idle() {
+    let _one_at_a_time = machine_wide();
+    let n = env_count("FSMON_BURST_PROCS", 20_000);
+    let env = Env::with_config("[process]\nexit_grace_secs = 1\n");
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    // The size is published once a second: wait for the first.
+    let idle = wait_for("the live map's size", Duration::from_secs(30), || {
+        let live = health(&env)["ebpf_live_entries"].as_u64().unwrap();
+        (live > 0).then_some(live)
+    });
+    let mut sleepers = Command::new(testkit_bin())
+        .args(["sleepers", &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fsmon-testkit sleepers");
+    let mut line = String::new();
+    BufReader::new(sleepers.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let peak = wait_for(
+        "the sleepers in the live map",
+        Duration::from_secs(60),
+        || {
+            let live = health(&env)["ebpf_live_entries"].as_u64().unwrap();
+            (live >= idle + n * 9 / 10).then_some(live)
+        },
+    );
+    drop(sleepers.stdin.take()); // EOF: they are killed and reaped
+    assert!(sleepers.wait().unwrap().success());
+    // Other processes come and go on a shared machine: "idle" allows for
+    // them, far below the burst.
+    let slack = 1000 + n / 20;
+    let h = wait_for("the maps back to idle", Duration::from_secs(120), || {
+        let h = health(&env);
+        let live = h["ebpf_live_entries"].as_u64().unwrap();
+        let exited = h["ebpf_exited_entries"].as_u64().unwrap();
+        (live <= idle + slack && exited <= slack).then_some(h)
+    });
+    let losses = tracker_losses(&h);
+    println!("burst: idle {idle}, peak {peak}, after {h}");
+    assert_losses_explained(&losses, n, &h);
+    assert!(d.stop().success());
+}
+
+/// Soak: an hour-like churn compressed (60 s by default at the highest
+/// fork rate two forkers reach here; FSMON_TRACKER_SOAK_SECS to change):
+/// the daemon's RSS and the map sizes stay flat, nothing is lost.
+#[test]
+fn ebpf_fork_soak_keeps_rss_and_map_flat() {
+    let _one_at_a_time = machine_wide();
+    let secs = env_count("FSMON_TRACKER_SOAK_SECS", 60);
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    let pid = d.pid();
+    let forked = Arc::new(AtomicU64::new(0));
+    let load: Vec<Background> = (0..2)
+        .map(|_| {
+            let forked = forked.clone();
+            Background::spawn(move |stop| {
+                while !stop.load(Ordering::SeqCst) {
+                    let st = Command::new(testkit_bin())
+                        .args(["forks", "2000"])
+                        .status()
+                        .expect("fsmon-testkit forks");
+                    assert!(st.success());
+                    forked.fetch_add(2000, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    // (secs, RSS KiB, live entries, exited awaiting collection, forks in
+    // the last 10 s on the whole machine)
+    let mut samples: Vec<(u64, u64, u64, u64, u64)> = Vec::new();
+    let mut forks_at: Vec<u64> = vec![machine_forks()];
+    while t0.elapsed() < Duration::from_secs(secs) {
+        thread::sleep(Duration::from_secs(5));
+        let h = health(&env);
+        forks_at.push(machine_forks());
+        let recent = forks_at[forks_at.len() - 1] - forks_at[forks_at.len().saturating_sub(3)];
+        samples.push((
+            t0.elapsed().as_secs(),
+            rss_kib(pid),
+            h["ebpf_live_entries"].as_u64().unwrap(),
+            h["ebpf_exited_entries"].as_u64().unwrap(),
+            recent,
+        ));
+    }
+    for b in load {
+        b.finish();
+    }
+    let n = forked.load(Ordering::Relaxed);
+    let h = health(&env);
+    let losses = tracker_losses(&h);
+    println!(
+        "fork soak: {n} forks in {secs}s ({:.0}/s); (s, RSS KiB, live, exited, machine forks in 10 s): {samples:?}; losses {losses:?}",
+        n as f64 / secs as f64
+    );
+    assert!(d.stop().success());
+    assert!(samples.len() >= 4, "{samples:?}");
+    // After the first third (warm-up: caches fill), flat: RSS within 2 MiB
+    // (the exit queue's high-water mark: it holds a grace period of exits,
+    // tens of thousands at this rate, and doubles its buffer when it needs
+    // to; a leak grows past that, steadily), map entries within what a
+    // grace period of forks holds.
+    let warm = samples.len() / 3;
+    let rss0 = samples[warm].1;
+    let rss_end = samples.last().unwrap().1;
+    assert!(
+        rss_end <= rss0 + 2048,
+        "RSS grew {rss0} -> {rss_end} KiB: {samples:?}"
+    );
+    // The live map: flat (what other processes on the machine do moves it
+    // a little). Exited records awaiting collection: what the last grace
+    // period of forks left, never more (they follow the fork rate, which
+    // varies with the machine's load).
+    let live_after: Vec<u64> = samples[warm..].iter().map(|s| s.2).collect();
+    let (live_min, live_max) = (
+        *live_after.iter().min().unwrap(),
+        *live_after.iter().max().unwrap(),
+    );
+    assert!(live_max <= live_min + 2000, "live map grew: {samples:?}");
+    for s in &samples[warm..] {
+        assert!(
+            s.3 <= s.4 + 2000,
+            "more exited records than forks in the last 10 s: {samples:?}"
+        );
+    }
+    assert_losses_explained(&losses, n, &h);
 }
 
 // ---------------------------------------------------------------------------

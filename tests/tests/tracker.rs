@@ -7,7 +7,8 @@ use std::{
 };
 
 use fsmon::process::{ProcessTracker, TrackerConfig, TrackerKind, procfs};
-use fsmon_tests::wait_for;
+use fsmon_tests::{Env, find, fsmon_bin, testkit_bin, wait_for};
+use serde_json::Value;
 
 fn ebpf_tracker(grace: Duration) -> ProcessTracker {
     let cfg = TrackerConfig {
@@ -48,20 +49,34 @@ fn sh_touch(dir: &std::path::Path) -> (u32, u32) {
     (sh_pid, touch_pid)
 }
 
-fn comm(t: &mut ProcessTracker, pid: u32) -> String {
-    let r = t
-        .record(pid)
-        .unwrap_or_else(|| panic!("no record for {pid}"));
-    String::from_utf8_lossy(r.comm_bytes()).into_owned()
-}
-
 #[test]
 fn short_lived_touch_is_attributed_after_exit() {
+    // Through the real daemon: the event of a `touch` that is gone by the
+    // time the event is read names the touch, its parent and its chain.
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    let (sh_pid, touch_pid) = sh_touch(&env.watch);
+    assert!(
+        procfs::read_process(touch_pid).is_none(),
+        "touch has exited: only the map remembers it"
+    );
+    let f = env.watch.join("F");
+    let evs = env.wait_events("_global", "the touch's CREATE", |e| {
+        !find(e, "CREATE", &f).is_empty()
+    });
+    let c = find(&evs, "CREATE", &f)[0];
+    assert_eq!(c["pid"], touch_pid, "{c}");
+    assert_eq!(c["cmd"], "touch", "{c}");
+    assert_eq!(c["ppid"], sh_pid, "{c}");
+    assert_eq!(c["user"], "root", "{c}");
+    assert!(d.stop().success());
+
+    // And the map itself, directly.
     let mut t = ebpf_tracker(Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap();
     let (sh_pid, touch_pid) = sh_touch(dir.path());
-    // Both are gone from /proc now; only the map remembers them.
-    assert!(procfs::read_process(touch_pid).is_none() || comm(&mut t, touch_pid) == "touch");
     let rec = t
         .peek(touch_pid)
         .expect("touch still in the map after exit");
@@ -222,23 +237,63 @@ fn procfs_fallback_gives_the_same_chain() {
     assert!(cp.split(';').count() >= 7, "{cp}");
 }
 
+/// One request on the control socket; the first response line.
+fn request(env: &Env, req: &str) -> Value {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(&env.socket).expect("connect to the daemon");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+}
+
+fn health(env: &Env) -> Value {
+    let h = request(env, r#"{"op":"health"}"#);
+    assert_eq!(h["ok"], true, "{h}");
+    h
+}
+
+/// The /proc tracker chosen through the real daemon, by `FSMON_TRACKER`
+/// and by `--tracker`: health says so, and a live writer is attributed.
 #[test]
-fn procfs_fallback_via_environment() {
-    // SAFETY: this test binary's other tests set force_procfs explicitly.
-    let cfg = TrackerConfig {
-        force_procfs: true,
-        ..Default::default()
-    };
-    let mut p = ProcessTracker::start(&cfg).unwrap();
-    assert_eq!(p.kind(), TrackerKind::Procfs);
-    assert!(p.fallback_reason().is_some());
-    let me = std::process::id();
-    assert_eq!(p.chain(me), proc_chain(me));
+fn procfs_fallback_via_environment_and_flag() {
+    for how in ["env", "flag"] {
+        let env = Env::new();
+        env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+        let d = match how {
+            "env" => env.start_with_env(&[], &[("FSMON_TRACKER", "procfs")]),
+            _ => env.start(&["--tracker", "procfs"]),
+        };
+        let h = health(&env);
+        assert_eq!(h["tracker"], "procfs", "{how}: {h}");
+        assert!(
+            h["tracker_fallback"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{how}: {h}"
+        );
+        // A writer that is still alive when its event is read: this test.
+        let f = env.watch.join(format!("by-{how}"));
+        fs::write(&f, b"x").unwrap();
+        let evs = env.wait_events("_global", "the test's own CREATE", |e| {
+            !find(e, "CREATE", &f).is_empty()
+        });
+        let c = find(&evs, "CREATE", &f)[0];
+        assert_eq!(c["pid"], std::process::id(), "{how}: {c}");
+        let me = procfs::read_process(std::process::id()).unwrap();
+        assert_eq!(
+            c["cmd"].as_str().unwrap().as_bytes(),
+            me.comm_bytes(),
+            "{how}: {c}"
+        );
+        assert!(d.stop().success());
+    }
 }
 
 #[test]
 fn threads_add_no_entries() {
-    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let t = ebpf_tracker(Duration::from_secs(60));
     let mut child = Command::new(env!("CARGO_BIN_EXE_fsmon-testkit"))
         .args(["threads", "1000"])
         .stdin(Stdio::piped())
@@ -331,11 +386,214 @@ fn tracked_command_marks_descendants() {
     assert!(chain.contains("|trackme|"), "{chain}");
     t.untrack_command("trackme").unwrap();
     assert!(!t.descends_from(touch_pid, "trackme"));
-    assert_eq!(
-        t.peek(touch_pid).unwrap().tracked,
-        0,
-        "bit cleared for reuse"
+    // The untracked bit is not handed to the next command while records
+    // still carry it.
+    t.track_command("othercmd").unwrap();
+    assert!(!t.descends_from(touch_pid, "othercmd"));
+}
+
+fn script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn comm_is(pid: u32, name: &[u8]) -> Option<()> {
+    (procfs::read_process(pid)?.comm_bytes() == name).then_some(())
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// A command that was running before it was tracked: it and what it starts
+/// from then on are tracked (the bits the daemon adds reach the kernel's
+/// fork program).
+#[test]
+fn already_running_command_is_tracked_from_then_on() {
+    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let out = dir.path().join("child");
+    let s = script(
+        dir.path(),
+        "trackold",
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done\nsleep 30 &\necho $! > {out}.tmp; mv {out}.tmp {out}\nwait",
+            go = go.display(),
+            out = out.display()
+        ),
+    );
+    let mut running = Command::new(&s).spawn().unwrap();
+    let pid = running.id();
+    wait_for("trackold runs", Duration::from_secs(10), || {
+        comm_is(pid, b"trackold")
+    });
+    t.track_command("trackold").unwrap();
+    assert!(
+        t.descends_from(pid, "trackold"),
+        "the running command itself"
+    );
+    fs::write(&go, b"").unwrap();
+    let child: u32 = wait_for("its child", Duration::from_secs(10), || {
+        fs::read_to_string(&out).ok()?.trim().parse().ok()
+    });
+    wait_for("the child execs sleep", Duration::from_secs(10), || {
+        comm_is(child, b"sleep")
+    });
+    let tracked = t.descends_from(child, "trackold");
+    kill(child);
+    let _ = running.wait();
+    assert!(tracked, "a child forked after tracking began");
+}
+
+/// A tracked process that execs something else stays tracked.
+#[test]
+fn re_exec_stays_tracked() {
+    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    t.track_command("trackexec").unwrap();
+    let s = script(dir.path(), "trackexec", "exec sleep 30");
+    let mut c = Command::new(&s).spawn().unwrap();
+    let pid = c.id();
+    wait_for("the exec of sleep", Duration::from_secs(10), || {
+        comm_is(pid, b"sleep")
+    });
+    let rec = t.record(pid).expect("record");
+    let tracked = t.descends_from(pid, "trackexec");
+    let _ = c.kill();
+    let _ = c.wait();
+    assert_eq!(rec.comm_bytes(), b"sleep", "the name follows the exec");
+    assert!(tracked, "still tracked after exec'ing something else");
+}
+
+/// A tracked process whose parent (the tracked command) exits stays
+/// tracked, and its chain still names the parent it was forked from.
+#[test]
+fn tracked_process_whose_parent_exits_stays_tracked() {
+    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    t.track_command("trackpar").unwrap();
+    let s = script(
+        dir.path(),
+        "trackpar",
+        "sleep 30 >/dev/null 2>&1 &\necho $!",
+    );
+    let out = Command::new(&s).output().unwrap();
+    let child: u32 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the orphan runs sleep", Duration::from_secs(10), || {
+        comm_is(child, b"sleep")
+    });
+    // The parent is gone and collected as far as the grace allows.
+    t.collect_exited(u64::MAX);
+    let tracked = t.descends_from(child, "trackpar");
+    let chain = t.chain(child);
+    kill(child);
+    assert!(tracked, "tracked after its parent exited");
+    let parts: Vec<&str> = chain.split(';').collect();
+    assert!(parts[1].contains("|trackpar|"), "{chain}");
+    assert!(!chain.contains("|?|?"), "{chain}");
+}
+
+/// `exec` from a thread that is not the leader: the process keeps its pid
+/// (the leader's), and its record gets the new name.
+#[test]
+fn exec_from_a_non_leader_thread_updates_the_name() {
+    let t = ebpf_tracker(Duration::from_secs(60));
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap();
+    let mut c = Command::new(testkit_bin())
+        .args(["execthread", sleep, "30"])
+        .spawn()
+        .unwrap();
+    let pid = c.id();
+    wait_for("the thread's exec", Duration::from_secs(10), || {
+        comm_is(pid, b"sleep")
+    });
+    let rec = t.peek(pid);
+    let _ = c.kill();
+    let _ = c.wait();
+    let rec = rec.expect("the process is in the map under its pid");
+    assert_eq!(String::from_utf8_lossy(rec.comm_bytes()), "sleep");
+    assert_ne!(rec.exec_ns, 0, "the exec was seen");
+}
+
+/// Removing a tracked command and adding it again: processes tracked the
+/// first time are tracked again (retroactively), nothing else picks up the
+/// old bit, and a command added meanwhile does not inherit it.
+#[test]
+fn remove_and_re_add_leaves_no_stale_bits() {
+    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    t.track_command("trackre").unwrap();
+    let out = dir.path().join("child");
+    let s = script(
+        dir.path(),
+        "trackre",
+        &format!(
+            "sleep 30 &\necho $! > {o}.tmp; mv {o}.tmp {o}\nwait",
+            o = out.display()
+        ),
+    );
+    let mut top = Command::new(&s).spawn().unwrap();
+    let child: u32 = wait_for("its child", Duration::from_secs(10), || {
+        fs::read_to_string(&out).ok()?.trim().parse().ok()
+    });
+    wait_for("sleep", Duration::from_secs(10), || {
+        comm_is(child, b"sleep")
+    });
+    let before = t.descends_from(child, "trackre");
+    t.untrack_command("trackre").unwrap();
+    let removed = t.descends_from(child, "trackre");
+    t.track_command("another").unwrap();
+    let other = t.descends_from(child, "another");
+    t.track_command("trackre").unwrap();
+    let again = t.descends_from(child, "trackre");
+    // An unrelated process started now is not tracked by either.
+    let (_, unrelated) = sh_touch(dir.path());
+    let unrelated_tracked =
+        t.descends_from(unrelated, "trackre") || t.descends_from(unrelated, "another");
+    kill(child);
+    let _ = top.kill();
+    let _ = top.wait();
+    assert!(before, "tracked at first");
+    assert!(!removed, "not tracked once removed");
+    assert!(!other, "the removed command's bit went to another command");
+    assert!(again, "tracked again once re-added");
+    assert!(!unrelated_tracked);
+}
+
+/// In a child pid namespace the map's host pids would not match the pids
+/// fanotify reports: the daemon refuses to start, with one line.
+#[test]
+fn daemon_refuses_to_start_in_a_child_pid_namespace() {
+    let env = Env::new();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(fsmon_bin())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("daemon")
+        .env_remove("SUDO_UID")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].contains("initial pid namespace"), "{err}");
 }
 
 #[test]
@@ -349,4 +607,97 @@ fn impossible_capacity_is_an_error() {
         .expect("rejected")
         .to_string();
     assert!(err.contains("capacity"), "{err}");
+}
+
+/// Fork churn with the tracker running: afterwards, every record in the
+/// live map is a running process (or an exited one kept for its children):
+/// no exit was missed. Ignored: it passes with one tracker on the machine,
+/// but when several test binaries start their trackers at the same moment,
+/// the exits of the first few children of a churner are missed by every
+/// tracker that recorded their fork (the same pids in each): the kernel ran
+/// none of the exit programs for them, and counted no `recursion_misses`
+/// (the kernel counters show forks = inserts, and every exit program run
+/// found its record). Cause not found yet; the daemon heals such records by
+/// reconciling with /proc (see `collect_exited`).
+/// Run: cargo xtask test --test tracker -- --ignored no_live_record
+#[test]
+#[ignore = "exits missed with several trackers loaded at once: cause not found (see the doc comment)"]
+fn no_live_record_outlives_its_process() {
+    let mut t = ebpf_tracker(Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let forkers: Vec<_> = (0..2)
+        .map(|k| {
+            let d = dir.path().join(format!("k{k}"));
+            fs::create_dir_all(&d).unwrap();
+            Command::new(testkit_bin())
+                .arg("churn")
+                .arg(&d)
+                .args(["5000", "100"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut f in forkers {
+        assert!(f.wait().unwrap().success());
+    }
+    // Exits the kernel skipped (counted) are reconciled here.
+    t.collect_exited(0);
+    let losses = t.losses();
+    let stale = t.live_records_without_process();
+    let shown: Vec<String> = stale
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|ppid {}|start {}|exec {}|proc {}",
+                r.tgid,
+                String::from_utf8_lossy(r.comm_bytes()),
+                r.ppid,
+                r.start_ns,
+                r.exec_ns,
+                fs::read_to_string(format!("/proc/{}/stat", r.tgid)).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "live records of gone processes: {shown:?} ({losses:?}; kernel counters \
+         [live inserted, live removed, refused, exit missed, exited refused, ring full, exits, \
+         exits unrecorded, forks] {:?})",
+        t.kernel_counters()
+    );
+}
+
+/// A live record whose exit was missed (here: planted for a pid that does
+/// not exist) is moved out by the reconciliation and then collected like
+/// any exit.
+#[test]
+fn reconciliation_moves_records_of_gone_processes_out() {
+    let mut t = ebpf_tracker(Duration::from_millis(1));
+    // Above pid_max on any machine (4,194,304): never a running process.
+    let pid = 4_194_400;
+    let rec = fsmon_common::ProcRecord {
+        tgid: pid,
+        ppid: 1,
+        start_ns: fsmon::process::boot_ns() - 1_000_000_000,
+        comm: fsmon_common::comm_key(b"ghost"),
+        ..Default::default()
+    };
+    assert!(t.insert_for_bench(&rec));
+    let live_before = t.sizes().live;
+    assert!(t.reconcile_now() >= 1);
+    let moved = t.peek(pid).expect("still known, as an exited process");
+    assert_ne!(moved.exit_ns, 0, "stamped as exited");
+    // At least the ghost left the live map (on a busy machine the same
+    // pass may also move out records of other processes whose exits were
+    // missed or that exited while the map was being seeded).
+    let live_after = t.sizes().live;
+    assert!(
+        live_after < live_before,
+        "the live size follows: {live_before} -> {live_after}"
+    );
+    wait_for("its collection", Duration::from_secs(20), || {
+        t.collect_exited(u64::MAX);
+        t.peek(pid).is_none().then_some(())
+    });
 }

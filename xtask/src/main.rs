@@ -224,6 +224,15 @@ fn soak_for(args: &[String], secs: u64) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
     build(true)?;
+    // The workload programs the benchmarks run.
+    run_cmd(cargo().current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "fsmon-tests",
+        "--bin",
+        "fsmon-testkit",
+    ]))?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args([

@@ -39,15 +39,16 @@ impl Attributor {
         self.chain_for = None;
     }
 
-    /// The process record for `pid`, if the tracker knows it.
-    pub fn process(&mut self, pid: u32) -> Option<ProcRecord> {
+    /// The process record for `pid` as of `queued_before` (boot ns; the
+    /// event was queued before then), if the tracker knows it.
+    pub fn process(&mut self, pid: u32, queued_before: u64) -> Option<ProcRecord> {
         match self.last {
             Some((p, rec)) if p == pid => rec,
             _ => {
                 let rec = if pid == 0 {
                     None
                 } else {
-                    self.tracker.record(pid)
+                    self.tracker.record_at(pid, queued_before)
                 };
                 self.last = Some((pid, rec));
                 rec

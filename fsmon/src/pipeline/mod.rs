@@ -38,7 +38,7 @@ use chrono::{DateTime, Local, SecondsFormat, Utc};
 
 use crate::{
     escape,
-    event::{EventType, FileEvent, OVERFLOW_TYPE, TypeSet},
+    event::{EventType, FileEvent, OVERFLOW_TYPE, TRACKER_LOSS_TYPE, TypeSet},
     fanotify::{FAN_Q_OVERFLOW, Fanotify},
     metrics::Metrics,
     process::{ProcessTracker, boot_ns},
@@ -73,6 +73,9 @@ pub struct Captured {
     pub path: (u32, u32),
     pub size: u64,
     pub unresolved: bool,
+    /// Boot-clock ns when the read that returned the event ended: the
+    /// event was queued before then (pid reuse check of the tracker).
+    pub queued_before: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -235,6 +238,7 @@ impl Pipeline {
             drained_before: 0,
             sync_interval: cfg.sync_interval,
             line: String::new(),
+            tracker_losses_logged: 0,
         };
         // The tracked commands too: a command group's process that execs
         // right after "ready" must already be marked by the eBPF program
@@ -439,6 +443,7 @@ impl Capture {
                 self.send(batch);
                 return;
             }
+            let queued_before = boot_ns();
             if batch.read_at.is_none() {
                 batch.read_at = Some(Utc::now());
             }
@@ -508,6 +513,7 @@ impl Capture {
                     path: (start as u32, batch.paths.len() as u32),
                     size,
                     unresolved,
+                    queued_before,
                 }));
             }
             if overflowed {
@@ -687,6 +693,8 @@ struct Process {
     drained_before: u64,
     sync_interval: Option<Duration>,
     line: String,
+    /// Tracker losses already reported in the logs.
+    tracker_losses_logged: u64,
 }
 
 impl Process {
@@ -724,9 +732,7 @@ impl Process {
                 self.metrics
                     .tracker_misses
                     .inc_by(misses.saturating_sub(self.metrics.tracker_misses.get()));
-                self.metrics
-                    .ebpf_map_entries
-                    .set(self.attributor.tracker.entries() as i64);
+                self.publish_tracker_state();
                 self.logs.maintain();
                 next_gc = now + Duration::from_secs(1);
             }
@@ -737,6 +743,34 @@ impl Process {
                 log::debug!("fdatasync of the logs done");
                 next_sync = Some(now + every);
             }
+        }
+    }
+
+    /// Map sizes and losses to the metrics; when a loss counter grew, one
+    /// in-band record in every group's log (the tracker cannot tell whose
+    /// processes it missed).
+    fn publish_tracker_state(&mut self) {
+        let t = &self.attributor.tracker;
+        let sizes = t.sizes();
+        let losses = t.losses();
+        let m = &self.metrics;
+        m.ebpf_map_entries.set(t.entries() as i64);
+        m.ebpf_live_entries.set(sizes.live as i64);
+        m.ebpf_exited_entries.set(sizes.exited as i64);
+        let set = |kind: &str, total: u64| {
+            let c = m.tracker_losses.with_label_values(&[kind]);
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        set("live_insert_refused", losses.live_insert_refused);
+        set("exit_missed", losses.exit_missed);
+        set("tracepoint_skipped", losses.tracepoint_skipped);
+        set("exited_insert_refused", losses.exited_insert_refused);
+        set("ring_full", losses.ring_full);
+        set("event_process_unknown", losses.event_process_unknown);
+        if losses.total() > self.tracker_losses_logged {
+            self.tracker_losses_logged = losses.total();
+            log::warn!("the process tracker lost track of processes: {losses:?}");
+            self.lost_record(TRACKER_LOSS_TYPE);
         }
     }
 
@@ -786,11 +820,22 @@ impl Process {
     }
 
     fn overflow(&mut self) {
+        self.lost_record(OVERFLOW_TYPE);
+        self.metrics
+            .overflow_records
+            .inc_by(self.groups.groups.len() as u64);
+    }
+
+    /// One `lost: true` record of `event_type` in every group's log.
+    fn lost_record(&mut self, event_type: &'static str) {
+        if self.clock.text.is_empty() {
+            self.clock.stamp(Utc::now());
+        }
         let groups = self.groups.clone();
         for g in &groups.groups {
             let ev = FileEvent {
                 time: Cow::Borrowed(&self.clock.text),
-                event_type: Cow::Borrowed(OVERFLOW_TYPE),
+                event_type: Cow::Borrowed(event_type),
                 path: Cow::Borrowed(""),
                 pid: 0,
                 cmd: Cow::Borrowed(""),
@@ -811,12 +856,12 @@ impl Process {
                 &g.name,
                 &ev,
             );
-            self.metrics.overflow_records.inc();
         }
+        self.flush();
     }
 
     fn event(&mut self, c: &Captured, path: &str) {
-        let rec = self.attributor.process(c.pid);
+        let rec = self.attributor.process(c.pid, c.queued_before);
         let (ppid, tgid) = rec.map_or((0, c.pid), |r| (r.ppid, r.tgid));
         // Per event, not per group or line: the name borrows the record (no
         // allocation for UTF-8 names), the user is a shared string.

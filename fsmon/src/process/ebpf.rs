@@ -1,29 +1,34 @@
 //! The eBPF backend of the process tracker: loads `fsmon-ebpf`, attaches its
-//! tracepoints, and reads and maintains the process map.
+//! tracepoints, and gives typed access to its maps. What the daemon does with
+//! them (collection, tracked bits) is in `collect.rs` and `mod.rs`.
 use std::{
-    collections::HashMap as StdHashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         TracePoint,
         links::{FdLink, PinnedLink},
         trace_point::TracePointLinkId,
     },
 };
-use fsmon_common::{COMM_LEN, OFFSET_ABSENT, PROC_MAP, ProcRecord, TRACKED_MAP, globals};
+use fsmon_common::{
+    COMM_LEN, COUNTERS_MAP, DEFAULT_EXITS_RING_BYTES, EXITED_MAP, EXITS_RING, LIVE_MAP,
+    OFFSET_ABSENT, ProcRecord, SEEDED_MAP, SETTINGS_MAP, SeededBits, Settings, TRACKED_MAP,
+    counter, globals,
+};
 
-use super::{procfs, tracefs};
+use super::tracefs;
 use crate::error::{Error, Result};
 
 /// The object built by `cargo xtask build-ebpf`, embedded by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fsmon.bpf.o"));
 
-const BPF_NOEXIST: u64 = 1;
-const BPF_EXIST: u64 = 2;
+/// `BPF_NOEXIST`: insert only if the key is absent.
+pub const BPF_NOEXIST: u64 = 1;
 
 pub struct EbpfBackend {
     /// Owns the loaded programs when they were loaded in this process;
@@ -36,9 +41,139 @@ pub struct EbpfBackend {
     prog_id: Option<u32>,
     /// Attachments made by `load`, by program name (for pinning).
     attached: Vec<(&'static str, TracePointLinkId)>,
-    procs: HashMap<MapData, u32, ProcRecord>,
-    tracked: HashMap<MapData, [u8; COMM_LEN], u64>,
+    pub maps: Maps,
+    /// The attached programs, for their kernel statistics.
+    programs: Vec<OwnedFd>,
 }
+
+/// A program's descriptor from its id (`BPF_PROG_GET_FD_BY_ID`).
+fn prog_fd_by_id(id: u32) -> Option<OwnedFd> {
+    #[repr(C)]
+    struct Attr {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let attr = Attr {
+        prog_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for this command, and its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    // SAFETY: a new descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// How many times the kernel skipped a program (`recursion_misses`: it
+/// does not run tracepoint programs on a CPU where another BPF program, or
+/// a `bpf()` map syscall preempted in the middle, is active).
+fn recursion_misses(fd: &OwnedFd) -> u64 {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: a plain C struct; all zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = Attr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    // SAFETY: attr points at a buffer of info_len bytes that lives across
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 { 0 } else { info.recursion_misses }
+}
+
+/// The maps the daemon uses (see fsmon-common for what each holds and who
+/// writes it).
+pub struct Maps {
+    pub live: HashMap<MapData, u32, ProcRecord>,
+    pub exited: HashMap<MapData, u32, ProcRecord>,
+    pub tracked: HashMap<MapData, [u8; COMM_LEN], u64>,
+    pub seeded: HashMap<MapData, u32, SeededBits>,
+    pub settings: Array<MapData, Settings>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub exits: RingBuf<MapData>,
+    /// Capacity of the live and the exited map (each).
+    pub capacity: u32,
+}
+
+/// Maps handed from the loader process to the daemon through bpffs.
+const SHARED_MAPS: [&str; 7] = [
+    LIVE_MAP,
+    EXITED_MAP,
+    TRACKED_MAP,
+    SEEDED_MAP,
+    SETTINGS_MAP,
+    COUNTERS_MAP,
+    EXITS_RING,
+];
+
+impl Maps {
+    fn open(mut take: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let live = HashMap::try_from(take(LIVE_MAP)?).map_err(|e| ebpf_err(LIVE_MAP, e))?;
+        let capacity = aya::maps::IterableMap::map(&live)
+            .info()
+            .map_err(|e| ebpf_err(LIVE_MAP, e))?
+            .max_entries();
+        Ok(Self {
+            live,
+            exited: HashMap::try_from(take(EXITED_MAP)?).map_err(|e| ebpf_err(EXITED_MAP, e))?,
+            tracked: HashMap::try_from(take(TRACKED_MAP)?).map_err(|e| ebpf_err(TRACKED_MAP, e))?,
+            seeded: HashMap::try_from(take(SEEDED_MAP)?).map_err(|e| ebpf_err(SEEDED_MAP, e))?,
+            settings: Array::try_from(take(SETTINGS_MAP)?)
+                .map_err(|e| ebpf_err(SETTINGS_MAP, e))?,
+            counters: PerCpuArray::try_from(take(COUNTERS_MAP)?)
+                .map_err(|e| ebpf_err(COUNTERS_MAP, e))?,
+            exits: RingBuf::try_from(take(EXITS_RING)?).map_err(|e| ebpf_err(EXITS_RING, e))?,
+            capacity,
+        })
+    }
+
+    /// A kernel counter (`fsmon_common::counter`), summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map_or(0, |v| v.iter().copied().fold(0u64, u64::wrapping_add))
+    }
+
+    /// All kernel counters, indexed by `fsmon_common::counter`.
+    pub fn all_counters(&self) -> [u64; counter::COUNT as usize] {
+        std::array::from_fn(|i| self.counter(i as u32))
+    }
+}
+
+/// Size of the exit ring for a map capacity: room for one note (32 bytes
+/// with its header) per map entry, between 1 MiB and 16 MiB (a power of
+/// two, as the kernel requires).
+pub fn exits_ring_bytes(capacity: u32) -> u32 {
+    (capacity as u64 * 32)
+        .next_power_of_two()
+        .clamp(1 << 20, 16 << 20) as u32
+}
+
+// The kernel object's default must be a valid size too.
+const _: () = assert!(DEFAULT_EXITS_RING_BYTES.is_power_of_two());
 
 /// Programs and where they attach.
 const PROGRAMS: [(&str, &str, &str); 4] = [
@@ -78,8 +213,10 @@ fn ebpf_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl EbpfBackend {
-    /// Loads and attaches the programs. `capacity` is the process map's size.
-    pub fn load(capacity: u32, debug: bool) -> Result<Self> {
+    /// Loads and attaches the programs. `capacity` is the size of the live
+    /// and of the exited map. With `pin_to`, the maps the daemon uses are
+    /// pinned there too (the loader process's side of the hand-over).
+    pub fn load(capacity: u32, debug: bool, pin_to: Option<&Path>) -> Result<Self> {
         tracefs::ensure_mounted()?;
         let fork_child = tracefs::event_field_offset("sched", "sched_process_fork", "child_pid")?;
         if fork_child == OFFSET_ABSENT {
@@ -113,7 +250,10 @@ impl EbpfBackend {
         let mut loader = EbpfLoader::new();
         loader
             .btf(None)
-            .map_max_entries(PROC_MAP, capacity)
+            .map_max_entries(LIVE_MAP, capacity)
+            .map_max_entries(EXITED_MAP, capacity)
+            .map_max_entries(SEEDED_MAP, capacity)
+            .map_max_entries(EXITS_RING, exits_ring_bytes(capacity))
             .override_global(globals::FORK_CHILD_PID, &fork_child, true)
             .override_global(globals::NEWTASK_PID, &newtask_pid, true)
             .override_global(globals::NEWTASK_CLONE_FLAGS, &newtask_flags, true)
@@ -124,6 +264,7 @@ impl EbpfBackend {
             .map_err(|e| ebpf_err("loading the object", e))?;
 
         let mut attached = Vec::new();
+        let mut programs = Vec::new();
         let mut attach = |prog: &'static str, category: &str, event: &str| -> Result<()> {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -136,6 +277,9 @@ impl EbpfBackend {
                 .attach(category, event)
                 .map_err(|e| ebpf_err(&format!("attaching {prog} to {category}/{event}"), e))?;
             attached.push((prog, id));
+            if let Some(fd) = tp.info().ok().and_then(|i| prog_fd_by_id(i.id())) {
+                programs.push(fd);
+            }
             Ok(())
         };
         for (prog, category, event) in PROGRAMS {
@@ -145,21 +289,26 @@ impl EbpfBackend {
             attach(prog, category, event)?;
         }
 
-        let take = |ebpf: &mut Ebpf, name: &str| {
+        if let Some(dir) = pin_to {
+            for name in SHARED_MAPS {
+                let map = ebpf
+                    .map(name)
+                    .ok_or_else(|| Error::Ebpf(format!("map {name} missing from the object")))?;
+                map.pin(dir.join(name))
+                    .map_err(|e| Error::Ebpf(format!("pinning {name}: {e}")))?;
+            }
+        }
+        let maps = Maps::open(|name| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Ebpf(format!("map {name} missing from the object")))
-        };
-        let procs =
-            HashMap::try_from(take(&mut ebpf, PROC_MAP)?).map_err(|e| ebpf_err(PROC_MAP, e))?;
-        let tracked = HashMap::try_from(take(&mut ebpf, TRACKED_MAP)?)
-            .map_err(|e| ebpf_err(TRACKED_MAP, e))?;
+        })?;
         Ok(Self {
             ebpf: Some(ebpf),
             _links: Vec::new(),
             prog_id: None,
             attached,
-            procs,
-            tracked,
+            maps,
+            programs,
         })
     }
 
@@ -170,17 +319,11 @@ impl EbpfBackend {
     /// relocation needs it; the daemon never pays that.
     pub fn load_and_pin(dir: &Path, capacity: u32, debug: bool) -> Result<()> {
         ensure_bpffs()?;
-        let mut me = Self::load(capacity, debug)?;
         std::fs::create_dir(dir)
             .map_err(|e| Error::Ebpf(format!("creating {}: {e}", dir.display())))?;
+        let mut me = Self::load(capacity, debug, Some(dir))?;
         let pin_err =
             |what: &str, e: &dyn std::fmt::Display| Error::Ebpf(format!("pinning {what}: {e}"));
-        me.procs
-            .pin(dir.join("procs"))
-            .map_err(|e| pin_err(PROC_MAP, &e))?;
-        me.tracked
-            .pin(dir.join("tracked"))
-            .map_err(|e| pin_err(TRACKED_MAP, &e))?;
         let ebpf = me.ebpf.as_mut().expect("loaded in process");
         for (prog, id) in std::mem::take(&mut me.attached) {
             let p = ebpf.program_mut(prog).expect("attached program exists");
@@ -202,15 +345,13 @@ impl EbpfBackend {
     /// attached), and removes `dir`.
     pub fn take_pinned(dir: &Path) -> Result<Self> {
         let result = (|| {
-            let map = |name: &str| -> Result<Map> {
+            let maps = Maps::open(|name: &str| -> Result<Map> {
                 let data = MapData::from_pin(dir.join(name))
                     .map_err(|e| ebpf_err(&format!("opening pinned {name}"), e))?;
                 Map::from_map_data(data).map_err(|e| ebpf_err(name, e))
-            };
-            let procs = HashMap::try_from(map("procs")?).map_err(|e| ebpf_err(PROC_MAP, e))?;
-            let tracked =
-                HashMap::try_from(map("tracked")?).map_err(|e| ebpf_err(TRACKED_MAP, e))?;
+            })?;
             let mut links = Vec::new();
+            let mut programs = Vec::new();
             let mut prog_id = None;
             for (prog, _, _) in PROGRAMS {
                 let path = dir.join(prog);
@@ -223,8 +364,12 @@ impl EbpfBackend {
                     .unpin()
                     .map_err(|e| ebpf_err(&format!("unpinning {prog}"), e))?;
                 // aya-log finds its ring through a program that logs.
+                let id = link.info().ok().map(|i| i.program_id());
                 if prog == "fsmon_fork" {
-                    prog_id = link.info().ok().map(|i| i.program_id());
+                    prog_id = id;
+                }
+                if let Some(fd) = id.and_then(prog_fd_by_id) {
+                    programs.push(fd);
                 }
                 links.push(link);
             }
@@ -239,8 +384,8 @@ impl EbpfBackend {
                 _links: links,
                 prog_id,
                 attached: Vec::new(),
-                procs,
-                tracked,
+                maps,
+                programs,
             })
         })();
         // Whatever happened, leave nothing pinned: a stale pin would keep
@@ -280,92 +425,22 @@ impl EbpfBackend {
         }
     }
 
-    pub fn get(&self, tgid: u32) -> Option<ProcRecord> {
-        self.procs.get(&tgid, 0).ok()
-    }
-
-    pub fn insert(&mut self, record: &ProcRecord, only_if_absent: bool) -> Result<(), MapError> {
-        let flags = if only_if_absent { BPF_NOEXIST } else { 0 };
-        self.procs.insert(record.tgid, *record, flags)
-    }
-
-    pub fn update_existing(&mut self, record: &ProcRecord) -> Result<(), MapError> {
-        self.procs.insert(record.tgid, *record, BPF_EXIST)
-    }
-
-    pub fn remove(&mut self, tgid: u32) {
-        let _ = self.procs.remove(&tgid);
-    }
-
-    /// A snapshot of the whole map. Entries may change while we iterate;
-    /// callers treat the result as advisory.
-    pub fn snapshot(&self) -> Vec<ProcRecord> {
-        self.procs
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(_, v)| v)
-            .collect()
-    }
-
-    /// Entries in the map. A walk of a map the kernel changes meanwhile
-    /// restarts from the first key when the key it stands on is evicted,
-    /// which counts entries twice: stop when the first key comes round
-    /// again, and never report more than the map can hold.
-    pub fn len(&self) -> usize {
-        let mut keys = self.procs.keys().filter_map(|k| k.ok());
-        let Some(first) = keys.next() else {
-            return 0;
-        };
-        let seen = 1 + keys.take_while(|k| *k != first).count();
-        let capacity = aya::maps::IterableMap::map(&self.procs)
-            .info()
-            .map_or(usize::MAX, |i| i.max_entries() as usize);
-        seen.min(capacity)
+    /// Runs of the programs the kernel skipped, summed (see
+    /// [`recursion_misses`]): each may be a fork, exec or exit not seen.
+    pub fn skipped_runs(&self) -> u64 {
+        self.programs.iter().map(recursion_misses).sum()
     }
 
     /// Sets the tracked-command mask for a comm key (0 removes it).
     pub fn set_tracked_mask(&mut self, key: [u8; COMM_LEN], mask: u64) -> Result<()> {
         let r = if mask == 0 {
-            match self.tracked.remove(&key) {
+            match self.maps.tracked.remove(&key) {
                 Err(MapError::KeyNotFound) => Ok(()),
                 other => other,
             }
         } else {
-            self.tracked.insert(key, mask, 0)
+            self.maps.tracked.insert(key, mask, 0)
         };
         r.map_err(|e| ebpf_err(TRACKED_MAP, e))
-    }
-
-    /// Adds every process in `/proc` that the map does not know yet, and
-    /// completes records that exec created without a fork (ppid unknown).
-    /// Runs after attach, so nothing that starts from now on is missed, and
-    /// never overwrites what the kernel recorded.
-    pub fn seed_from_proc(&mut self) -> usize {
-        let mut seeded: StdHashMap<u32, ProcRecord> = StdHashMap::new();
-        for pid in procfs::all_pids() {
-            if let Some(rec) = procfs::read_process(pid) {
-                seeded.insert(pid, rec);
-            }
-        }
-        let mut added = 0;
-        let starts: StdHashMap<u32, u64> = seeded.iter().map(|(&p, r)| (p, r.start_ns)).collect();
-        for (pid, mut rec) in seeded {
-            rec.parent_start_ns = starts.get(&rec.ppid).copied().unwrap_or(0);
-            match self.get(pid) {
-                None => {
-                    if self.insert(&rec, true).is_ok() {
-                        added += 1;
-                    }
-                }
-                Some(mut known) if known.start_ns == 0 => {
-                    known.ppid = rec.ppid;
-                    known.start_ns = rec.start_ns;
-                    known.parent_start_ns = rec.parent_start_ns;
-                    let _ = self.update_existing(&known);
-                }
-                Some(_) => {}
-            }
-        }
-        added
     }
 }

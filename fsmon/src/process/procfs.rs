@@ -9,6 +9,10 @@ use fsmon_common::{COMM_LEN, ProcRecord};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatFields<'a> {
     pub comm: &'a [u8],
+    /// State letter (`R`, `S`, `Z` for a zombie, ...).
+    pub state: u8,
+    /// The kernel's task flags (`PF_*`) of the thread-group leader.
+    pub flags: u64,
     pub ppid: u32,
     /// Start time in clock ticks since boot.
     pub start_ticks: u64,
@@ -26,10 +30,15 @@ pub fn parse_stat(buf: &[u8]) -> Option<StatFields<'_>> {
     let rest = std::str::from_utf8(buf.get(close + 2..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     // After the comm: state(0) ppid(1) ... starttime(19).
-    let ppid = fields.nth(1)?.parse().ok()?;
-    let start_ticks = fields.nth(17)?.parse().ok()?;
+    let state = *fields.next()?.as_bytes().first()?;
+    let ppid = fields.next()?.parse().ok()?;
+    // pgrp session tty_nr tpgid, then flags.
+    let flags = fields.nth(4)?.parse().ok()?;
+    let start_ticks = fields.nth(12)?.parse().ok()?;
     Some(StatFields {
         comm,
+        state,
+        flags,
         ppid,
         start_ticks,
     })
@@ -77,25 +86,38 @@ fn read_small(path: &str, buf: &mut Vec<u8>) -> Option<()> {
 /// `tracked` is left 0; `parent_start_ns` is filled by the caller, which
 /// knows the parent's record.
 pub fn read_process(tgid: u32) -> Option<ProcRecord> {
+    read_process_state(tgid).map(|(r, _)| r)
+}
+
+/// [`read_process`], and whether the process has exited or is exiting (a
+/// zombie not yet reaped, or a task already in `do_exit`, past the exit
+/// tracepoint: `/proc` still shows it, but it must not be put in the live
+/// map, where nothing would ever remove it).
+pub fn read_process_state(tgid: u32) -> Option<(ProcRecord, bool)> {
     let mut buf = Vec::with_capacity(1024);
     read_small(&format!("/proc/{tgid}/stat"), &mut buf)?;
     let stat = parse_stat(&buf)?;
+    const PF_EXITING: u64 = 0x4;
+    let exited = matches!(stat.state, b'Z' | b'X' | b'x') || stat.flags & PF_EXITING != 0;
     let mut comm = [0u8; COMM_LEN];
     let n = stat.comm.len().min(COMM_LEN - 1);
     comm[..n].copy_from_slice(&stat.comm[..n]);
     let (ppid, start_ns) = (stat.ppid, ticks_to_ns(stat.start_ticks));
     read_small(&format!("/proc/{tgid}/status"), &mut buf)?;
     let (uid, gid) = parse_status_ids(&buf)?;
-    Some(ProcRecord {
-        tgid,
-        ppid,
-        uid,
-        gid,
-        comm,
-        start_ns,
-        cgroup_id: super::cgroup::id_of_process(tgid),
-        ..ProcRecord::default()
-    })
+    Some((
+        ProcRecord {
+            tgid,
+            ppid,
+            uid,
+            gid,
+            comm,
+            start_ns,
+            cgroup_id: super::cgroup::id_of_process(tgid),
+            ..ProcRecord::default()
+        },
+        exited,
+    ))
 }
 
 /// The tgids of every process now in `/proc` (threads are not listed there).
@@ -116,6 +138,8 @@ mod tests {
         let line = b"4242 (my (odd) cmd) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.comm, b"my (odd) cmd");
+        assert_eq!(s.state, b'S');
+        assert_eq!(s.flags, 4194560);
         assert_eq!(s.ppid, 17);
         assert_eq!(s.start_ticks, 987654);
     }

@@ -7,6 +7,11 @@
 //!   fsmon-testkit shwrites DIR N          N `sh -c 'echo > F'` writes, prints the sh pids
 //!   fsmon-testkit flood DIR N [RATE]      N x (create, close, unlink) of new names, <= RATE events/s
 //!   fsmon-testkit forks N                 N short-lived child processes (fork+exit)
+//!   fsmon-testkit churn DIR N EVERY       N short-lived children (fork+exit); every EVERY-th
+//!                                         execs `touch DIR/cI` instead; prints "pid path" of those
+//!   fsmon-testkit sleepers N              N children alive at once; prints "ready", and on
+//!                                         stdin EOF ends them all and reaps them
+//!   fsmon-testkit execthread PROG ARGS..  a thread that is not the leader execs PROG
 use std::{
     fs,
     io::{Read, Write},
@@ -150,6 +155,82 @@ fn forks(n: usize) {
     }
 }
 
+fn churn(dir: &Path, n: usize, every: usize) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let touch = CString::new("/usr/bin/touch").unwrap();
+    let touch = if Path::new("/usr/bin/touch").exists() {
+        touch
+    } else {
+        CString::new("/bin/touch").unwrap()
+    };
+    let mut out = String::new();
+    for i in 0..n {
+        let writer = every > 0 && i % every == 0;
+        let path = dir.join(format!("c{i}"));
+        let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let argv = [touch.as_ptr(), cpath.as_ptr(), std::ptr::null()];
+        // SAFETY: the child only calls execv and _exit (async-signal-safe).
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                if writer {
+                    libc::execv(touch.as_ptr(), argv.as_ptr());
+                }
+                libc::_exit(0)
+            },
+            pid if pid > 0 => {
+                if writer {
+                    out.push_str(&format!("{pid} {}\n", path.display()));
+                }
+                let mut st = 0;
+                unsafe { libc::waitpid(pid, &mut st, 0) };
+            }
+            _ => panic!("fork failed"),
+        }
+    }
+    print!("{out}");
+}
+
+fn sleepers(n: usize) {
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: the child only sleeps until killed.
+        match unsafe { libc::fork() } {
+            0 => loop {
+                unsafe { libc::pause() };
+            },
+            pid if pid > 0 => pids.push(pid),
+            _ => panic!("fork failed"),
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    for &pid in &pids {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for &pid in &pids {
+        let mut st = 0;
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    }
+}
+
+fn execthread(args: &[String]) {
+    use std::ffi::CString;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap())
+        .collect();
+    let h = thread::spawn(move || {
+        let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        // SAFETY: valid NUL-terminated argv.
+        unsafe { libc::execv(argv[0], argv.as_ptr()) };
+        panic!("execv failed");
+    });
+    let _ = h.join();
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -172,9 +253,16 @@ fn main() -> ExitCode {
             args.get(3).and_then(|r| r.parse().ok()).unwrap_or(0),
         ),
         Some("forks") => forks(arg(&args, 1, "N")),
+        Some("churn") => churn(
+            Path::new(&args[1]),
+            arg(&args, 2, "N"),
+            arg(&args, 3, "EVERY"),
+        ),
+        Some("sleepers") => sleepers(arg(&args, 1, "N")),
+        Some("execthread") if args.len() > 1 => execthread(&args[1..]),
         _ => {
             eprintln!(
-                "usage: fsmon-testkit threads N | storm DIR FILES DIRS | mktree DIR FILES DIRS | touches DIR N | shwrites DIR N | flood DIR N | forks N"
+                "usage: fsmon-testkit threads N | storm DIR FILES DIRS | mktree DIR FILES DIRS | touches DIR N | shwrites DIR N | flood DIR N | forks N | churn DIR N EVERY | sleepers N | execthread PROG ARGS.."
             );
             return ExitCode::from(2);
         }

@@ -3,7 +3,9 @@
 //!
 //!   fsmon-bench [--quick] [--only SECTION[,SECTION]] [--reps N]
 //!
-//! Sections: tracker, capture, peers, flood, unrelated, query.
+//! Sections: tracker, capture, peers, flood, unrelated, query, and the
+//! process-tracker workloads tracker-idle, tracker-storm, tracker-forks,
+//! tracker-mem (see tracker.rs; not run by default: select them with --only).
 use std::{
     fmt::Write as _,
     fs,
@@ -18,6 +20,7 @@ use std::{
 };
 
 mod peers;
+mod tracker;
 
 use fsmon::process::{ProcessTracker, TrackerConfig, TrackerKind};
 use fsmon_common::ProcRecord;
@@ -63,6 +66,8 @@ fn main() {
         std::process::exit(2);
     }
     let want = |s: &str| o.only.is_empty() || o.only.iter().any(|x| x == s);
+    // Long and machine-wide (thousands of processes): only when asked for.
+    let asked = |s: &str| o.only.iter().any(|x| x == s);
     let mut report = String::new();
     let _ = writeln!(report, "# fsmon benchmark report\n\n{}\n", machine());
     if want("tracker") {
@@ -89,6 +94,18 @@ fn main() {
     }
     if want("query") {
         report.push_str(&bench_query(&o));
+    }
+    if asked("tracker-idle") {
+        report.push_str(&tracker::bench_idle(&o));
+    }
+    if asked("tracker-storm") {
+        report.push_str(&tracker::bench_storm(&o));
+    }
+    if asked("tracker-forks") {
+        report.push_str(&tracker::bench_forks(&o));
+    }
+    if asked("tracker-mem") {
+        report.push_str(&tracker::bench_mem(&o));
     }
     let path = fsmon_tests::target_dir()
         .parent()
