@@ -126,7 +126,7 @@ const SYSTEMD_DIR: &str = "/etc/systemd/system";
 const UNIT_NAME: &str = "fsmon.service";
 
 pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()> {
-    let path = crate::config::Config::locate(&ctx.user, explicit);
+    let (path, _) = crate::config::Config::locate(&ctx.user, explicit);
     let (p, uid) = (path.clone(), ctx.user.uid);
     let exists = ctx.fs.run(move || std::fs::symlink_metadata(p).is_ok());
     if exists {
