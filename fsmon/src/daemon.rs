@@ -214,6 +214,7 @@ async fn serve(
         );
         tokio::spawn(serve_metrics(listener, state.metrics.clone()));
     }
+    tokio::spawn(refresh_gauges(state.clone()));
     if let Some(dir) = state.cfg.log_dir.clone() {
         tokio::spawn(disk_guard(
             dir,
@@ -287,6 +288,47 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>)
     );
     if let Err(e) = axum::serve(listener, app).await {
         log::error!("metrics HTTP server stopped: {e}");
+    }
+}
+
+/// The gauges that are states, not counts: each group's log size, pending
+/// paths, watch errors. Every 2 s (stat calls, off the event path).
+async fn refresh_gauges(state: Arc<State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let m = &st.metrics;
+            let (groups, paths): (Vec<String>, Vec<String>) = {
+                let store = st.store.lock().unwrap();
+                (
+                    store.groups.iter().map(|g| g.cmd.clone()).collect(),
+                    store
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.paths.keys().cloned())
+                        .collect(),
+                )
+            };
+            let pending = paths
+                .iter()
+                .filter(|p| std::fs::symlink_metadata(crate::escape::as_path(p)).is_err())
+                .count();
+            m.pending_paths.set(pending as i64);
+            let errors = st.pipeline.status.info.lock().unwrap().watch_errors.len();
+            m.watch_errors.set(errors as i64);
+            if let Some(dir) = &st.cfg.log_dir {
+                m.log_size_bytes.reset();
+                for g in groups {
+                    let path = crate::pipeline::write::log_path(dir, &g);
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        m.log_size_bytes.with_label_values(&[g.as_str()]).set(meta.len() as i64);
+                    }
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -494,8 +536,17 @@ fn handle(
                 types,
                 size,
             };
-            update_store(state, |s| s.add(&group, &path_str, opts.clone()), &path_str)?;
-            Ok(json!({"ok": true, "group": group, "path": path_str, "pending": pending}))
+            let mut previous = None;
+            update_store(
+                state,
+                |s| previous = s.add(&group, &path_str, opts.clone()),
+                &path_str,
+            )?;
+            // Re-adding replaces the settings: say what changed.
+            let changed = previous.map(|old| store::describe_change(&group, &path_str, &old, &opts));
+            Ok(
+                json!({"ok": true, "group": group, "path": path_str, "pending": pending, "changed": changed}),
+            )
         }
         Request::Remove { group, path } => {
             let path = state.fs.run(move || {

@@ -1733,7 +1733,8 @@ fn daemon_accepts_every_seed_flag() {
 #[test]
 fn daemon_cache_stats_interval_logs_stats() {
     let env = Env::new();
-    let d = env.start(&["--cache-stats-interval", "1"]);
+    // Cache statistics are debug lines: seen with --debug.
+    let d = env.start(&["--debug", "--cache-stats-interval", "1"]);
     Command::new("true").status().unwrap();
     // Two lines within the deadline: the 1 s interval is in force (the
     // default is 60 s, so the default could not produce them in time).
@@ -1742,10 +1743,44 @@ fn daemon_cache_stats_interval_logs_stats() {
     });
     let err = d.stderr();
     let line = err.lines().find(|l| l.contains("cache stats:")).unwrap();
-    assert!(line.contains("dir entries"), "{line}");
-    // Without --debug there are no debug lines.
-    assert!(!err.contains("[DEBUG"), "{err}");
+    assert!(line.contains("dir entries") && line.contains("DEBUG"), "{line}");
     assert!(d.stop().success());
+    // Without --debug, none.
+    let d = env.start(&["--cache-stats-interval", "1"]);
+    wait_for("a line from a client", Duration::from_secs(30), || {
+        env.fsmon(&["health"]).status.success().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // two intervals' worth: a negative check
+    let err = d.stderr();
+    assert!(!err.contains("cache stats:") && !err.contains("[DEBUG"), "{err}");
+    assert!(d.stop().success());
+}
+
+/// Under systemd (JOURNAL_STREAM set) every line starts with its syslog
+/// priority, so `journalctl -p warning` can tell warnings from the rest.
+#[test]
+fn journal_lines_carry_priorities() {
+    let env = Env::new();
+    // A store line that cannot be read: a warning at start.
+    fs::create_dir_all(env.store.parent().unwrap()).unwrap();
+    fs::write(&env.store, "not json\n").unwrap();
+    let d = env.start_with_env(&["--debug"], &[("JOURNAL_STREAM", "8:12345")]);
+    wait_for("a debug line", Duration::from_secs(30), || {
+        d.stderr().lines().any(|l| l.starts_with("<7>")).then_some(())
+    });
+    assert!(d.stop().success());
+    let err = d.stderr();
+    let ready = err.lines().find(|l| l.contains("fsmon daemon ready")).unwrap();
+    assert!(ready.starts_with("<6>fsmon daemon ready"), "{ready}");
+    let warn = err.lines().find(|l| l.contains("not json") || l.contains("monitored.jsonl")).unwrap();
+    assert!(warn.starts_with("<4>"), "{warn}");
+    for line in err.lines().filter(|l| !l.is_empty()) {
+        let p = line.strip_prefix('<').and_then(|l| l.split_once('>')).map(|(p, _)| p);
+        assert!(
+            matches!(p, Some("3" | "4" | "6" | "7")),
+            "a line without a priority: {line}"
+        );
+    }
 }
 
 #[test]

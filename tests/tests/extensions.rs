@@ -1692,7 +1692,7 @@ fn grafana_dashboard_and_alerts_use_only_exported_metrics() {
             );
         }
     }
-    assert_eq!(n, 6);
+    assert_eq!(n, 8);
 }
 
 #[test]
