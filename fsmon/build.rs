@@ -18,7 +18,9 @@ fn main() {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .map(|s| s.trim().to_string())
     });
-    if let Some(c) = commit.filter(|c| !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric())) {
+    if let Some(c) =
+        commit.filter(|c| !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
         println!("cargo::rustc-env=FSMON_GIT_COMMIT={c}");
     }
     println!("cargo::rerun-if-env-changed=FSMON_EBPF_OBJECT");

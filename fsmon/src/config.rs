@@ -596,7 +596,10 @@ mod tests {
         let e = Config::load_located(&fs, Path::new("/nonexistent/fsmon.toml"), true)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/nonexistent/fsmon.toml") && e.contains("does not exist"), "{e}");
+        assert!(
+            e.contains("/nonexistent/fsmon.toml") && e.contains("does not exist"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
         assert!(Config::load_located(&fs, Path::new("/nonexistent/fsmon.toml"), false).is_ok());
     }

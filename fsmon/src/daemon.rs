@@ -323,7 +323,9 @@ async fn refresh_gauges(state: Arc<State>) {
                 for g in groups {
                     let path = crate::pipeline::write::log_path(dir, &g);
                     if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                        m.log_size_bytes.with_label_values(&[g.as_str()]).set(meta.len() as i64);
+                        m.log_size_bytes
+                            .with_label_values(&[g.as_str()])
+                            .set(meta.len() as i64);
                     }
                 }
             }
@@ -543,7 +545,8 @@ fn handle(
                 &path_str,
             )?;
             // Re-adding replaces the settings: say what changed.
-            let changed = previous.map(|old| store::describe_change(&group, &path_str, &old, &opts));
+            let changed =
+                previous.map(|old| store::describe_change(&group, &path_str, &old, &opts));
             Ok(
                 json!({"ok": true, "group": group, "path": path_str, "pending": pending, "changed": changed}),
             )

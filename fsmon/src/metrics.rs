@@ -128,8 +128,10 @@ impl Metrics {
             .set(1);
         // process_resident_memory_bytes, process_cpu_seconds_total,
         // process_open_fds, process_max_fds, ... (from /proc/self).
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .unwrap();
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap();
         let log_size_bytes = IntGaugeVec::new(
             Opts::new("fsmon_log_size_bytes", "Size of each group's live log"),
             &["group"],

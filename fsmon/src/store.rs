@@ -67,7 +67,11 @@ pub fn describe_change(group: &str, path: &str, old: &PathOptions, new: &PathOpt
     let size = |o: &PathOptions| o.size.map_or("none".to_string(), |s| s.to_string());
     let parts = [
         ("types", types(old), types(new)),
-        ("recursive", old.recursive.to_string(), new.recursive.to_string()),
+        (
+            "recursive",
+            old.recursive.to_string(),
+            new.recursive.to_string(),
+        ),
         ("size", size(old), size(new)),
     ];
     if parts.iter().all(|(_, a, b)| a == b) {

@@ -64,7 +64,10 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
     let d = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
     let meta = d.metadata().map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(Error::invalid(format!("{} is not a directory", dir.display())));
+        return Err(Error::invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
     }
     match readers() {
         Some(_) => share(&d, dir, SHARED_DIR_MODE),

@@ -137,7 +137,9 @@ impl TargetUser {
     pub fn default_config(&self) -> PathBuf {
         match self.places {
             Places::System => SYSTEM_CONFIG.into(),
-            _ => self.xdg("XDG_CONFIG_HOME", ".config").join("fsmon/fsmon.toml"),
+            _ => self
+                .xdg("XDG_CONFIG_HOME", ".config")
+                .join("fsmon/fsmon.toml"),
         }
     }
 

@@ -79,7 +79,9 @@ pub fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
     let init = matches!(cli.command, Command::Init(_));
-    let mut ctx = Context::load(cli.config.as_deref(), cli.system, init)?;
+    // `init --service` sets up the system service: its config is the system's.
+    let system = cli.system || matches!(&cli.command, Command::Init(a) if a.service);
+    let mut ctx = Context::load(cli.config.as_deref(), system, init)?;
     match cli.command {
         Command::Daemon(args) => admin::daemon(&mut ctx, args),
         Command::Add(args) => paths::add(&ctx, args),
