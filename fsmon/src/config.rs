@@ -195,8 +195,12 @@ impl Config {
     pub fn load_located(fs: &UserFs, path: &Path, explicit: bool) -> Result<Self> {
         if explicit {
             let p = path.to_path_buf();
-            let exists = fs.run(move || std::fs::metadata(&p).is_ok());
-            if !exists {
+            // Only "no such file": a file the user may not read is refused
+            // by the read below, as such.
+            let absent = fs.run(move || {
+                std::fs::metadata(&p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            });
+            if absent {
                 return Err(Error::invalid(format!(
                     "config file {} does not exist (given by --config or FSMON_CONFIG; `fsmon init` writes one)",
                     path.display()
