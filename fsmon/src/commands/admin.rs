@@ -184,6 +184,8 @@ LogsDirectory=fsmon
 LogsDirectoryMode=0750
 RuntimeDirectory=fsmon
 RuntimeDirectoryMode=0755
+# Per-user daemons keep their sockets there too: not removed when this stops.
+RuntimeDirectoryPreserve=yes
 ConfigurationDirectory=fsmon
 UMask=0027
 # fanotify CAP_SYS_ADMIN; the eBPF tracker CAP_BPF CAP_PERFMON; file handles
