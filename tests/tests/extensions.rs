@@ -1832,7 +1832,7 @@ fn prometheus_config_rules_and_a_real_scrape() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 6, "{rules}");
+    assert_eq!(names.len(), 8, "{rules}");
     assert!(
         names.contains("FsmonDown") && names.contains("FsmonLogDiskLow"),
         "{names:?}"
