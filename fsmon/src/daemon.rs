@@ -110,7 +110,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let logs = LogSet::new(cfg.log_dir.clone(), fs.clone())?;
     if cfg.log_dir.is_none() {
         log::warn!(
-            "file output is off: {} has no [logging] section",
+            "file output is off: {} sets [logging] enabled = false",
             cfg.file
                 .as_deref()
                 .unwrap_or(Path::new("the config"))

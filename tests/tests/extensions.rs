@@ -1481,13 +1481,13 @@ fn metrics_summary_and_nagios_exit_codes() {
     );
     let (code, out) = fixed_check("total3", None);
     assert!(code == 1 && out.contains("3 queue overflows"), "{out}");
-    // File output off (a config without [logging]): no log filesystem, no
+    // File output off ([logging] enabled = false): no log filesystem, no
     // disk gauge (it used to read 0, a "full disk"), so no disk alarm.
     let quiet = Env::new();
     fs::write(
         &quiet.config,
         format!(
-            "[monitored]\npath = {:?}\n[socket]\npath = {:?}\n",
+            "[monitored]\npath = {:?}\n[logging]\nenabled = false\n[socket]\npath = {:?}\n",
             quiet.store, quiet.socket
         ),
     )

@@ -190,6 +190,45 @@ fn system_mode_readers_group_reads_and_never_changes() {
             assert!(err.contains("permission denied"), "{args:?}: {err}");
         }
     }
+    // Straight to the socket, as a client of the member's own: the daemon
+    // refuses the requests that change things (clean's swap included) and
+    // serves the stream.
+    let raw = |req: &str| {
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(30)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode()+b'\\n')\nprint(s.makefile().readline(),end='')\n";
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", member.uid))
+            .arg(format!("--regid={}", member.gid))
+            .arg(format!("--groups={}", group.gid))
+            .args(["--", "python3", "-c", script])
+            .arg(&env.socket)
+            .arg(req)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_str::<Value>(&text(&out.stdout)).unwrap()
+    };
+    let tmp = env.logs.join("._global_log.jsonl.trim");
+    for req in [
+        format!(
+            r#"{{"op":"clean_swap","group":"_global","tmp":{:?},"copied_until":0}}"#,
+            tmp.to_str().unwrap()
+        ),
+        format!(
+            r#"{{"op":"add","group":"x","path":{:?}}}"#,
+            other.to_str().unwrap()
+        ),
+        r#"{"op":"remove","group":"_global"}"#.to_string(),
+    ] {
+        let v = raw(&req);
+        assert_eq!(v["ok"], false, "{req}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("permission denied"),
+            "{req}: {v}"
+        );
+    }
+    assert_eq!(raw(r#"{"op":"subscribe"}"#)["ok"], true);
+    assert_eq!(raw(r#"{"op":"metrics"}"#)["ok"], true);
+
     // Nothing changed.
     let monitored = ok(&["monitored"]);
     assert!(!monitored.contains(other.to_str().unwrap()), "{monitored}");

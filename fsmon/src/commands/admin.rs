@@ -269,7 +269,7 @@ pub fn cd(ctx: &Context, args: CdArgs) -> Result<()> {
         ctx.config
             .log_dir
             .clone()
-            .context("file output is off (no [logging] section): there is no log directory")?
+            .context("file output is off ([logging] enabled = false): there is no log directory")?
     } else {
         ctx.config
             .store_path

@@ -20,7 +20,7 @@ use crate::{
 fn group_log(ctx: &Context, group: &str) -> Result<PathBuf> {
     store::validate_group(group)?;
     let Some(dir) = &ctx.config.log_dir else {
-        bail!("file output is off (the config has no [logging] section): there are no logs");
+        bail!("file output is off ([logging] enabled = false): there are no logs");
     };
     Ok(log_path(dir, group))
 }
