@@ -199,7 +199,7 @@ fn system_mode_readers_group_reads_and_never_changes() {
             .arg(format!("--reuid={}", member.uid))
             .arg(format!("--regid={}", member.gid))
             .arg(format!("--groups={}", group.gid))
-            .args(["--", "python3", "-c", script])
+            .args(["--", "/usr/bin/python3", "-c", script])
             .arg(&env.socket)
             .arg(req)
             .output()
