@@ -18,8 +18,8 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The .deb: `$FSMON_DEB`, else the one in target/debian for this
-/// version, built with `cargo xtask deb` when missing.
+/// The .deb: `$FSMON_DEB`, else the one `cargo xtask deb` builds into
+/// target/debian for this version.
 fn the_deb() -> PathBuf {
     if let Some(p) = std::env::var_os("FSMON_DEB") {
         return PathBuf::from(p);
@@ -35,9 +35,8 @@ fn the_deb() -> PathBuf {
                 })
             })
     };
-    if let Some(p) = find() {
-        return p;
-    }
+    // Built every time (incremental: seconds when nothing changed), so the
+    // package tested is the one the source makes now.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root())
@@ -163,6 +162,13 @@ fn deb_installs_runs_and_purges_cleanly() {
         "systemd-analyze verify: {}",
         text(&verify.stderr)
     );
+    // Enabled at boot (deb-systemd-helper links it, with or without a
+    // running systemd).
+    assert!(
+        std::fs::symlink_metadata("/etc/systemd/system/multi-user.target.wants/fsmon.service")
+            .is_ok(),
+        "the package did not enable fsmon.service"
+    );
     // Where systemd runs, the package started the service.
     if Path::new("/run/systemd/system").is_dir() {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -188,6 +194,17 @@ fn deb_installs_runs_and_purges_cleanly() {
     assert!(out.status.success(), "dpkg --purge: {}", text(&out.stderr));
     for f in &files {
         assert!(!f.exists(), "{} left after purge", f.display());
+    }
+    // Nor the enablement (deb-systemd-helper's links and its record).
+    for left in [
+        "/etc/systemd/system/multi-user.target.wants/fsmon.service",
+        "/var/lib/systemd/deb-systemd-helper-enabled/fsmon.service.dsh-also",
+        "/var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants/fsmon.service",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(left).is_err(),
+            "{left} left after purge"
+        );
     }
     for dir in ["/etc/fsmon", "/var/lib/fsmon", "/var/log/fsmon"] {
         assert!(!Path::new(dir).exists(), "{dir} left after purge");
