@@ -50,23 +50,36 @@ pub const SYSTEM_GROUP: &str = "fsmon";
 /// (`system` or `user`), else root's own commands (root, not through sudo)
 /// without an explicit config (`--config`, `$FSMON_CONFIG`).
 pub fn system_mode(flag: bool, explicit_config: bool) -> Result<bool> {
+    let mode = std::env::var("FSMON_MODE").ok();
+    let config_env = std::env::var_os("FSMON_CONFIG").is_some_and(|v| !v.is_empty());
+    choose_system(
+        flag,
+        mode.as_deref(),
+        Uid::effective().is_root(),
+        std::env::var_os("SUDO_UID").is_some(),
+        explicit_config || config_env,
+    )
+}
+
+/// The rule of [`system_mode`], on its inputs.
+fn choose_system(
+    flag: bool,
+    mode: Option<&str>,
+    root: bool,
+    via_sudo: bool,
+    explicit_config: bool,
+) -> Result<bool> {
     if flag {
         return Ok(true);
     }
-    match std::env::var("FSMON_MODE").as_deref() {
-        Ok("system") => return Ok(true),
-        Ok("user") => return Ok(false),
-        Ok("") | Err(_) => {}
-        Ok(other) => {
-            return Err(Error::invalid(format!(
-                "FSMON_MODE is '{other}': expected system or user"
-            )));
-        }
+    match mode {
+        Some("system") => Ok(true),
+        Some("user") => Ok(false),
+        None | Some("") => Ok(root && !via_sudo && !explicit_config),
+        Some(other) => Err(Error::invalid(format!(
+            "FSMON_MODE is '{other}': expected system or user"
+        ))),
     }
-    Ok(Uid::effective().is_root()
-        && std::env::var_os("SUDO_UID").is_none()
-        && !explicit_config
-        && std::env::var_os("FSMON_CONFIG").is_none_or(|v| v.is_empty()))
 }
 
 /// The gid of the system readers' group, if it exists.
@@ -210,6 +223,30 @@ impl TargetUser {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn mode_choice() {
+        // (flag, FSMON_MODE, root, through sudo, explicit config) -> system?
+        for (flag, mode, root, sudo, explicit, want) in [
+            (true, None, false, false, false, true),
+            (false, Some("system"), false, false, false, true),
+            (false, Some("user"), true, false, false, false),
+            // Root's own commands reach the system daemon ...
+            (false, None, true, false, false, true),
+            // ... not through sudo, nor with an explicit config, nor a user's.
+            (false, None, true, true, false, false),
+            (false, None, true, false, true, false),
+            (false, None, false, false, false, false),
+            (false, Some(""), true, false, false, true),
+        ] {
+            assert_eq!(
+                choose_system(flag, mode, root, sudo, explicit).unwrap(),
+                want,
+                "{flag} {mode:?} {root} {sudo} {explicit}"
+            );
+        }
+        assert!(choose_system(false, Some("both"), true, false, false).is_err());
+    }
 
     #[test]
     fn expand() {
