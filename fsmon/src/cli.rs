@@ -12,7 +12,7 @@ fn group_candidates() -> Vec<CompletionCandidate> {
     let mut groups = vec![crate::store::GLOBAL.to_string()];
     // The same context every command loads: the user's files read with the
     // user's credentials.
-    let known = crate::commands::Context::load(None)
+    let known = crate::commands::Context::load(None, false, true)
         .ok()
         .and_then(|ctx| crate::store::Store::load(&ctx.fs, &ctx.config.store_path).ok());
     if let Some(store) = known {
@@ -50,6 +50,10 @@ pub struct Cli {
     /// Config file (default: ~/.config/fsmon/fsmon.toml, or $FSMON_CONFIG)
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// System mode: the root service's daemon and places (/etc/fsmon, /var/lib/fsmon,
+    /// /var/log/fsmon, /run/fsmon); also $FSMON_MODE=system, and root's own commands
+    #[arg(long, global = true)]
+    pub system: bool,
     #[command(subcommand)]
     pub command: Command,
 }

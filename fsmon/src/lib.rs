@@ -20,5 +20,6 @@ pub mod pipeline;
 pub mod safefs;
 pub mod sockpath;
 pub mod store;
+pub mod system;
 pub mod user;
 pub mod userfs;

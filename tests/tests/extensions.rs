@@ -1481,13 +1481,13 @@ fn metrics_summary_and_nagios_exit_codes() {
     );
     let (code, out) = fixed_check("total3", None);
     assert!(code == 1 && out.contains("3 queue overflows"), "{out}");
-    // File output off (a config without [logging]): no log filesystem, no
+    // File output off ([logging] enabled = false): no log filesystem, no
     // disk gauge (it used to read 0, a "full disk"), so no disk alarm.
     let quiet = Env::new();
     fs::write(
         &quiet.config,
         format!(
-            "[monitored]\npath = {:?}\n[socket]\npath = {:?}\n",
+            "[monitored]\npath = {:?}\n[logging]\nenabled = false\n[socket]\npath = {:?}\n",
             quiet.store, quiet.socket
         ),
     )
@@ -1692,7 +1692,7 @@ fn grafana_dashboard_and_alerts_use_only_exported_metrics() {
             );
         }
     }
-    assert_eq!(n, 6);
+    assert_eq!(n, 8);
 }
 
 #[test]
@@ -1832,7 +1832,7 @@ fn prometheus_config_rules_and_a_real_scrape() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 6, "{rules}");
+    assert_eq!(names.len(), 8, "{rules}");
     assert!(
         names.contains("FsmonDown") && names.contains("FsmonLogDiskLow"),
         "{names:?}"

@@ -20,7 +20,7 @@ use crate::{
 fn group_log(ctx: &Context, group: &str) -> Result<PathBuf> {
     store::validate_group(group)?;
     let Some(dir) = &ctx.config.log_dir else {
-        bail!("file output is off (the config has no [logging] section): there are no logs");
+        bail!("file output is off ([logging] enabled = false): there are no logs");
     };
     Ok(log_path(dir, group))
 }
@@ -50,8 +50,11 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
             }
             None => None,
         };
-        if std::fs::symlink_metadata(&log).is_err() {
-            return Ok(None);
+        match std::fs::symlink_metadata(&log) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Not "does not exist" when it is "not yours to read".
+            Err(e) => return Err(Error::io(&log, e)),
         }
         let range = logfile::resolve_range(&log, &filters, Utc::now())?;
         let opts = QueryOptions { range, path_prefix };
@@ -82,6 +85,13 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
 }
 
 pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
+    // The system daemon's logs are root's: its readers may look, not trim
+    // (the daemon refuses their swap too, and the files' modes their writes).
+    if ctx.user.is_system() && !args.dry_run && !nix::unistd::geteuid().is_root() {
+        bail!(
+            "permission denied: only root cleans the system daemon's logs (--dry-run shows what would go)"
+        );
+    }
     let path = group_log(ctx, &args.group)?;
     // Parse everything before looking at the file.
     let now = Utc::now();

@@ -26,11 +26,23 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn load(explicit: Option<&Path>) -> Result<Self> {
-        let user = TargetUser::resolve()?;
-        let fs = UserFs::new(&user)?;
-        let path = Config::locate(&user, explicit);
-        let config = Config::load_as(&fs, &path)?;
+    /// `system`: the `--system` flag. `may_be_absent`: an explicit config
+    /// that does not exist is not an error (for `init`, which writes it).
+    pub fn load(explicit: Option<&Path>, system: bool, may_be_absent: bool) -> Result<Self> {
+        let user = if crate::user::system_mode(system, explicit.is_some())? {
+            TargetUser::system()?
+        } else {
+            TargetUser::resolve()?
+        };
+        // In system mode the files are root's; a reader (group fsmon) reads
+        // them with its own credentials, so no thread changes them.
+        let fs = if user.is_system() {
+            UserFs::direct(user.clone())
+        } else {
+            UserFs::new(&user)?
+        };
+        let (path, explicit) = Config::locate(&user, explicit);
+        let config = Config::load_located(&fs, &path, explicit && !may_be_absent)?;
         Ok(Self { user, fs, config })
     }
 
@@ -66,7 +78,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let mut ctx = Context::load(cli.config.as_deref())?;
+    let init = matches!(cli.command, Command::Init(_));
+    // `init --service` sets up the system service: its config is the system's.
+    let system = cli.system || matches!(&cli.command, Command::Init(a) if a.service);
+    let mut ctx = Context::load(cli.config.as_deref(), system, init)?;
     match cli.command {
         Command::Daemon(args) => admin::daemon(&mut ctx, args),
         Command::Add(args) => paths::add(&ctx, args),
