@@ -33,6 +33,7 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     pub process: Option<ProcessSection>,
     pub fanotify: Option<FanotifySection>,
+    pub ship: Option<crate::ship::config::ShipSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,8 @@ pub struct Config {
     pub exit_grace: Duration,
     /// None: the system default (fs.fanotify.max_queued_events); Some(0): unlimited.
     pub queue_size: Option<u32>,
+    /// `[ship.nats]`: None = no shipping.
+    pub ship: Option<crate::ship::ShipConfig>,
 }
 
 impl Config {
@@ -272,7 +275,9 @@ impl Config {
                 )
             })?;
         }
+        let ship = crate::ship::config::resolve(f.ship, user, &at)?;
         Ok(Config {
+            ship,
             store_path: user.expand(
                 f.monitored
                     .and_then(|m| m.path)
@@ -398,6 +403,11 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 [fanotify]
 # queue_size = 16384          # kernel event queue length (0 = unlimited); default: the system's
 "#;
+
+/// [`INIT_TEMPLATE`] with the commented-out `[ship.nats]` section.
+pub fn init_template() -> String {
+    format!("{INIT_TEMPLATE}{}", crate::ship::config::INIT_TEMPLATE)
+}
 
 #[cfg(test)]
 mod tests {

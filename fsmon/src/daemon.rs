@@ -46,6 +46,8 @@ struct State {
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// `[ship.nats]`: the shipper, if on.
+    ship: Option<Arc<crate::ship::Shipper>>,
 }
 
 /// Holds the per-user daemon lock for the daemon's lifetime.
@@ -147,7 +149,9 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
         metrics.clone(),
     )?;
+    let ship = start_shipper(&cfg, &user, &metrics);
     let state = Arc::new(State {
+        ship,
         cfg,
         user,
         store: Mutex::new(store),
@@ -166,12 +170,40 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     });
     log::info!("stopping: writing what is queued");
     state.pipeline.shutdown();
+    if let Some(ship) = &state.ship {
+        ship.shutdown();
+    }
     if bound {
         // Only the socket we bound: whatever made the bind fail (a planted
         // symlink, another user's socket) is not ours to remove.
         let _ = std::fs::remove_file(&state.cfg.socket_path);
     }
     result
+}
+
+/// Starts shipping to NATS if configured. A problem is one error line; the
+/// daemon keeps logging locally.
+fn start_shipper(
+    cfg: &Config,
+    user: &TargetUser,
+    metrics: &Metrics,
+) -> Option<Arc<crate::ship::Shipper>> {
+    let ship = cfg.ship.clone()?;
+    let Some(dir) = cfg.log_dir.clone() else {
+        log::error!(
+            "ship: [ship.nats] is set but file output is off (no [logging] section): the shipper reads the logs, so nothing is shipped"
+        );
+        return None;
+    };
+    match crate::ship::Shipper::start(ship, dir, user.clone(), metrics.registry()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            log::error!(
+                "ship: cannot start the shipper thread: {e}; events are only logged locally"
+            );
+            None
+        }
+    }
 }
 
 /// Binds the socket safely: an existing path must be our own stale socket;
@@ -599,6 +631,7 @@ fn health(state: &State) -> serde_json::Value {
         "unresolved_paths": m.unresolved_paths.with_label_values(&["maybe_inside"]).get(),
         "ebpf_map_entries": m.ebpf_map_entries.get(),
         "subscribers": m.subscribers.get(),
+        "ship": state.ship.as_ref().map(|s| s.health()),
     })
 }
 
@@ -628,10 +661,31 @@ fn clean_swap(
     let log_path = crate::pipeline::write::log_path(&dir, group);
     let (tx, rx) = std::sync::mpsc::channel();
     let group = group.to_string();
+    let ship = state.ship.clone();
     let sent = state.pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
         // The writer is flushed; close it, finish the trim, reopen on demand.
         logs.close(&group);
-        let r = crate::logfile::finish_trim_at(&tmp, copied_until, &log_path);
+        let finish = || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path);
+        // The shipping cursor (if the log has one) follows the trim: the
+        // temp file keeps its inode when renamed, and holds the log from
+        // `copied_until - len` on.
+        let r = match std::fs::symlink_metadata(&tmp) {
+            Ok(m) if m.len() <= copied_until => {
+                let (ino, cut) = (m.ino(), copied_until - m.len());
+                match &ship {
+                    Some(s) => s.around_swap(&group, &log_path, ino, cut, finish),
+                    None => crate::ship::cursor::around_swap(
+                        &log_path,
+                        logs.owner(),
+                        ino,
+                        cut,
+                        None,
+                        finish,
+                    ),
+                }
+            }
+            _ => finish(),
+        };
         let _ = tx.send(r);
     }));
     if !sent {

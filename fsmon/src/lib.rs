@@ -16,5 +16,6 @@ pub mod logfile;
 pub mod metrics;
 pub mod pipeline;
 pub mod safefs;
+pub mod ship;
 pub mod store;
 pub mod user;

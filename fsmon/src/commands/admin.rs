@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use super::Context;
 use crate::{
     cli::{CdArgs, DaemonArgs, InitArgs},
-    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, INIT_TEMPLATE, TrackerChoice},
+    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, TrackerChoice},
     control::{Client, Request},
     daemon::{self, DaemonOptions},
     error::Error,
@@ -87,6 +87,7 @@ fn apply_flags(ctx: &mut Context, a: &DaemonArgs) -> Result<()> {
     if let Some(n) = a.exit_grace {
         c.exit_grace = Duration::from_secs(positive("exit-grace", n)?);
     }
+    c.ship = a.ship.apply(c.ship.take())?;
     if let Some(q) = &a.queue_size {
         c.queue_size = Some(match q.as_str() {
             "unlimited" => 0,
@@ -131,7 +132,7 @@ pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()
         let dir = path.parent().context("config path has no directory")?;
         safefs::create_dir_all_owned(dir, &ctx.user)?;
         let mut f = safefs::create_new(&path, &ctx.user, 0o644)?;
-        std::io::Write::write_all(&mut f, INIT_TEMPLATE.as_bytes())
+        std::io::Write::write_all(&mut f, crate::config::init_template().as_bytes())
             .map_err(|e| Error::io(&path, e))?;
         println!("wrote {}", path.display());
     }

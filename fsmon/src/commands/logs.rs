@@ -13,6 +13,7 @@ use crate::{
     filters::{Bound, Side, SizeFilter, TimeFilter},
     logfile::{self, QueryOptions},
     pipeline::write::log_path,
+    ship::cursor,
     store,
 };
 
@@ -78,6 +79,15 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     Ok(())
 }
 
+/// Offset in the log up to which lines are in the NATS stream, if the log
+/// is shipped (has a cursor for this very file).
+fn shipped_until(log: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let c = cursor::load(&cursor::cursor_path(log)).ok()??;
+    let meta = std::fs::symlink_metadata(log).ok()?;
+    ((meta.dev(), meta.ino()) == (c.dev, c.ino)).then(|| c.acked_in_file())
+}
+
 pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
     let path = group_log(ctx, &args.group)?;
     // Parse everything before looking at the file.
@@ -105,7 +115,24 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
         Some(f) => f.resolve(now, logfile::log_zone(&path)?)?,
         None => Bound::inclusive(now - chrono::TimeDelta::days(ctx.config.keep_days as i64)),
     };
-    let plan = logfile::plan_clean(&path, Some(keep_after), Some(size.bytes()))?;
+    let mut plan = logfile::plan_clean(&path, Some(keep_after), Some(size.bytes()))?;
+    // Lines not yet in the NATS stream are kept unless asked otherwise.
+    let cursor = shipped_until(&path);
+    if let Some(shipped) = cursor.filter(|&s| plan.cut > s) {
+        let capped =
+            logfile::plan_clean_capped(&path, Some(keep_after), Some(size.bytes()), Some(shipped))?;
+        let unshipped = plan.lines_removed - capped.lines_removed;
+        if args.drop_unshipped {
+            eprintln!(
+                "warning: {unshipped} of the lines to remove are not yet shipped to NATS; removing them anyway (--drop-unshipped)"
+            );
+        } else {
+            eprintln!(
+                "{unshipped} of the lines to remove are not yet shipped to NATS: keeping them (--drop-unshipped removes them)"
+            );
+            plan = capped;
+        }
+    }
     if args.dry_run || plan.is_noop() {
         println!("{plan}");
         return Ok(());
@@ -127,7 +154,10 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
             r?;
         }
         Err(Error::Socket(msg)) if msg.starts_with("no fsmon daemon") => {
-            logfile::clean_now(&plan)?;
+            // The shipping cursor (if any) follows the trim.
+            logfile::clean_now_around(&plan, |tmp_ino, cut, swap| {
+                cursor::around_swap(&path, &ctx.user, tmp_ino, cut, None, swap)
+            })?;
         }
         Err(e) => return Err(e.into()),
     }
