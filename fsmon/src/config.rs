@@ -441,8 +441,9 @@ mod tests {
 
     #[test]
     fn template_parses_to_defaults() {
-        let c = load_text(INIT_TEMPLATE).unwrap();
+        let c = load_text(&init_template()).unwrap();
         assert!(c.log_dir.is_some(), "template keeps [logging] active");
+        assert!(c.ship.is_none(), "shipping stays off");
         assert_eq!(c.keep_days, 30);
         assert_eq!(c.dir_capacity, 100_000);
     }
@@ -477,11 +478,43 @@ mod tests {
             ("[process]\ntracker = \"magic\"\n", "process.tracker"),
             ("[metrics]\nlisten = \"nowhere\"\n", "metrics.listen"),
             ("[cache]\ndir_capacity = 0\n", "cache.dir_capacity"),
+            ("[ship.nats]\nhost = \"h\"\n", "ship.nats.url"),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nreplicas = 9\n",
+                "ship.nats.replicas",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nsubject_prefix = \"a.*\"\n",
+                "ship.nats.subject_prefix",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\ntoken = \"t\"\nuser = \"u\"\n",
+                "ship.nats",
+            ),
+            ("[ship.nats]\nurl = \"nats://a:1\"\nsurl = 1\n", "surl"),
         ] {
             let e = load_text(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fsmon.toml"), "{text:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn ship_section_resolves() {
+        let c = load_text(
+            "[ship.nats]\nurls = [\"nats://a:4222\", \"nats://b:4222\"]\nhost = \"web.01\"\ncreds_file = \"~/x.creds\"\n",
+        )
+        .unwrap();
+        let s = c.ship.unwrap();
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!(s.stream, "FSMON");
+        assert_eq!(
+            s.auth,
+            crate::ship::config::NatsAuth::CredsFile("/home/u/x.creds".into())
+        );
+        assert_eq!(crate::ship::config::subject_token(&s.host), "web_01");
+        let off = load_text("[ship.nats]\nenabled = false\n").unwrap();
+        assert!(off.ship.is_none());
     }
 
     #[test]

@@ -210,11 +210,20 @@ fn expected_lines(env: &Env, host: &str, group: &str) -> Vec<String> {
 /// The stream holds exactly the expected lines, once each, with unique ids.
 fn assert_exactly_once(msgs: &[(String, Value)], expected: &[String], what: &str) {
     let ids: HashSet<&str> = msgs.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(
-        ids.len(),
-        msgs.len(),
-        "{what}: duplicate message ids in the stream"
-    );
+    if ids.len() != msgs.len() {
+        let mut seen = HashSet::new();
+        let dups: Vec<&str> = msgs
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !seen.insert(*id))
+            .take(5)
+            .collect();
+        panic!(
+            "{what}: {} duplicate message ids in the stream of {}, e.g. {dups:?}",
+            msgs.len() - ids.len(),
+            msgs.len()
+        );
+    }
     assert!(!ids.contains(""), "{what}: a message without Nats-Msg-Id");
     let mut got: Vec<String> = msgs.iter().map(|(_, v)| v.to_string()).collect();
     got.sort();
@@ -337,7 +346,11 @@ fn outage_during_create_storm_every_event_exactly_once() {
         "storm logged {} events",
         expected.len()
     );
-    assert_exactly_once(&msgs, &expected, "after a 15 s outage");
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("after a 15 s outage\n{}", d.stderr()),
+    );
     drop(d);
 }
 
@@ -366,12 +379,13 @@ fn sigkill_while_shipping_then_restart_loses_and_duplicates_nothing() {
     let d = env.start(&[]);
     let msgs = wait_all_shipped(&env, &urls, "KILL", "_global");
     let expected = expected_lines(&env, "host-kill", "_global");
-    assert!(
-        expected.len() >= 24_000,
-        "storm logged {} events",
-        expected.len()
+    // Events while the daemon was down were not logged (nor shipped).
+    assert!(expected.len() > 1_000, "logged {} events", expected.len());
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("after SIGKILL and restart\n{}", d.stderr()),
     );
-    assert_exactly_once(&msgs, &expected, "after SIGKILL and restart");
     drop(d);
 }
 
@@ -430,7 +444,11 @@ fn three_node_cluster_r3_survives_a_node_killed_mid_stream() {
         "storm logged {} events",
         expected.len()
     );
-    assert_exactly_once(&msgs, &expected, "with a node of three killed");
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("with a node of three killed\n{}", d.stderr()),
+    );
     drop(d);
 }
 
@@ -686,5 +704,41 @@ fn clean_keeps_unshipped_lines_and_ids_survive_clean() {
         "--drop-unshipped",
     ]);
     assert!(env.events("_global").is_empty());
+    drop(d);
+}
+
+#[test]
+fn restart_after_the_duplicate_window_still_sends_nothing_twice() {
+    // A 1 s duplicate window: after a SIGKILL the acknowledgements not yet
+    // saved in the cursor are past the window when the daemon comes back,
+    // so only reading back the stream (reconciliation) avoids duplicates.
+    let dir = tmpdir();
+    let nats = Nats::new(dir.path(), "n1", free_port(), "");
+    let urls = vec![nats.url()];
+    let env = Env::with_config(&ship_config(
+        &urls,
+        "host-window",
+        "WINDOW",
+        "duplicate_window_secs = 1",
+    ));
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    let storm = flood(&env.watch.join("storm"), 8_000, 8_000);
+    wait_for("shipping under way", LONG, || {
+        let g = ship_group(&env, "_global")?;
+        (g["shipped"].as_u64()? > 2000 && g["pending_events"].as_u64()? > 0).then_some(())
+    });
+    d.kill9();
+    wait_child(storm);
+    // Longer than the window (the scenario, not a wait for readiness).
+    std::thread::sleep(Duration::from_secs(3));
+    let d = env.start(&[]);
+    let msgs = wait_all_shipped(&env, &urls, "WINDOW", "_global");
+    let expected = expected_lines(&env, "host-window", "_global");
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("restart after the duplicate window\n{}", d.stderr()),
+    );
     drop(d);
 }

@@ -117,7 +117,17 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
     };
     let mut plan = logfile::plan_clean(&path, Some(keep_after), Some(size.bytes()))?;
     // Lines not yet in the NATS stream are kept unless asked otherwise.
-    let cursor = shipped_until(&path);
+    let shipped_groups = ctx.config.ship.as_ref().map(|s| &s.groups);
+    let cursor = match shipped_until(&path) {
+        // Shipping is configured for this group but has no cursor yet:
+        // nothing of it is in the stream.
+        None if shipped_groups
+            .is_some_and(|g| g.as_ref().is_none_or(|g| g.contains(&args.group))) =>
+        {
+            Some(0)
+        }
+        c => c,
+    };
     if let Some(shipped) = cursor.filter(|&s| plan.cut > s) {
         let capped =
             logfile::plan_clean_capped(&path, Some(keep_after), Some(size.bytes()), Some(shipped))?;

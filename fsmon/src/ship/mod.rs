@@ -22,13 +22,17 @@
 //!   since the last cursor save (saved every [`SAVE_EVERY`], at most
 //!   `max_in_flight` lines more) are re-sent. Both happen within seconds of
 //!   the first attempt when the daemon and the server are up, so the
-//!   default duplicate window (2 minutes) covers them. What it cannot cover:
-//!   a server that stored a message, then lost the connection before the
-//!   ack, and stays unreachable longer than the window; or a daemon that
-//!   is down longer than the window right after a crash. Then up to
-//!   `max_in_flight` events can be stored twice (with the same id, so a
-//!   reader can drop them). A longer `duplicate_window_secs` narrows this
-//!   (the server keeps the ids of the window in memory).
+//!   default duplicate window (2 minutes) covers them.
+//! - The window does not cover a long gap: a server that stored messages,
+//!   lost the connection before acknowledging them and stays away for an
+//!   hour; a daemon killed and started again the next day. So before it
+//!   publishes again (at start, and after every failure) the shipper
+//!   *reconciles*: it reads the headers of the messages on its subject
+//!   stored after the last acknowledgement it saved (an ordered consumer
+//!   from that stream sequence, headers only: a few hundred messages at
+//!   most) and skips the lines whose ids are there. The duplicate window
+//!   then only has to cover the seconds between a timed-out publish that
+//!   the client still delivers later and its retry.
 //! - Publishing stops while the client is disconnected, so the client's
 //!   buffer does not fill with copies during an outage; memory is bounded
 //!   by `max_in_flight` lines per group and one read chunk.
@@ -38,7 +42,7 @@ pub mod fleet;
 pub mod nats;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashSet, VecDeque},
     fs::File,
     future::Future,
     os::unix::fs::{FileExt, MetadataExt},
@@ -53,7 +57,7 @@ use std::{
 
 use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
 use chrono::{DateTime, FixedOffset, Utc};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 
@@ -74,6 +78,9 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_LINE: usize = 1 << 20;
 /// Time allowed for one acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most ids a reconciliation remembers (beyond, the duplicate window is
+/// the safety net).
+const RECONCILE_MAX: usize = 1 << 20;
 
 type AckFuture =
     Pin<Box<dyn Future<Output = std::result::Result<PublishAck, PublishError>> + Send>>;
@@ -321,6 +328,15 @@ fn set_conn_error(inner: &Inner, msg: String) {
     c.last_error = Some(msg);
 }
 
+/// Records a problem for `health` without a log line, unless one is
+/// already recorded (the first, most precise message stays).
+fn note_conn_error(inner: &Inner, msg: String) {
+    let mut c = inner.conn.lock().unwrap();
+    if c.last_error.is_none() {
+        c.last_error = Some(msg);
+    }
+}
+
 async fn sleep_unless_stopped(inner: &Inner, d: Duration) {
     let until = Instant::now() + d;
     while !inner.stop.load(Ordering::Relaxed) && Instant::now() < until {
@@ -338,6 +354,20 @@ async fn run_shipper(inner: Arc<Inner>) {
         Ok(o) => o,
         Err(e) => return set_conn_error(&inner, e),
     };
+    // One direct attempt first: its error says why (connection refused,
+    // authorization violation, TLS...), where the reconnecting client's
+    // events only name the kind of error. Then the client that retries.
+    let probe = match nats::connect_options(&cfg, &inner.owner).await {
+        Ok(o) => o.connect(addrs.clone()).await,
+        Err(e) => return set_conn_error(&inner, e),
+    };
+    match probe {
+        Ok(c) => drop(c),
+        Err(e) => set_conn_error(
+            &inner,
+            format!("cannot connect to NATS at {}: {e}", cfg.urls.join(", ")),
+        ),
+    }
     let events = inner.clone();
     let opts = opts
         .retry_on_initial_connect()
@@ -353,18 +383,28 @@ async fn run_shipper(inner: Arc<Inner>) {
                 match ev {
                     Event::Connected => {
                         let mut c = inner.conn.lock().unwrap();
-                        if c.state != "connected" {
-                            log::info!("ship: connected to NATS");
-                        }
+                        log::info!("ship: connected to NATS");
                         c.state = "connected";
+                        c.last_error = None;
                         inner.metrics.connected.set(1);
                     }
                     Event::Disconnected => {
+                        log::warn!(
+                            "ship: lost the connection to NATS; reconnecting, events stay in the local logs meanwhile"
+                        );
                         inner.conn.lock().unwrap().state = "disconnected";
                         inner.metrics.connected.set(0);
                     }
-                    Event::ServerError(e) => set_conn_error(&inner, format!("NATS server: {e}")),
-                    Event::ClientError(e) => set_conn_error(&inner, format!("{e}")),
+                    Event::ServerError(e) => {
+                        let connected = inner.conn.lock().unwrap().state == "connected";
+                        if connected {
+                            set_conn_error(&inner, format!("NATS server: {e}"));
+                        } else {
+                            note_conn_error(&inner, format!("NATS server: {e}"));
+                        }
+                    }
+                    // Reconnect attempts: in `health`, not one line each.
+                    Event::ClientError(e) => note_conn_error(&inner, format!("{e}")),
                     _ => {}
                 }
             }
@@ -378,8 +418,24 @@ async fn run_shipper(inner: Arc<Inner>) {
         .build(client.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
+    // Groups that could not be opened, reported once each.
+    let mut failing = std::collections::HashSet::new();
     let mut backoff = Duration::from_millis(100);
     while !inner.stop.load(Ordering::Relaxed) {
+        // Groups get their cursor at once, NATS or not: `clean` reads it to
+        // keep what is not shipped, and `health` shows the backlog.
+        for group in discover_groups(&inner) {
+            match open_group(&inner, &group) {
+                Ok(gs) => {
+                    tasks.spawn(ship_group(inner.clone(), js.clone(), client.clone(), gs));
+                }
+                Err(e) => {
+                    if failing.insert(group.clone()) {
+                        log::error!("ship: group {group}: {e}; retrying");
+                    }
+                }
+            }
+        }
         // The stream: checked before the first publish, and again after a
         // problem with it.
         if !inner.conn.lock().unwrap().stream_ok {
@@ -406,14 +462,6 @@ async fn run_shipper(inner: Arc<Inner>) {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-            }
-        }
-        for group in discover_groups(&inner) {
-            match open_group(&inner, &group) {
-                Ok(gs) => {
-                    tasks.spawn(ship_group(inner.clone(), js.clone(), client.clone(), gs));
-                }
-                Err(e) => log::error!("ship: group {group}: {e}"),
             }
         }
         sleep_unless_stopped(&inner, Duration::from_millis(500)).await;
@@ -485,8 +533,11 @@ fn open_group(inner: &Inner, group: &str) -> Result<Arc<GroupState>> {
 struct InFlight {
     /// Logical offset just past the line.
     end: u64,
-    /// `None` for a corrupt line: nothing to wait for.
+    /// `None` for a corrupt line or one already in the stream: nothing to
+    /// wait for.
     ack: Option<AckFuture>,
+    /// Found in the stream by reconciliation: counts as shipped.
+    already_stored: bool,
 }
 
 /// Counts lines not yet read, ahead of the read position, a bounded number
@@ -522,6 +573,11 @@ struct GroupShipper {
     last_status: Instant,
     /// The oldest unshipped line's time, for the acked offset it was read at.
     oldest_cache: Option<(u64, Option<DateTime<FixedOffset>>)>,
+    /// Before publishing: find what the stream already holds (at start and
+    /// after a failure).
+    needs_reconcile: bool,
+    /// Logical offsets of lines found in the stream past the cursor.
+    stored: HashSet<u64>,
 }
 
 async fn ship_group(
@@ -560,6 +616,8 @@ async fn ship_group(
         last_save: Instant::now(),
         last_status: Instant::now() - Duration::from_secs(1),
         oldest_cache: None,
+        needs_reconcile: true,
+        stored: HashSet::new(),
     };
     while !inner.stop.load(Ordering::Relaxed) {
         match s.step().await {
@@ -581,7 +639,7 @@ impl GroupShipper {
     /// One round: follow the file, publish what the window allows, settle
     /// acknowledgements. False when there was nothing to do.
     async fn step(&mut self) -> std::result::Result<bool, String> {
-        let (ino, base) = self.sync_file()?;
+        let (_, base) = self.sync_file()?;
         let Some((file, _)) = &self.file else {
             return Ok(false);
         };
@@ -589,13 +647,17 @@ impl GroupShipper {
         let mut did = false;
         let connected = self.client.connection_state() == async_nats::connection::State::Connected
             && self.inner.conn.lock().unwrap().stream_ok;
-        if connected && self.in_flight.len() < self.inner.cfg.max_in_flight {
+        if connected && self.needs_reconcile && self.in_flight.is_empty() {
+            self.reconcile().await?;
+            self.needs_reconcile = false;
+        }
+        if connected && !self.needs_reconcile && self.in_flight.len() < self.inner.cfg.max_in_flight
+        {
             let phys = self.next - base;
             if phys < len {
                 did |= self.publish_from(phys, len, base).await?;
             }
         }
-        let _ = ino;
         did |= self.settle().await?;
         Ok(did)
     }
@@ -628,8 +690,10 @@ impl GroupShipper {
                         .metadata()
                         .map(|m| m.len())
                         .unwrap_or(0);
-                    if self.next - base > len && self.in_flight.is_empty() {
-                        self.new_epoch("the log was truncated other than by `fsmon clean`");
+                    if self.next - base > len
+                        && self.in_flight.is_empty()
+                        && self.new_epoch(ino, false)
+                    {
                         return self.sync_file();
                     }
                     return Ok((ino, base));
@@ -643,8 +707,10 @@ impl GroupShipper {
                     if self.next - base < complete_end(file, len) {
                         return Ok((ino, base));
                     }
-                    self.new_epoch("the log was replaced other than by `fsmon clean`");
-                    return self.sync_file();
+                    if self.new_epoch(ino, true) {
+                        return self.sync_file();
+                    }
+                    return Ok((ino, base));
                 }
                 _ => return Ok((ino, base)),
             }
@@ -655,8 +721,7 @@ impl GroupShipper {
                 let meta = f.metadata().map_err(|e| e.to_string())?;
                 if meta.ino() == ino {
                     self.file = Some((f, ino));
-                } else if self.in_flight.is_empty() {
-                    self.new_epoch("the log was replaced other than by `fsmon clean`");
+                } else if self.in_flight.is_empty() && self.new_epoch(ino, true) {
                     return self.sync_file();
                 }
                 Ok((ino, base))
@@ -671,19 +736,105 @@ impl GroupShipper {
         }
     }
 
-    fn new_epoch(&mut self, why: &str) {
+    /// Reads the ids of this group's messages stored after the saved
+    /// acknowledgement, so lines already in the stream are not sent again.
+    async fn reconcile(&mut self) -> std::result::Result<(), String> {
+        use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        self.stored.clear();
+        let (seq, acked, prefix) = {
+            let c = self.gs.cursor.lock().unwrap();
+            (
+                c.stream_seq,
+                c.acked,
+                format!("{}{}:", self.id_head, c.log_id),
+            )
+        };
+        if seq == 0 {
+            // Nothing acknowledged yet under this log id: a first start.
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| format!("reading back the stream: {e}");
+        let stream = self
+            .js
+            .get_stream_no_info(&self.inner.cfg.stream)
+            .await
+            .map_err(|e| err(&e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: seq + 1,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        while let Some(msg) = tokio::time::timeout(ACK_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| err(&"timed out"))?
+        {
+            let msg = msg.map_err(|e| err(&e))?;
+            let offset = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .and_then(|id| {
+                    id.as_str()
+                        .strip_prefix(prefix.as_str())?
+                        .parse::<u64>()
+                        .ok()
+                });
+            if let Some(o) = offset.filter(|&o| o >= acked) {
+                self.stored.insert(o);
+            }
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            if pending == 0 || self.stored.len() >= RECONCILE_MAX {
+                break;
+            }
+        }
+        if !self.stored.is_empty() {
+            log::info!(
+                "ship: group {}: {} events past the saved cursor are already in the stream; not sending them again",
+                self.gs.group,
+                self.stored.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a new numbering for the file now at the log's path, unless
+    /// the cursor moved on from `seen_ino` meanwhile (a `clean` holds the
+    /// cursor's lock from before its rename until the cursor follows it, so
+    /// deciding under that lock cannot mistake a trim for a replacement).
+    fn new_epoch(&mut self, seen_ino: u64, replaced: bool) -> bool {
+        let mut c = self.gs.cursor.lock().unwrap();
         let meta = std::fs::symlink_metadata(&self.gs.log_path);
         let (dev, ino) = meta.map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+        if c.ino != seen_ino || (replaced && ino == c.ino) {
+            return false;
+        }
+        let why = if replaced {
+            "the log was replaced other than by `fsmon clean`"
+        } else {
+            "the log was truncated other than by `fsmon clean`"
+        };
         log::warn!(
             "ship: group {}: {why}; shipping it from its start under a new log id",
             self.gs.group
         );
-        *self.gs.cursor.lock().unwrap() = Cursor::fresh(dev, ino);
+        *c = Cursor::fresh(dev, ino);
+        drop(c);
         self.file = None;
         self.next = 0;
         self.ahead = AheadCounter::default();
         self.oldest_cache = None;
         self.dirty = true;
+        true
     }
 
     /// Reads complete lines from `phys` and publishes them while the window
@@ -710,7 +861,10 @@ impl GroupShipper {
             let end = line_start + nl as u64 + 1;
             let text = &self.buf[start..start + nl];
             start += nl + 1;
-            let ack = if parse_line(text).is_some() && text.first() == Some(&b'{') {
+            let already_stored = !self.stored.is_empty() && self.stored.remove(&line_start);
+            let ack = if already_stored {
+                None
+            } else if parse_line(text).is_some() && text.first() == Some(&b'{') {
                 let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
                 payload.extend_from_slice(&self.payload_head);
                 payload.extend_from_slice(&text[1..]);
@@ -731,7 +885,11 @@ impl GroupShipper {
                 self.gs.status.lock().unwrap().skipped_corrupt += 1;
                 None
             };
-            self.in_flight.push_back(InFlight { end, ack });
+            self.in_flight.push_back(InFlight {
+                end,
+                ack,
+                already_stored,
+            });
             if end <= self.ahead.counted_to {
                 self.ahead.lines = self.ahead.lines.saturating_sub(1);
             } else {
@@ -748,6 +906,7 @@ impl GroupShipper {
                 self.in_flight.push_back(InFlight {
                     end: base + skip_to,
                     ack: None,
+                    already_stored: false,
                 });
                 self.next = base + skip_to;
                 self.gs.status.lock().unwrap().skipped_corrupt += 1;
@@ -786,12 +945,21 @@ impl GroupShipper {
                 },
             };
             let end = front.end;
+            let already_stored = front.already_stored;
             match result {
+                None if already_stored => {
+                    self.gs.cursor.lock().unwrap().shipped += 1;
+                    self.inner
+                        .metrics
+                        .shipped
+                        .with_label_values(&[&self.gs.group])
+                        .inc();
+                }
                 None => {}
                 Some(Ok(ack)) => {
                     let mut c = self.gs.cursor.lock().unwrap();
                     c.shipped += 1;
-                    c.stream_seq = ack.sequence;
+                    c.stream_seq = c.stream_seq.max(ack.sequence);
                     self.inner
                         .metrics
                         .shipped
@@ -836,6 +1004,7 @@ impl GroupShipper {
             self.inner.conn.lock().unwrap().stream_ok = false;
         }
         self.in_flight.clear();
+        self.needs_reconcile = true;
         let acked = self.gs.cursor.lock().unwrap().acked;
         self.next = acked;
         self.ahead = AheadCounter {

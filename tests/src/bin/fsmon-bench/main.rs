@@ -3,7 +3,7 @@
 //!
 //!   fsmon-bench [--quick] [--only SECTION[,SECTION]] [--reps N]
 //!
-//! Sections: tracker, capture, peers, flood, unrelated, query.
+//! Sections: tracker, capture, peers, flood, unrelated, ship, query.
 use std::{
     fmt::Write as _,
     fs,
@@ -18,6 +18,7 @@ use std::{
 };
 
 mod peers;
+mod ship;
 
 use fsmon::process::{ProcessTracker, TrackerConfig, TrackerKind};
 use fsmon_common::ProcRecord;
@@ -71,7 +72,7 @@ fn main() {
     if want("capture") {
         report.push_str(&bench_capture(&o));
     }
-    if want("peers") || want("flood") || want("unrelated") {
+    if want("peers") || want("flood") || want("unrelated") || want("ship") {
         let loopfs = fsmon_tests::LoopFs::new_in("/dev/shm", "ext4", 3072);
         let base = tempfile::Builder::new()
             .prefix("bench-")
@@ -85,6 +86,9 @@ fn main() {
         }
         if want("unrelated") {
             report.push_str(&bench_unrelated(&o, base.path()));
+        }
+        if want("ship") {
+            report.push_str(&ship::bench_ship(&o, base.path()));
         }
     }
     if want("query") {
