@@ -143,13 +143,17 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+fn server_addrs(urls: &[String]) -> Vec<async_nats::ServerAddr> {
+    urls.iter().map(|u| u.parse().unwrap()).collect()
+}
+
 /// Every message of `stream`: (Nats-Msg-Id, payload), read with an
 /// independent client. Empty if the stream does not exist yet.
 fn stream_messages(urls: &[String], stream: &str) -> Vec<(String, Value)> {
     rt().block_on(async {
         let Ok(client) = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
-            .connect(urls.join(","))
+            .connect(server_addrs(urls))
             .await
         else {
             return Vec::new();
@@ -418,7 +422,7 @@ fn three_node_cluster_r3_survives_a_node_killed_mid_stream() {
     });
     // Kill the stream's leader: the hardest node to lose.
     let leader = rt().block_on(async {
-        let client = async_nats::connect(urls.join(",")).await.ok()?;
+        let client = async_nats::connect(server_addrs(&urls)).await.ok()?;
         let js = jetstream::new(client);
         let mut st = js.get_stream("R3").await.ok()?;
         let info = st.info().await.ok()?;
