@@ -746,3 +746,117 @@ fn restart_after_the_duplicate_window_still_sends_nothing_twice() {
     );
     drop(d);
 }
+
+/// `openssl` with `args` in `dir`, asserting success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=fsmon-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let key = format!("{who}-key.pem");
+        let csr = format!("{who}.csr");
+        let mut req = vec!["req", "-subj", "/CN=127.0.0.1"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        let (pem, ext) = (format!("{who}.pem"), format!("{who}.ext"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_with_client_certificate_and_key_files_checked() {
+    let dir = tmpdir();
+    let d = dir.path();
+    make_certs(d);
+    let tls = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n}}",
+        d.join("server.pem"),
+        d.join("server-key.pem"),
+        d.join("ca.pem")
+    );
+    let nats = Nats::new(d, "tls", free_port(), &tls);
+    let urls = vec![format!("tls://127.0.0.1:{}", nats.port)];
+    let files = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}",
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        d.join("client-key.pem")
+    );
+    let env = Env::with_config(&ship_config(&urls, "host-tls", "TLS", &files));
+    env.add("_global", &env.watch, &["-r"]);
+    let daemon = env.start(&[]);
+    fs::write(env.watch.join("over-tls"), "x").unwrap();
+    env.wait_events("_global", "the write logged", |e| e.len() >= 2);
+    wait_for("shipped over TLS", LONG, || {
+        let g = ship_group(&env, "_global")?;
+        (g["pending_events"] == 0 && g["shipped"].as_u64()? >= 2).then_some(())
+    });
+    drop(daemon);
+    // The client certificate is read back over TLS with the same files.
+    let out = env.fsmon_ok(&["fleet", "query"]);
+    assert!(
+        out.contains("over-tls") && out.contains("host-tls"),
+        "{out}"
+    );
+
+    // A key that belongs to another user is refused (the daemon runs as
+    // root for its user: it must not read other users' secrets).
+    let foreign = d.join("foreign-key.pem");
+    fs::copy(d.join("client-key.pem"), &foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(54_321), Some(54_321)).unwrap();
+    let files = format!(
+        "tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}",
+        d.join("ca.pem"),
+        d.join("client.pem"),
+        foreign
+    );
+    let (env2, daemon) = bad_config_case(
+        &ship_config(&urls, "host-tls", "TLS", &files),
+        "belongs to uid 54321",
+    );
+    drop((daemon, env2));
+}

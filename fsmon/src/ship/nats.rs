@@ -2,7 +2,7 @@
 //! the `fleet` commands.
 use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
-use async_nats::{ConnectOptions, ServerAddr, jetstream};
+use async_nats::{ConnectOptions, ServerAddr, jetstream, rustls};
 
 use super::config::{NatsAuth, ShipConfig, subject_token};
 use crate::{safefs, user::TargetUser};
@@ -45,6 +45,48 @@ fn check_file(path: &Path, user: &TargetUser) -> Result<(), String> {
     read_secret(path, user).map(|_| ())
 }
 
+/// The TLS configuration, from files read here (as [`read_secret`] does:
+/// the user's or root's only), never by path in the client library, so
+/// the daemon cannot be pointed at another user's key through a symlink
+/// swapped in after a check.
+fn tls_config(cfg: &ShipConfig, user: &TargetUser) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = read_secret(path, user)?;
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.tls_ca {
+        Some(ca) => {
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match &cfg.tls_client {
+        Some((cert, key)) => {
+            let chain = certs(cert)?;
+            let pem = read_secret(key, user)?;
+            let key_der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("{}: {e}", cert.display()))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
 /// The server addresses, parsed.
 pub fn server_addrs(cfg: &ShipConfig) -> Result<Vec<ServerAddr>, String> {
     cfg.urls
@@ -83,14 +125,10 @@ pub async fn connect_options(
                 .map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
-    if let Some(ca) = &cfg.tls_ca {
-        check_file(ca, user)?;
-        o = o.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let Some((cert, key)) = &cfg.tls_client {
-        check_file(cert, user)?;
-        check_file(key, user)?;
-        o = o.add_client_certificate(cert.clone(), key.clone());
+    if cfg.tls_ca.is_some() || cfg.tls_client.is_some() {
+        o = o
+            .tls_client_config(tls_config(cfg, user)?)
+            .require_tls(true);
     }
     if cfg.tls_required {
         o = o.require_tls(true);
