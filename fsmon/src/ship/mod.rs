@@ -853,6 +853,11 @@ impl GroupShipper {
         let mut start = 0usize;
         let mut published = false;
         let max = self.inner.cfg.max_in_flight;
+        // One id prefix per chunk (the epoch only changes between rounds).
+        let id_head = {
+            let c = self.gs.cursor.lock().unwrap();
+            format!("{}{}:", self.id_head, c.log_id)
+        };
         while self.in_flight.len() < max {
             let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') else {
                 break;
@@ -868,8 +873,9 @@ impl GroupShipper {
                 let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
                 payload.extend_from_slice(&self.payload_head);
                 payload.extend_from_slice(&text[1..]);
-                let log_id = self.gs.cursor.lock().unwrap().log_id.clone();
-                let id = format!("{}{}:{}", self.id_head, log_id, line_start);
+                let mut id = String::with_capacity(id_head.len() + 20);
+                id.push_str(&id_head);
+                id.push_str(itoa::Buffer::new().format(line_start));
                 let publish = jetstream::message::PublishMessage::build()
                     .payload(payload.into())
                     .message_id(id);
