@@ -190,6 +190,16 @@ fn soak(args: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
     build(true)?;
+    // The workload programs the benchmarks run (`cargo run` below builds
+    // only the bench binary itself).
+    run_cmd(cargo().current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "fsmon-tests",
+        "--bin",
+        "fsmon-testkit",
+    ]))?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args([
