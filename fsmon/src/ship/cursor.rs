@@ -163,8 +163,12 @@ pub fn load(path: &Path) -> Result<Option<Cursor>> {
 }
 
 /// Writes a cursor file atomically (a new file beside it, renamed over it),
-/// owned by `owner`, synced.
-pub fn save(path: &Path, owner: &TargetUser, cursor: &Cursor) -> Result<()> {
+/// owned by `owner`; `durable`: synced to disk first. The shipper's
+/// periodic saves are not synced: a process crash keeps them (page cache),
+/// and a cursor lost with power is only older, which reconciliation with
+/// the stream makes up for. A trim's record is synced: it must not be
+/// older than the rename it describes.
+pub fn save(path: &Path, owner: &TargetUser, cursor: &Cursor, durable: bool) -> Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -176,7 +180,9 @@ pub fn save(path: &Path, owner: &TargetUser, cursor: &Cursor) -> Result<()> {
     let mut f = safefs::create_new(&tmp, owner, 0o600)?;
     let mut line = serde_json::to_vec(cursor).expect("serializable");
     line.push(b'\n');
-    let written = f.write_all(&line).and_then(|()| f.sync_data());
+    let written = f
+        .write_all(&line)
+        .and_then(|()| if durable { f.sync_data() } else { Ok(()) });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
@@ -228,13 +234,13 @@ pub fn around_swap<T>(
         return swap();
     }
     cursor.swap = Some(PendingSwap { ino: new_ino, cut });
-    save(&path, owner, cursor)?;
+    save(&path, owner, cursor, true)?;
     let result = swap();
     match &result {
         Ok(_) => cursor.apply_swap(new_ino, cut),
         Err(_) => cursor.swap = None,
     }
-    if let Err(e) = save(&path, owner, cursor) {
+    if let Err(e) = save(&path, owner, cursor, true) {
         // The pending record on disk still resolves correctly on load.
         log::warn!("{e}");
     }
@@ -293,8 +299,8 @@ mod tests {
         assert_eq!(load(&p).unwrap(), None);
         let mut c = Cursor::fresh(3, 4);
         c.acked = 77;
-        save(&p, &me, &c).unwrap();
-        save(&p, &me, &c).unwrap();
+        save(&p, &me, &c, true).unwrap();
+        save(&p, &me, &c, false).unwrap();
         assert_eq!(load(&p).unwrap(), Some(c));
     }
 }

@@ -518,7 +518,7 @@ fn open_group(inner: &Inner, group: &str) -> Result<Arc<GroupState>> {
             log::warn!("ship: group {group}: {why}; shipping it from its start under a new log id")
         }
     }
-    cursor::save(&cursor_path, &inner.owner, &c)?;
+    cursor::save(&cursor_path, &inner.owner, &c, true)?;
     let gs = Arc::new(GroupState {
         group: group.to_string(),
         log_path,
@@ -1024,7 +1024,7 @@ impl GroupShipper {
     fn save(&mut self) {
         let c = self.gs.cursor.lock().unwrap();
         let path = cursor::cursor_path(&self.gs.log_path);
-        match cursor::save(&path, &self.inner.owner, &c) {
+        match cursor::save(&path, &self.inner.owner, &c, false) {
             Ok(()) => self.dirty = false,
             Err(e) => {
                 let mut st = self.gs.status.lock().unwrap();

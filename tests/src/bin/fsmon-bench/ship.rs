@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream;
 use fsmon_tests::{Env, testkit_bin, wait_for};
 use futures_util::StreamExt;
 
@@ -67,6 +66,25 @@ fn health_group(env: &Env) -> Option<serde_json::Value> {
     v["ship"]["groups"].as_array()?.first().cloned()
 }
 
+/// Waits until the shipper has checked (or created) its stream, so the
+/// clock starts with shipping ready.
+fn wait_ready(env: &Env, d: &fsmon_tests::Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env.fsmon(&["health"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["ship"]["stream_ok"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shipper not ready after 60 s: {v}\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// CPU seconds of the daemon's shipping thread.
 fn ship_thread_cpu(pid: u32) -> f64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -96,18 +114,14 @@ fn storm_once(
     fs::create_dir_all(&dir).unwrap();
     let dir = fs::canonicalize(&dir).unwrap();
     let env = match url {
-        Some(u) => Env::with_config(&ship_config(u, &format!("B{tag}"))),
+        // One stream for every run: streams may not share subjects.
+        Some(u) => Env::with_config(&ship_config(u, "BENCH")),
         None => Env::new(),
     };
     env.add("_global", &dir, &["-r"]);
     let d = env.start(&[]);
     if url.is_some() {
-        // The stream exists before the clock starts.
-        wait_for("shipper ready", Duration::from_secs(60), || {
-            let out = env.fsmon(&["health"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            (v["ship"]["stream_ok"] == true).then_some(())
-        });
+        wait_ready(&env, &d);
     }
     let pid = d.pid();
     let (cpu0, ship0) = (cpu_secs(pid), ship_thread_cpu(pid));
@@ -151,18 +165,14 @@ fn delays(base: &Path, nats: &Nats, events: usize, rate: u64) -> Vec<f64> {
     let dir = base.join("paced");
     fs::create_dir_all(&dir).unwrap();
     let dir = fs::canonicalize(&dir).unwrap();
-    let env = Env::with_config(&ship_config(&nats.url, "BDELAY"));
+    let env = Env::with_config(&ship_config(&nats.url, "BENCH"));
     env.add(
         "_global",
         &dir,
         &["-r", "--types", "CREATE,CLOSE_WRITE,DELETE"],
     );
     let d = env.start(&[]);
-    wait_for("shipper ready", Duration::from_secs(60), || {
-        let out = env.fsmon(&["health"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["ship"]["stream_ok"] == true).then_some(())
-    });
+    wait_ready(&env, &d);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -204,7 +214,6 @@ fn delays(base: &Path, nats: &Nats, events: usize, rate: u64) -> Vec<f64> {
             }
         }
         let _ = child.wait().await;
-        let _ = jetstream::new(client).delete_stream("BDELAY").await;
         out
     });
     d.stop();
