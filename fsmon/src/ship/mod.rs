@@ -217,6 +217,7 @@ impl Shipper {
         let thread = std::thread::Builder::new()
             .name("fsmon-ship".into())
             .spawn(move || {
+                lower_priority();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -313,6 +314,24 @@ impl Shipper {
 impl Drop for Shipper {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The shipper thread's nice value: when the CPU is short, capture and the
+/// monitored workload come first; shipping catches up from the logs.
+const SHIP_NICE: libc::c_int = 10;
+
+/// Lowers this thread's scheduling priority (Linux keeps a nice value per
+/// thread: `setpriority` on the thread id).
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority only reads its integer arguments.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SHIP_NICE) };
+    if r != 0 {
+        log::debug!(
+            "ship: cannot lower the shipper's priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
