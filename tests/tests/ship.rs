@@ -860,3 +860,47 @@ fn tls_with_client_certificate_and_key_files_checked() {
     );
     drop((daemon, env2));
 }
+
+#[test]
+fn clean_without_a_daemon_moves_the_cursor_too() {
+    let dir = tmpdir();
+    let nats = Nats::new(dir.path(), "n1", free_port(), "");
+    let urls = vec![nats.url()];
+    let env = Env::with_config(&ship_config(&urls, "host-cli", "CLICLEAN", ""));
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    for i in 0..20 {
+        fs::write(env.watch.join(format!("a{i}")), "x").unwrap();
+    }
+    env.wait_events("_global", "20 writes", |e| e.len() >= 40);
+    wait_all_shipped(&env, &urls, "CLICLEAN", "_global");
+    d.stop();
+    let before = expected_lines(&env, "host-cli", "_global");
+    // No daemon: the CLI trims and moves the cursor itself.
+    env.fsmon_ok(&["clean", "_global", "--time", ">=2099-01-01"]);
+    assert!(env.events("_global").is_empty());
+    let d = env.start(&[]);
+    for i in 0..10 {
+        fs::write(env.watch.join(format!("b{i}")), "x").unwrap();
+    }
+    env.wait_events("_global", "10 writes", |e| e.len() >= 20);
+    let after = expected_lines(&env, "host-cli", "_global");
+    let want = before.len() + after.len();
+    let msgs = wait_for("the stream to hold every event", LONG, || {
+        let m = stream_messages(&urls, "CLICLEAN");
+        (m.len() >= want).then_some(m)
+    });
+    let mut expected = before;
+    expected.extend(after);
+    expected.sort();
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("across a clean without daemon\n{}", d.stderr()),
+    );
+    assert!(
+        !d.stderr().contains("new log id"),
+        "the trim kept the numbering:\n{}",
+        d.stderr()
+    );
+}
