@@ -61,7 +61,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the daemon in the foreground (needs root: sudo fsmon daemon)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Add a path to a group's monitoring list (live if the daemon runs)
     Add(AddArgs),
     /// Remove a path from a group, or the whole group
@@ -76,6 +76,9 @@ pub enum Command {
     Clean(CleanArgs),
     /// Show the running daemon's status
     Health,
+    /// Query the events every host shipped to NATS JetStream
+    #[command(subcommand)]
+    Fleet(crate::ship::fleet::FleetCommand),
     /// Write the config file with every setting commented out
     Init(InitArgs),
     /// Open a subshell in the log directory (-l) or the store directory (-m)
@@ -157,6 +160,8 @@ pub struct DaemonArgs {
     /// Kernel event queue length, or "unlimited" (default: the system's)
     #[arg(long, value_name = "EVENTS")]
     pub queue_size: Option<String>,
+    #[command(flatten)]
+    pub ship: crate::ship::config::ShipArgs,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +235,9 @@ pub struct CleanArgs {
     /// Show what would be removed, change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Also remove lines not yet shipped to NATS (kept by default)
+    #[arg(long)]
+    pub drop_unshipped: bool,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,7 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     pub process: Option<ProcessSection>,
     pub fanotify: Option<FanotifySection>,
+    pub ship: Option<crate::ship::config::ShipSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +174,8 @@ pub struct Config {
     pub exit_grace: Duration,
     /// None: the system default (fs.fanotify.max_queued_events); Some(0): unlimited.
     pub queue_size: Option<u32>,
+    /// `[ship.nats]`: None = no shipping.
+    pub ship: Option<crate::ship::ShipConfig>,
 }
 
 impl Config {
@@ -330,7 +333,9 @@ impl Config {
             socket.timeout_secs,
             crate::control::DEFAULT_TIMEOUT.as_secs(),
         )?);
+        let ship = crate::ship::config::resolve(f.ship, user, &at)?;
         Ok(Config {
+            ship,
             store_path: match f.monitored.and_then(|m| m.path) {
                 Some(p) => user.expand(&p),
                 None => user.default_store(),
@@ -476,6 +481,11 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 [fanotify]
 # queue_size = 16384          # not set by default (the system's fs.fanotify.max_queued_events); kernel event queue length, 0 = unlimited
 "#;
+
+/// [`INIT_TEMPLATE`] with the commented-out `[ship.nats]` section.
+pub fn init_template() -> String {
+    format!("{INIT_TEMPLATE}{}", crate::ship::config::INIT_TEMPLATE)
+}
 
 #[cfg(test)]
 mod tests {
@@ -633,6 +643,20 @@ mod tests {
             ("[cache]\ndir_capacity = 0\n", "cache.dir_capacity"),
             ("[socket]\nmax_clients = 0\n", "socket.max_clients"),
             ("[socket]\ntimeout_secs = 0\n", "socket.timeout_secs"),
+            ("[ship.nats]\nhost = \"h\"\n", "ship.nats.url"),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nreplicas = 9\n",
+                "ship.nats.replicas",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nsubject_prefix = \"a.*\"\n",
+                "ship.nats.subject_prefix",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\ntoken = \"t\"\nuser = \"u\"\n",
+                "ship.nats",
+            ),
+            ("[ship.nats]\nurl = \"nats://a:1\"\nsurl = 1\n", "surl"),
         ] {
             let e = load_text(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fsmon.toml"), "{text:?}: {e}");
@@ -658,6 +682,31 @@ mod tests {
             assert!(e.contains("fsmon.toml") && e.contains("line"), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn ship_section_resolves() {
+        let c = load_text(
+            "[ship.nats]\nurls = [\"nats://a:4222\", \"nats://b:4222\"]\nhost = \"web.01\"\ncreds_file = \"~/x.creds\"\n",
+        )
+        .unwrap();
+        let s = c.ship.unwrap();
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!(s.stream, "FSMON");
+        assert_eq!(
+            s.auth,
+            crate::ship::config::NatsAuth::CredsFile("/home/u/x.creds".into())
+        );
+        assert_eq!(crate::ship::config::subject_token(&s.host), "web_01");
+        let off = load_text("[ship.nats]\nenabled = false\n").unwrap();
+        assert!(off.ship.is_none());
+    }
+
+    #[test]
+    fn the_whole_template_with_shipping_parses_and_ships_nothing() {
+        let c = load_text(&init_template()).unwrap();
+        assert!(c.log_dir.is_some(), "template keeps [logging] active");
+        assert!(c.ship.is_none(), "shipping stays off");
     }
 
     #[test]

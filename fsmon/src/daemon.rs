@@ -50,6 +50,8 @@ struct State {
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// `[ship.nats]`: the shipper, if on.
+    ship: Option<Arc<crate::ship::Shipper>>,
 }
 
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
@@ -141,7 +143,9 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
         metrics.clone(),
     )?;
+    let ship = start_shipper(&cfg, &user, &metrics);
     let state = Arc::new(State {
+        ship,
         cfg,
         user,
         fs,
@@ -162,10 +166,38 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     });
     log::info!("stopping: writing what is queued");
     state.pipeline.shutdown();
+    if let Some(ship) = &state.ship {
+        ship.shutdown();
+    }
     // Only the socket we bound: whatever made the bind fail (a planted
     // symlink, another user's socket) is not ours to remove.
     socket_dir.remove_bound();
     result
+}
+
+/// Starts shipping to NATS if configured. A problem is one error line; the
+/// daemon keeps logging locally.
+fn start_shipper(
+    cfg: &Config,
+    user: &TargetUser,
+    metrics: &Metrics,
+) -> Option<Arc<crate::ship::Shipper>> {
+    let ship = cfg.ship.clone()?;
+    let Some(dir) = cfg.log_dir.clone() else {
+        log::error!(
+            "ship: [ship.nats] is set but file output is off ([logging] enabled = false): the shipper reads the logs, so nothing is shipped"
+        );
+        return None;
+    };
+    match crate::ship::Shipper::start(ship, dir, user.clone(), metrics.registry()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            log::error!(
+                "ship: cannot start the shipper thread: {e}; events are only logged locally"
+            );
+            None
+        }
+    }
 }
 
 /// System mode: the readers' group, and the store's and log directories
@@ -658,6 +690,7 @@ fn health(state: &State) -> serde_json::Value {
         "ebpf_exited_entries": m.ebpf_exited_entries.get(),
         "tracker_losses": tracker_losses(m),
         "subscribers": m.subscribers.get(),
+        "ship": state.ship.as_ref().map(|s| s.health()),
     })
 }
 
@@ -698,13 +731,33 @@ fn clean_swap(
     let log_path = crate::pipeline::write::log_path(&dir, group);
     let (tx, rx) = std::sync::mpsc::channel();
     let group = group.to_string();
+    let ship = state.ship.clone();
     let sent = state.pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
         // The writer is flushed; close it, finish the trim (as the user),
         // reopen on demand.
         logs.close(&group);
-        let r = logs
-            .fs()
-            .run(move || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path));
+        // The cursor of the shipper (if the log has one) follows the trim:
+        // the temp file keeps its inode when renamed, and holds the log from
+        // `copied_until - len` on. All of it as the user.
+        let owner = logs.fs().user().clone();
+        let r = logs.fs().run(move || {
+            let finish = || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path);
+            match std::fs::symlink_metadata(&tmp) {
+                Ok(m) if m.len() <= copied_until => {
+                    let (ino, cut) = (
+                        std::os::unix::fs::MetadataExt::ino(&m),
+                        copied_until - m.len(),
+                    );
+                    match &ship {
+                        Some(s) => s.around_swap(&group, &log_path, ino, cut, finish),
+                        None => crate::ship::cursor::around_swap(
+                            &log_path, &owner, ino, cut, None, finish,
+                        ),
+                    }
+                }
+                _ => finish(),
+            }
+        });
         let _ = tx.send(r);
     }));
     if !sent {

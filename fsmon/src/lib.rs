@@ -18,6 +18,7 @@ pub mod logfile;
 pub mod metrics;
 pub mod pipeline;
 pub mod safefs;
+pub mod ship;
 pub mod sockpath;
 pub mod store;
 pub mod system;

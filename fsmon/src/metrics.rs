@@ -294,6 +294,11 @@ impl Metrics {
             .unregister(Box::new(self.disk_free_bytes.clone()));
     }
 
+    /// The registry, for metrics other modules own (shipping).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

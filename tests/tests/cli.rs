@@ -146,7 +146,11 @@ fn help_of_every_subcommand_lists_the_seed_flags() {
         ("remove", &["--path"]),
         ("query", &["-t,", "--time", "--path"]),
         ("changes", &["-t,", "--time", "--path"]),
-        ("clean", &["--time", "--size", "--dry-run"]),
+        (
+            "clean",
+            &["--time", "--size", "--dry-run", "--drop-unshipped"],
+        ),
+        ("fleet", &["query", "changes", "hosts"]),
         ("init", &["--service"]),
         ("cd", &["-l,", "-m,"]),
         ("monitored", &[]),
@@ -174,6 +178,7 @@ fn help_of_every_subcommand_lists_the_seed_flags() {
         "health",
         "init",
         "cd",
+        "fleet",
     ] {
         assert!(top.contains(sub), "fsmon --help lacks {sub}");
     }

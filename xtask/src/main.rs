@@ -237,7 +237,8 @@ fn soak_for(args: &[String], secs: u64) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
     build(true)?;
-    // The workload programs the benchmarks run.
+    // The workload programs the benchmarks run (`cargo run` below builds
+    // only the bench binary itself).
     run_cmd(cargo().current_dir(root()).args([
         "build",
         "--release",

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use super::Context;
 use crate::{
     cli::{CdArgs, DaemonArgs, InitArgs},
-    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, INIT_TEMPLATE, TrackerChoice},
+    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, TrackerChoice},
     control::Request,
     daemon::{self, DaemonOptions},
     error::Error,
@@ -87,6 +87,7 @@ fn apply_flags(ctx: &mut Context, a: &DaemonArgs) -> Result<()> {
     if let Some(n) = a.exit_grace {
         c.exit_grace = Duration::from_secs(positive("exit-grace", n)?);
     }
+    c.ship = a.ship.apply(c.ship.take())?;
     if let Some(q) = &a.queue_size {
         c.queue_size = Some(match q.as_str() {
             "unlimited" => 0,
@@ -130,7 +131,7 @@ pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()
     let (p, uid) = (path.clone(), ctx.user.uid);
     // The defaults shown are the ones that apply: the system's in system mode.
     let template = if ctx.user.is_system() {
-        INIT_TEMPLATE
+        crate::config::init_template()
             .replace(
                 "~/.local/share/fsmon/monitored.jsonl",
                 crate::user::SYSTEM_STORE,
@@ -138,7 +139,7 @@ pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()
             .replace("~/.local/state/fsmon", crate::user::SYSTEM_LOG_DIR)
             .replace("/run/fsmon/fsmon-<UID>.sock", crate::user::SYSTEM_SOCKET)
     } else {
-        INIT_TEMPLATE.to_string()
+        crate::config::init_template()
     };
     let exists = ctx.fs.run(move || std::fs::symlink_metadata(p).is_ok());
     if exists {

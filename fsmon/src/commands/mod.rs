@@ -1,6 +1,7 @@
 //! The commands behind each CLI verb. Each returns `anyhow::Result`; `main`
 //! prints an error as one line and exits non-zero.
 mod admin;
+mod fleet;
 mod logs;
 mod man;
 mod paths;
@@ -83,7 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let system = cli.system || matches!(&cli.command, Command::Init(a) if a.service);
     let mut ctx = Context::load(cli.config.as_deref(), system, init)?;
     match cli.command {
-        Command::Daemon(args) => admin::daemon(&mut ctx, args),
+        Command::Daemon(args) => admin::daemon(&mut ctx, *args),
         Command::Add(args) => paths::add(&ctx, args),
         Command::Remove(args) => paths::remove(&ctx, args),
         Command::Monitored => paths::monitored(&ctx),
@@ -91,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Changes(args) => logs::query(&ctx, args, true),
         Command::Clean(args) => logs::clean(&ctx, args),
         Command::Health => admin::health(&ctx),
+        Command::Fleet(cmd) => fleet::run(&ctx, cmd),
         Command::Init(args) => admin::init(&ctx, cli.config.as_deref(), args),
         Command::Cd(args) => admin::cd(&ctx, args),
         Command::Completions { .. } | Command::Man { .. } | Command::EbpfLoader { .. } => {
