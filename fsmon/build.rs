@@ -6,6 +6,23 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
+    // The commit for fsmon_build_info: $FSMON_GIT_COMMIT (packaging), else
+    // git's, else none ("unknown").
+    println!("cargo::rerun-if-env-changed=FSMON_GIT_COMMIT");
+    let commit = env::var("FSMON_GIT_COMMIT").ok().or_else(|| {
+        std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    });
+    if let Some(c) =
+        commit.filter(|c| !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
+        println!("cargo::rustc-env=FSMON_GIT_COMMIT={c}");
+    }
     println!("cargo::rerun-if-env-changed=FSMON_EBPF_OBJECT");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let object = match env::var_os("FSMON_EBPF_OBJECT") {

@@ -12,7 +12,7 @@ fn group_candidates() -> Vec<CompletionCandidate> {
     let mut groups = vec![crate::store::GLOBAL.to_string()];
     // The same context every command loads: the user's files read with the
     // user's credentials.
-    let known = crate::commands::Context::load(None)
+    let known = crate::commands::Context::load(None, false, true)
         .ok()
         .and_then(|ctx| crate::store::Store::load(&ctx.fs, &ctx.config.store_path).ok());
     if let Some(store) = known {
@@ -50,6 +50,10 @@ pub struct Cli {
     /// Config file (default: ~/.config/fsmon/fsmon.toml, or $FSMON_CONFIG)
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// System mode: the root service's daemon and places (/etc/fsmon, /var/lib/fsmon,
+    /// /var/log/fsmon, /run/fsmon); also $FSMON_MODE=system, and root's own commands
+    #[arg(long, global = true)]
+    pub system: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,7 +61,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the daemon in the foreground (needs root: sudo fsmon daemon)
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Add a path to a group's monitoring list (live if the daemon runs)
     Add(AddArgs),
     /// Remove a path from a group, or the whole group
@@ -72,6 +76,9 @@ pub enum Command {
     Clean(CleanArgs),
     /// Show the running daemon's status
     Health,
+    /// Query the events every host shipped to NATS JetStream
+    #[command(subcommand)]
+    Fleet(crate::ship::fleet::FleetCommand),
     /// Write the config file with every setting commented out
     Init(InitArgs),
     /// Open a subshell in the log directory (-l) or the store directory (-m)
@@ -153,6 +160,8 @@ pub struct DaemonArgs {
     /// Kernel event queue length, or "unlimited" (default: the system's)
     #[arg(long, value_name = "EVENTS")]
     pub queue_size: Option<String>,
+    #[command(flatten)]
+    pub ship: crate::ship::config::ShipArgs,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +240,9 @@ pub struct CleanArgs {
     /// Show what would be removed, change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Also remove lines not yet shipped to NATS (kept by default)
+    #[arg(long)]
+    pub drop_unshipped: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,8 +2,8 @@
 //!
 //! Priority is CLI flag > file > default. An absent file means defaults. An
 //! unknown key or a bad value is an error that names the key and the file.
-//! As the seed says, file output is on unless a config file exists without a
-//! `[logging]` section.
+//! File output is on unless `[logging] enabled = false`. An explicit config
+//! (`--config`, `$FSMON_CONFIG`) must exist.
 use std::{
     path::{Path, PathBuf},
     time::Duration,
@@ -35,6 +35,7 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     pub process: Option<ProcessSection>,
     pub fanotify: Option<FanotifySection>,
+    pub ship: Option<crate::ship::config::ShipSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +47,7 @@ pub struct MonitoredSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSection {
+    pub enabled: Option<bool>,
     pub path: Option<String>,
     pub keep_days: Option<u32>,
     pub size: Option<String>,
@@ -173,19 +175,43 @@ pub struct Config {
     pub exit_grace: Duration,
     /// None: the system default (fs.fanotify.max_queued_events); Some(0): unlimited.
     pub queue_size: Option<u32>,
+    /// `[ship.nats]`: None = no shipping.
+    pub ship: Option<crate::ship::ShipConfig>,
 }
 
 impl Config {
     /// Where the config file is: `--config`, else `$FSMON_CONFIG`, else the
-    /// user's `~/.config/fsmon/fsmon.toml`.
-    pub fn locate(user: &TargetUser, explicit: Option<&Path>) -> PathBuf {
+    /// user's `~/.config/fsmon/fsmon.toml` (`$XDG_CONFIG_HOME`, or
+    /// `/etc/fsmon/fsmon.toml` in system mode). The flag says whether the
+    /// place was given explicitly (then it must exist).
+    pub fn locate(user: &TargetUser, explicit: Option<&Path>) -> (PathBuf, bool) {
         if let Some(p) = explicit {
-            return p.to_path_buf();
+            return (p.to_path_buf(), true);
         }
-        if let Some(p) = std::env::var_os("FSMON_CONFIG") {
-            return PathBuf::from(p);
+        if let Some(p) = std::env::var_os("FSMON_CONFIG").filter(|p| !p.is_empty()) {
+            return (PathBuf::from(p), true);
         }
-        user.expand(DEFAULT_CONFIG)
+        (user.default_config(), false)
+    }
+
+    /// Loads the config found by [`locate`](Self::locate): an absent default
+    /// file means defaults, an absent explicit one is an error.
+    pub fn load_located(fs: &UserFs, path: &Path, explicit: bool) -> Result<Self> {
+        if explicit {
+            let p = path.to_path_buf();
+            // Only "no such file": a file the user may not read is refused
+            // by the read below, as such.
+            let absent = fs.run(move || {
+                std::fs::metadata(&p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            });
+            if absent {
+                return Err(Error::invalid(format!(
+                    "config file {} does not exist (given by --config or FSMON_CONFIG; `fsmon init` writes one)",
+                    path.display()
+                )));
+            }
+        }
+        Self::load_as(fs, path)
     }
 
     /// Loads the config for `user` from `path` (absent file: defaults),
@@ -211,9 +237,11 @@ impl Config {
                 None => Error::invalid(format!("{key}: {msg}")),
             }
         };
-        // Seed: "File output is on by default (remove this section to disable)".
-        let logging_enabled = file.is_none() || f.logging.is_some();
+        // File output is on unless `[logging] enabled = false`. (The seed
+        // turned it off for a file without a [logging] section: a config
+        // that set only [socket] silently lost every log.)
         let logging = f.logging.unwrap_or_default();
+        let logging_enabled = logging.enabled.unwrap_or(true);
         let cache = f.cache.unwrap_or_default();
         let process = f.process.unwrap_or_default();
 
@@ -302,15 +330,17 @@ impl Config {
             socket.timeout_secs,
             crate::control::DEFAULT_TIMEOUT.as_secs(),
         )?);
+        let ship = crate::ship::config::resolve(f.ship, user, &at)?;
         Ok(Config {
-            store_path: user.expand(
-                f.monitored
-                    .and_then(|m| m.path)
-                    .as_deref()
-                    .unwrap_or(DEFAULT_STORE),
-            ),
-            log_dir: logging_enabled
-                .then(|| user.expand(logging.path.as_deref().unwrap_or(DEFAULT_LOG_DIR))),
+            ship,
+            store_path: match f.monitored.and_then(|m| m.path) {
+                Some(p) => user.expand(&p),
+                None => user.default_store(),
+            },
+            log_dir: logging_enabled.then(|| match logging.path.as_deref() {
+                Some(p) => user.expand(p),
+                None => user.default_log_dir(),
+            }),
             keep_days: logging.keep_days.unwrap_or(30),
             clean_size,
             disk_min_free,
@@ -319,7 +349,10 @@ impl Config {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             local_time: logging.local_time.unwrap_or(false),
-            socket_path: user.expand(socket.path.as_deref().unwrap_or(DEFAULT_SOCKET)),
+            socket_path: match socket.path.as_deref() {
+                Some(p) => user.expand(p),
+                None => user.default_socket(),
+            },
             client_limits,
             socket_timeout,
             dir_capacity: positive("cache.dir_capacity", cache.dir_capacity, 100_000)?,
@@ -408,7 +441,7 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # path = "~/.local/share/fsmon/monitored.jsonl"
 
 [logging]
-# File output is on while this section exists (remove the section to disable).
+# enabled = true              # false: no log files (the live stream and metrics only)
 # path = "~/.local/state/fsmon"
 # keep_days = 30              # `fsmon clean` keeps this many days
 # size = ">=1GB"              # `fsmon clean` trims a log to this size
@@ -446,6 +479,11 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 # queue_size = 16384          # not set by default (the system's fs.fanotify.max_queued_events); kernel event queue length, 0 = unlimited
 "#;
 
+/// [`INIT_TEMPLATE`] with the commented-out `[ship.nats]` section.
+pub fn init_template() -> String {
+    format!("{INIT_TEMPLATE}{}", crate::ship::config::INIT_TEMPLATE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +494,7 @@ mod tests {
             gid: 1000,
             name: "u".into(),
             home: "/home/u".into(),
+            places: crate::user::Places::Passwd,
         }
     }
 
@@ -535,8 +574,8 @@ mod tests {
             format!("{absent:#?}"),
             "the template's values differ from the defaults:\n{text}"
         );
-        // Every setting is there: 24 in the template, 3 of them examples.
-        assert_eq!(keys, 21, "{text}");
+        // Every setting is there: 25 in the template, 3 of them examples.
+        assert_eq!(keys, 22, "{text}");
         // The example-only settings really are off by default.
         assert!(absent.disk_min_free.is_none());
         assert!(absent.metrics_listen.is_none());
@@ -549,10 +588,29 @@ mod tests {
     }
 
     #[test]
-    fn file_without_logging_disables_file_output() {
+    fn file_output_is_off_only_when_disabled() {
+        // A config with only [socket] (or [cache]) keeps the logs.
+        let c = load_text("[socket]\nmax_clients = 8\n").unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/home/u/.local/state/fsmon")));
         let c = load_text("[cache]\nbuffer_size = 65536\n").unwrap();
-        assert_eq!(c.log_dir, None);
+        assert!(c.log_dir.is_some());
         assert_eq!(c.buffer_size, 65536);
+        let c = load_text("[logging]\nenabled = false\n").unwrap();
+        assert_eq!(c.log_dir, None);
+    }
+
+    #[test]
+    fn explicit_config_must_exist() {
+        let fs = UserFs::direct(user());
+        let e = Config::load_located(&fs, Path::new("/nonexistent/fsmon.toml"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/fsmon.toml") && e.contains("does not exist"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        assert!(Config::load_located(&fs, Path::new("/nonexistent/fsmon.toml"), false).is_ok());
     }
 
     #[test]
@@ -580,6 +638,20 @@ mod tests {
             ("[cache]\ndir_capacity = 0\n", "cache.dir_capacity"),
             ("[socket]\nmax_clients = 0\n", "socket.max_clients"),
             ("[socket]\ntimeout_secs = 0\n", "socket.timeout_secs"),
+            ("[ship.nats]\nhost = \"h\"\n", "ship.nats.url"),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nreplicas = 9\n",
+                "ship.nats.replicas",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\nsubject_prefix = \"a.*\"\n",
+                "ship.nats.subject_prefix",
+            ),
+            (
+                "[ship.nats]\nurl = \"nats://a:1\"\ntoken = \"t\"\nuser = \"u\"\n",
+                "ship.nats",
+            ),
+            ("[ship.nats]\nurl = \"nats://a:1\"\nsurl = 1\n", "surl"),
         ] {
             let e = load_text(text).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("fsmon.toml"), "{text:?}: {e}");
@@ -605,6 +677,31 @@ mod tests {
             assert!(e.contains("fsmon.toml") && e.contains("line"), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn ship_section_resolves() {
+        let c = load_text(
+            "[ship.nats]\nurls = [\"nats://a:4222\", \"nats://b:4222\"]\nhost = \"web.01\"\ncreds_file = \"~/x.creds\"\n",
+        )
+        .unwrap();
+        let s = c.ship.unwrap();
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!(s.stream, "FSMON");
+        assert_eq!(
+            s.auth,
+            crate::ship::config::NatsAuth::CredsFile("/home/u/x.creds".into())
+        );
+        assert_eq!(crate::ship::config::subject_token(&s.host), "web_01");
+        let off = load_text("[ship.nats]\nenabled = false\n").unwrap();
+        assert!(off.ship.is_none());
+    }
+
+    #[test]
+    fn the_whole_template_with_shipping_parses_and_ships_nothing() {
+        let c = load_text(&init_template()).unwrap();
+        assert!(c.log_dir.is_some(), "template keeps [logging] active");
+        assert!(c.ship.is_none(), "shipping stays off");
     }
 
     #[test]

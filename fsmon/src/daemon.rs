@@ -50,6 +50,8 @@ struct State {
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// `[ship.nats]`: the shipper, if on.
+    ship: Option<Arc<crate::ship::Shipper>>,
 }
 
 pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
@@ -63,6 +65,9 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         bail!("the daemon needs root (fanotify and BPF): run it as `sudo fsmon daemon`");
     }
     crate::clients::raise_nofile_limit();
+    if user.is_system() {
+        prepare_system(&cfg)?;
+    }
     // The socket's directory is checked and held open before anything
     // else: the lock, the bind and the removal at exit go through it.
     let mut socket_dir = SocketDir::open(&cfg.socket_path, &user)?;
@@ -107,7 +112,7 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let logs = LogSet::new(cfg.log_dir.clone(), fs.clone())?;
     if cfg.log_dir.is_none() {
         log::warn!(
-            "file output is off: {} has no [logging] section",
+            "file output is off: {} sets [logging] enabled = false",
             cfg.file
                 .as_deref()
                 .unwrap_or(Path::new("the config"))
@@ -138,7 +143,9 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
         metrics.clone(),
     )?;
+    let ship = start_shipper(&cfg, &user, &metrics);
     let state = Arc::new(State {
+        ship,
         cfg,
         user,
         fs,
@@ -152,14 +159,68 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .build()?;
     let result = runtime.block_on(async {
         let listener = UnixListener::from_std(socket_dir.bind(&state.user)?)?;
+        if let Some(gid) = crate::system::readers() {
+            socket_dir.share_bound(gid)?;
+        }
         serve(state.clone(), listener, ebpf_logger).await
     });
     log::info!("stopping: writing what is queued");
     state.pipeline.shutdown();
+    if let Some(ship) = &state.ship {
+        ship.shutdown();
+    }
     // Only the socket we bound: whatever made the bind fail (a planted
     // symlink, another user's socket) is not ours to remove.
     socket_dir.remove_bound();
     result
+}
+
+/// Starts shipping to NATS if configured. A problem is one error line; the
+/// daemon keeps logging locally.
+fn start_shipper(
+    cfg: &Config,
+    user: &TargetUser,
+    metrics: &Metrics,
+) -> Option<Arc<crate::ship::Shipper>> {
+    let ship = cfg.ship.clone()?;
+    let Some(dir) = cfg.log_dir.clone() else {
+        log::error!(
+            "ship: [ship.nats] is set but file output is off ([logging] enabled = false): the shipper reads the logs, so nothing is shipped"
+        );
+        return None;
+    };
+    match crate::ship::Shipper::start(ship, dir, user.clone(), metrics.registry()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            log::error!(
+                "ship: cannot start the shipper thread: {e}; events are only logged locally"
+            );
+            None
+        }
+    }
+}
+
+/// System mode: the readers' group, and the store's and log directories
+/// made (when systemd has not) and shared with it.
+fn prepare_system(cfg: &Config) -> anyhow::Result<()> {
+    match crate::user::system_group() {
+        Some((name, gid)) => {
+            crate::system::set_readers(gid);
+            log::info!("system mode: members of group {name} may read events and status");
+        }
+        None => log::warn!(
+            "system mode: group {} does not exist; only root can read events (groupadd --system {} to share them)",
+            crate::user::SYSTEM_GROUP,
+            crate::user::SYSTEM_GROUP
+        ),
+    }
+    if let Some(dir) = cfg.store_path.parent() {
+        crate::system::prepare_dir(dir)?;
+    }
+    if let Some(dir) = &cfg.log_dir {
+        crate::system::prepare_dir(dir)?;
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -185,6 +246,7 @@ async fn serve(
         );
         tokio::spawn(serve_metrics(listener, state.metrics.clone()));
     }
+    tokio::spawn(refresh_gauges(state.clone()));
     if let Some(dir) = state.cfg.log_dir.clone() {
         tokio::spawn(disk_guard(
             dir,
@@ -218,16 +280,19 @@ async fn serve(
                 // Another user is told at once and closed: they hold no
                 // connection open. (The CLI reads this answer even when its
                 // request then fails to be written.)
-                let uid = stream.peer_cred().map(|c| c.uid()).ok();
-                let Some(uid) = uid.filter(|&u| u == 0 || u == state.user.uid) else {
+                let cred = stream.peer_cred().ok();
+                let role = cred.and_then(|c| {
+                    crate::system::role_of(&stream, c.uid(), c.gid(), state.user.uid)
+                });
+                let (Some(cred), Some(role)) = (cred, role) else {
                     crate::clients::refuse_now(
                         &stream,
                         "permission denied: only root and the daemon's user may connect",
                     );
                     continue;
                 };
-                match admission.admit(uid) {
-                    Ok(slot) => { tokio::spawn(client(state.clone(), stream, slot)); }
+                match admission.admit(cred.uid()) {
+                    Ok(slot) => { tokio::spawn(client(state.clone(), stream, slot, role)); }
                     Err(refusal) => crate::clients::refuse_now(&stream, &refusal),
                 }
             },
@@ -255,6 +320,49 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>)
     );
     if let Err(e) = axum::serve(listener, app).await {
         log::error!("metrics HTTP server stopped: {e}");
+    }
+}
+
+/// The gauges that are states, not counts: each group's log size, pending
+/// paths, watch errors. Every 2 s (stat calls, off the event path).
+async fn refresh_gauges(state: Arc<State>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let m = &st.metrics;
+            let (groups, paths): (Vec<String>, Vec<String>) = {
+                let store = st.store.lock().unwrap();
+                (
+                    store.groups.iter().map(|g| g.cmd.clone()).collect(),
+                    store
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.paths.keys().cloned())
+                        .collect(),
+                )
+            };
+            let pending = paths
+                .iter()
+                .filter(|p| std::fs::symlink_metadata(crate::escape::as_path(p)).is_err())
+                .count();
+            m.pending_paths.set(pending as i64);
+            let errors = st.pipeline.status.info.lock().unwrap().watch_errors.len();
+            m.watch_errors.set(errors as i64);
+            if let Some(dir) = &st.cfg.log_dir {
+                m.log_size_bytes.reset();
+                for g in groups {
+                    let path = crate::pipeline::write::log_path(dir, &g);
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        m.log_size_bytes
+                            .with_label_values(&[g.as_str()])
+                            .set(meta.len() as i64);
+                    }
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -337,7 +445,12 @@ fn error_line(msg: impl std::fmt::Display) -> String {
 /// Serves one connection of root's or the user's: requests one per line
 /// until EOF. `_slot` is its place among the connections served, given back
 /// when it ends.
-async fn client(state: Arc<State>, stream: UnixStream, _slot: crate::clients::Slot) {
+async fn client(
+    state: Arc<State>,
+    stream: UnixStream,
+    _slot: crate::clients::Slot,
+    role: crate::system::Role,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut first = true;
@@ -402,7 +515,7 @@ async fn client(state: Arc<State>, stream: UnixStream, _slot: crate::clients::Sl
             return;
         }
         let st = state.clone();
-        let response = tokio::task::spawn_blocking(move || handle(&st, req))
+        let response = tokio::task::spawn_blocking(move || handle(&st, req, role))
             .await
             .unwrap_or_else(|e| Err(Error::Socket(format!("internal error: {e}"))));
         let out = match response {
@@ -418,7 +531,20 @@ async fn client(state: Arc<State>, stream: UnixStream, _slot: crate::clients::Sl
 use tokio::io::AsyncReadExt as _;
 
 /// One request, answered synchronously (runs on the blocking pool).
-fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
+fn handle(
+    state: &State,
+    req: Request,
+    role: crate::system::Role,
+) -> crate::Result<serde_json::Value> {
+    let changes = matches!(
+        req,
+        Request::Add { .. } | Request::Remove { .. } | Request::CleanSwap { .. }
+    );
+    if changes && role == crate::system::Role::Reader {
+        return Err(Error::invalid(
+            "permission denied: members of the readers' group may read, not change what is watched or clean logs (run it as root)",
+        ));
+    }
     match req {
         Request::Add {
             group,
@@ -451,8 +577,18 @@ fn handle(state: &State, req: Request) -> crate::Result<serde_json::Value> {
                 size,
                 mark,
             };
-            update_store(state, |s| s.add(&group, &path_str, opts.clone()), &path_str)?;
-            Ok(json!({"ok": true, "group": group, "path": path_str, "pending": pending}))
+            let mut previous = None;
+            update_store(
+                state,
+                |s| previous = s.add(&group, &path_str, opts.clone()),
+                &path_str,
+            )?;
+            // Re-adding replaces the settings: say what changed.
+            let changed =
+                previous.map(|old| store::describe_change(&group, &path_str, &old, &opts));
+            Ok(
+                json!({"ok": true, "group": group, "path": path_str, "pending": pending, "changed": changed}),
+            )
         }
         Request::Remove { group, path } => {
             let path = state.fs.run(move || {
@@ -574,6 +710,7 @@ fn health(state: &State) -> serde_json::Value {
         "ebpf_exited_entries": m.ebpf_exited_entries.get(),
         "tracker_losses": tracker_losses(m),
         "subscribers": m.subscribers.get(),
+        "ship": state.ship.as_ref().map(|s| s.health()),
     })
 }
 
@@ -614,13 +751,33 @@ fn clean_swap(
     let log_path = crate::pipeline::write::log_path(&dir, group);
     let (tx, rx) = std::sync::mpsc::channel();
     let group = group.to_string();
+    let ship = state.ship.clone();
     let sent = state.pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
         // The writer is flushed; close it, finish the trim (as the user),
         // reopen on demand.
         logs.close(&group);
-        let r = logs
-            .fs()
-            .run(move || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path));
+        // The cursor of the shipper (if the log has one) follows the trim:
+        // the temp file keeps its inode when renamed, and holds the log from
+        // `copied_until - len` on. All of it as the user.
+        let owner = logs.fs().user().clone();
+        let r = logs.fs().run(move || {
+            let finish = || crate::logfile::finish_trim_at(&tmp, copied_until, &log_path);
+            match std::fs::symlink_metadata(&tmp) {
+                Ok(m) if m.len() <= copied_until => {
+                    let (ino, cut) = (
+                        std::os::unix::fs::MetadataExt::ino(&m),
+                        copied_until - m.len(),
+                    );
+                    match &ship {
+                        Some(s) => s.around_swap(&group, &log_path, ino, cut, finish),
+                        None => crate::ship::cursor::around_swap(
+                            &log_path, &owner, ino, cut, None, finish,
+                        ),
+                    }
+                }
+                _ => finish(),
+            }
+        });
         let _ = tx.send(r);
     }));
     if !sent {

@@ -472,13 +472,18 @@ pub struct QueryOptions {
 
 impl QueryOptions {
     fn keeps(&self, line: &Line<'_>) -> bool {
-        self.range.contains(&line.time)
+        self.keeps_event(&line.event, &line.time)
+    }
+
+    /// The filter on a parsed event (also used by `fleet` on shipped events).
+    pub fn keeps_event(&self, event: &FileEvent<'_>, time: &DateTime<FixedOffset>) -> bool {
+        self.range.contains(time)
             && match &self.path_prefix {
                 None => true,
                 Some(prefix) => {
-                    line.event.event_type == OVERFLOW_TYPE
-                        || line.event.lost
-                        || path_has_prefix(&line.event.path, prefix)
+                    event.event_type == OVERFLOW_TYPE
+                        || event.lost
+                        || path_has_prefix(&event.path, prefix)
                 }
             }
     }
@@ -748,6 +753,17 @@ pub fn plan_clean(
     keep_after: Option<Bound>,
     max_bytes: Option<u64>,
 ) -> Result<CleanPlan> {
+    plan_clean_capped(path, keep_after, max_bytes, None)
+}
+
+/// [`plan_clean`], removing nothing at or after `cap` (a line boundary:
+/// the first line not yet shipped).
+pub fn plan_clean_capped(
+    path: &Path,
+    keep_after: Option<Bound>,
+    max_bytes: Option<u64>,
+    cap: Option<u64>,
+) -> Result<CleanPlan> {
     let log = LogReader::open(path)?;
     let by_time = match keep_after {
         Some(bound) => {
@@ -764,6 +780,7 @@ pub fn plan_clean(
         _ => 0,
     };
     let cut = by_time.max(by_size);
+    let cut = cap.map_or(cut, |c| cut.min(c));
     let meta = log.file.metadata().map_err(|e| Error::io(path, e))?;
     let (removed_first, removed_last) = if cut == 0 {
         (None, None)
@@ -781,7 +798,7 @@ pub fn plan_clean(
         lines_kept: log.count_lines(cut, log.end)?,
         removed_first,
         removed_last,
-        cut_for_size: max_bytes.filter(|_| by_size > by_time),
+        cut_for_size: max_bytes.filter(|_| by_size > by_time && cut > by_time),
         partial_tail: log.partial_tail(),
         dev: meta.dev(),
         ino: meta.ino(),
@@ -1042,6 +1059,16 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
 /// Applies a plan when no daemon is writing the log: `copy_tail` then
 /// `complete_trim`. Refuses if the file at the path is not the one planned.
 pub fn clean_now(plan: &CleanPlan) -> Result<TrimResult> {
+    clean_now_around(plan, |_, _, swap| swap())
+}
+
+/// [`clean_now`] with `around` wrapped about the final swap: it gets the
+/// inode of the trimmed copy that will replace the log, the bytes removed
+/// from the log's front, and the swap to run (see `ship::cursor::around_swap`).
+pub fn clean_now_around(
+    plan: &CleanPlan,
+    around: impl FnOnce(u64, u64, &mut dyn FnMut() -> Result<TrimResult>) -> Result<TrimResult>,
+) -> Result<TrimResult> {
     if plan.is_noop() {
         return Ok(TrimResult {
             bytes_removed: 0,
@@ -1056,7 +1083,17 @@ pub fn clean_now(plan: &CleanPlan) -> Result<TrimResult> {
             plan.path.display()
         )));
     }
-    complete_trim(prepared, &plan.path)
+    let tmp_ino = prepared
+        .tmp
+        .metadata()
+        .map_err(|e| Error::io(&prepared.tmp_path, e))?
+        .ino();
+    let cut = prepared.cut;
+    let mut prepared = Some(prepared);
+    around(tmp_ino, cut, &mut || match prepared.take() {
+        Some(p) => complete_trim(p, &plan.path),
+        None => Err(Error::invalid("trim already done")),
+    })
 }
 
 /// Creates `.<name>.trim-<pid>-<n>` beside `log_path` with O_EXCL and

@@ -96,10 +96,41 @@ fn main() {
             .filter_level(log::LevelFilter::Debug)
             .filter_module("aya", log::LevelFilter::Warn);
     }
+    // Under systemd, stderr is the journal: each line starts with its
+    // syslog priority (sd-daemon(3): <3> error ... <7> debug), so
+    // `journalctl -p warning` separates warnings; the journal adds the time.
+    if journal_priorities() {
+        logger.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}",
+                syslog_priority(record.level()),
+                record.args()
+            )
+        });
+    }
     logger.init();
     if let Err(e) = fsmon::commands::run(cli) {
         eprintln!("fsmon: {}", one_line(&e));
         std::process::exit(1);
+    }
+}
+
+/// Whether log lines carry sd-daemon priority prefixes: when stderr is the
+/// journal (`$JOURNAL_STREAM`, set by systemd), or `$FSMON_LOG_PRIORITY=1`.
+fn journal_priorities() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("FSMON_LOG_PRIORITY").is_some_and(|v| v == "1")
+}
+
+/// The syslog priority of a log level (sd-daemon's `<N>` prefixes).
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
     }
 }
 

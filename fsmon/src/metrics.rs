@@ -64,6 +64,12 @@ pub struct Metrics {
     /// Control-socket connections refused, by reason (`limit`,
     /// `descriptors`, `accept_error`).
     pub socket_refused: IntCounterVec,
+    /// Size of each group's live log, in bytes.
+    pub log_size_bytes: IntGaugeVec,
+    /// Watched paths that do not exist yet.
+    pub pending_paths: IntGauge,
+    /// Watched paths the kernel refused to watch (health lists them).
+    pub watch_errors: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -123,6 +129,31 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(socket_refused.clone())).unwrap();
+        // 1, with the version and the git commit fsmon was built from.
+        let build_info = IntGaugeVec::new(
+            Opts::new("fsmon_build_info", "fsmon's version and git commit"),
+            &["version", "commit"],
+        )
+        .unwrap();
+        r.register(Box::new(build_info.clone())).unwrap();
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("FSMON_GIT_COMMIT").unwrap_or("unknown"),
+            ])
+            .set(1);
+        // process_resident_memory_bytes, process_cpu_seconds_total,
+        // process_open_fds, process_max_fds, ... (from /proc/self).
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap();
+        let log_size_bytes = IntGaugeVec::new(
+            Opts::new("fsmon_log_size_bytes", "Size of each group's live log"),
+            &["group"],
+        )
+        .unwrap();
+        r.register(Box::new(log_size_bytes.clone())).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -240,6 +271,17 @@ impl Metrics {
                 "Control-socket connections being served",
             ),
             socket_refused,
+            log_size_bytes,
+            pending_paths: gauge(
+                &r,
+                "fsmon_pending_paths",
+                "Watched paths that do not exist yet (watched from when they appear)",
+            ),
+            watch_errors: gauge(
+                &r,
+                "fsmon_watch_errors",
+                "Watched paths the kernel refused to watch (see fsmon health)",
+            ),
             registry: r,
         }
     }
@@ -250,6 +292,11 @@ impl Metrics {
         let _ = self
             .registry
             .unregister(Box::new(self.disk_free_bytes.clone()));
+    }
+
+    /// The registry, for metrics other modules own (shipping).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Prometheus text exposition format.

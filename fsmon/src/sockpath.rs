@@ -250,6 +250,35 @@ impl SocketDir {
         Ok(listener)
     }
 
+    /// Opens the socket we bound to the system daemon's readers' group:
+    /// root's, mode 0660, through a descriptor of that very inode.
+    pub fn share_bound(&self, gid: nix::unistd::Gid) -> Result<()> {
+        let path = self.path_of(&self.name);
+        let node = nix::fcntl::openat(
+            self.dir.as_fd(),
+            self.name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(&path, e.into()))?;
+        let st = nix::sys::stat::fstat(&node).map_err(|e| Error::io(&path, e.into()))?;
+        if self.bound != Some((st.st_dev, st.st_ino)) {
+            return Err(refuse(&path, "it is not the socket this daemon bound"));
+        }
+        nix::unistd::fchownat(
+            node.as_fd(),
+            "",
+            Some(0.into()),
+            Some(gid),
+            AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| Error::io(&path, e.into()))?;
+        // chmod through the O_PATH descriptor's /proc link: the same inode.
+        let by_fd = format!("/proc/self/fd/{}", node.as_raw_fd());
+        std::fs::set_permissions(by_fd, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+            .map_err(|e| Error::io(&path, e))
+    }
+
     /// Removes the socket we bound (and only it) at exit.
     pub fn remove_bound(&self) {
         let Some(id) = self.bound else { return };
@@ -427,6 +456,7 @@ mod tests {
             gid: uid,
             name: "u".into(),
             home: "/".into(),
+            places: crate::user::Places::Passwd,
         }
     }
 

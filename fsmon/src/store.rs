@@ -58,6 +58,50 @@ pub struct Store {
     pub unparsed: Vec<Unparsed>,
 }
 
+/// What re-adding a path changed, as one line:
+/// `nginx /var/www: types CREATE,MODIFY -> CREATE; recursive unchanged; size unchanged`.
+pub fn describe_change(group: &str, path: &str, old: &PathOptions, new: &PathOptions) -> String {
+    let types = |o: &PathOptions| {
+        o.types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let size = |o: &PathOptions| o.size.map_or("none".to_string(), |s| s.to_string());
+    let mut parts = vec![
+        ("types", types(old), types(new)),
+        (
+            "recursive",
+            old.recursive.to_string(),
+            new.recursive.to_string(),
+        ),
+        ("size", size(old), size(new)),
+    ];
+    // The mark is named only when it changes (most paths keep `auto`).
+    if old.mark != new.mark {
+        parts.push((
+            "mark",
+            old.mark.as_str().to_string(),
+            new.mark.as_str().to_string(),
+        ));
+    }
+    if parts.iter().all(|(_, a, b)| a == b) {
+        return format!("{group} {path}: already watched with these settings");
+    }
+    let said: Vec<String> = parts
+        .iter()
+        .map(|(what, a, b)| {
+            if a == b {
+                format!("{what} unchanged")
+            } else {
+                format!("{what} {a} -> {b}")
+            }
+        })
+        .collect();
+    format!("{group} {path}: {}", said.join("; "))
+}
+
 /// Checks a group name: `_global` or a command name that is also a safe
 /// file-name stem (it names `<group>_log.jsonl`).
 pub fn validate_group(name: &str) -> Result<()> {
@@ -250,14 +294,21 @@ impl Store {
         }
     }
 
-    /// Adds or replaces one path of a group.
-    pub fn add(&mut self, cmd: &str, path: &str, opts: PathOptions) {
+    /// Adds or replaces one path of a group; returns the settings it
+    /// replaced, if the group watched the path already.
+    pub fn add(&mut self, cmd: &str, path: &str, opts: PathOptions) -> Option<PathOptions> {
+        let previous = self
+            .groups
+            .iter()
+            .find(|g| g.cmd == cmd)
+            .and_then(|g| g.paths.get(path).cloned());
         let mut paths = BTreeMap::new();
         paths.insert(path.to_string(), opts);
         self.merge(Group {
             cmd: cmd.to_string(),
             paths,
         });
+        previous
     }
 
     /// Removes one path of a group, or the whole group. Returns whether
@@ -361,6 +412,30 @@ impl StoreLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn re_adding_says_what_changed() {
+        let old = PathOptions {
+            recursive: true,
+            types: parse_types(&["CREATE,MODIFY"]).unwrap(),
+            size: None,
+        };
+        let new = PathOptions {
+            types: parse_types(&["CREATE"]).unwrap(),
+            ..old.clone()
+        };
+        let mut s = Store::default();
+        assert_eq!(s.add("nginx", "/var/www", old.clone()), None);
+        assert_eq!(s.add("nginx", "/var/www", new.clone()), Some(old.clone()));
+        assert_eq!(
+            describe_change("nginx", "/var/www", &old, &new),
+            "nginx /var/www: types CREATE,MODIFY -> CREATE; recursive unchanged; size unchanged"
+        );
+        assert_eq!(
+            describe_change("nginx", "/var/www", &old, &old),
+            "nginx /var/www: already watched with these settings"
+        );
+    }
 
     #[test]
     fn group_names() {

@@ -208,6 +208,22 @@ fn supplementary_groups(user: &TargetUser) -> Result<Vec<libc::gid_t>> {
     Ok(groups.into_iter().map(|g| g.as_raw()).collect())
 }
 
+/// Gives the calling thread (a dedicated one, such as the shipper's) the
+/// user's filesystem identity for the rest of its life, when we are root
+/// working for another user; nothing otherwise.
+pub fn become_user_on_this_thread(user: &TargetUser) -> Result<()> {
+    if user.is_root() || !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let groups = supplementary_groups(user)?;
+    become_user(user.uid, user.gid, &groups).map_err(|e| {
+        Error::invalid(format!(
+            "cannot take the filesystem credentials of {}: {e}",
+            user.name
+        ))
+    })
+}
+
 /// Gives the calling thread, and only it, the user's filesystem identity.
 fn become_user(uid: u32, gid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
     // SAFETY: raw system calls on this thread's credentials; `groups`

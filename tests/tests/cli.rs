@@ -146,7 +146,11 @@ fn help_of_every_subcommand_lists_the_seed_flags() {
         ("remove", &["--path"]),
         ("query", &["-t,", "--time", "--path"]),
         ("changes", &["-t,", "--time", "--path"]),
-        ("clean", &["--time", "--size", "--dry-run"]),
+        (
+            "clean",
+            &["--time", "--size", "--dry-run", "--drop-unshipped"],
+        ),
+        ("fleet", &["query", "changes", "hosts"]),
         ("init", &["--service"]),
         ("cd", &["-l,", "-m,"]),
         ("monitored", &[]),
@@ -174,6 +178,7 @@ fn help_of_every_subcommand_lists_the_seed_flags() {
         "health",
         "init",
         "cd",
+        "fleet",
     ] {
         assert!(top.contains(sub), "fsmon --help lacks {sub}");
     }
@@ -1426,6 +1431,31 @@ fn init_service_writes_a_valid_unit() {
             "systemd-analyze not available ({e}): install the systemd package (cargo xtask setup does)"
         ),
     }
+    // The system service: systemd makes its directories, reload is SIGHUP.
+    for want in [
+        "--system",
+        "StateDirectory=fsmon",
+        "LogsDirectory=fsmon",
+        "RuntimeDirectory=fsmon",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(u.contains(want), "{want} missing:\n{u}");
+    }
+    assert!(!u.contains("SUDO_UID") && !u.contains("PrivateTmp"), "{u}");
+    // Its exposure, as systemd rates it: "OK" (<= 4.5).
+    let sec = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let report = text(&sec.stdout) + &text(&sec.stderr);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split("exposure level for fsmon.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    assert!(score <= 4.5, "exposure {score} > 4.5:\n{report}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1510,22 +1540,38 @@ fn config_errors_name_the_key_and_the_file() {
     let msg = assert_one_line_error(&env.fsmon(&["monitored"]), "bad toml");
     assert!(msg.contains(env.config.to_str().unwrap()), "{msg}");
 
-    // An absent file means defaults (the default socket, here).
+    // An explicit config that does not exist is an error, from --config
+    // and from FSMON_CONFIG alike (an absent default file means defaults).
     let env = Env::new();
     let absent = env.dir.path().join("absent.toml");
+    for by_env in [false, true] {
+        let mut cmd = Command::new(fsmon_bin());
+        if by_env {
+            cmd.env("FSMON_CONFIG", &absent);
+        } else {
+            cmd.arg("--config").arg(&absent);
+        }
+        let out = cmd
+            .args(["query", "nosuchgroup-absent"])
+            .env_remove("SUDO_UID")
+            .output()
+            .unwrap();
+        let msg = assert_one_line_error(&out, "absent config");
+        assert!(
+            msg.contains(absent.to_str().unwrap()) && msg.contains("does not exist"),
+            "{msg}"
+        );
+        assert!(!absent.exists());
+    }
+    // The daemon too: it does not start.
     let out = Command::new(fsmon_bin())
         .arg("--config")
         .arg(&absent)
-        .args(["query", "nosuchgroup-absent"])
+        .arg("daemon")
         .env_remove("SUDO_UID")
         .output()
         .unwrap();
-    let msg = assert_one_line_error(&out, "absent config");
-    assert!(
-        msg.contains("/root/.local/state/fsmon/nosuchgroup-absent_log.jsonl"),
-        "{msg}"
-    );
-    assert!(!absent.exists());
+    assert_one_line_error(&out, "daemon with an absent config");
     // FSMON_CONFIG is used when --config is not given.
     let env = Env::new();
     env.fsmon_ok(&["add", "_global", "--path", "/tmp"]);
@@ -1741,7 +1787,8 @@ fn daemon_accepts_every_seed_flag() {
 #[test]
 fn daemon_cache_stats_interval_logs_stats() {
     let env = Env::new();
-    let d = env.start(&["--cache-stats-interval", "1"]);
+    // Cache statistics are debug lines: seen with --debug.
+    let d = env.start(&["--debug", "--cache-stats-interval", "1"]);
     Command::new("true").status().unwrap();
     // Two lines within the deadline: the 1 s interval is in force (the
     // default is 60 s, so the default could not produce them in time).
@@ -1750,10 +1797,62 @@ fn daemon_cache_stats_interval_logs_stats() {
     });
     let err = d.stderr();
     let line = err.lines().find(|l| l.contains("cache stats:")).unwrap();
-    assert!(line.contains("dir entries"), "{line}");
-    // Without --debug there are no debug lines.
-    assert!(!err.contains("[DEBUG"), "{err}");
+    assert!(
+        line.contains("dir entries") && line.contains("DEBUG"),
+        "{line}"
+    );
     assert!(d.stop().success());
+    // Without --debug, none.
+    let d = env.start(&["--cache-stats-interval", "1"]);
+    wait_for("a line from a client", Duration::from_secs(30), || {
+        env.fsmon(&["health"]).status.success().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // two intervals' worth: a negative check
+    let err = d.stderr();
+    assert!(
+        !err.contains("cache stats:") && !err.contains("[DEBUG"),
+        "{err}"
+    );
+    assert!(d.stop().success());
+}
+
+/// Under systemd (JOURNAL_STREAM set) every line starts with its syslog
+/// priority, so `journalctl -p warning` can tell warnings from the rest.
+#[test]
+fn journal_lines_carry_priorities() {
+    let env = Env::new();
+    // A store line that cannot be read: a warning at start.
+    fs::create_dir_all(env.store.parent().unwrap()).unwrap();
+    fs::write(&env.store, "not json\n").unwrap();
+    let d = env.start_with_env(&["--debug"], &[("JOURNAL_STREAM", "8:12345")]);
+    wait_for("a debug line", Duration::from_secs(30), || {
+        d.stderr()
+            .lines()
+            .any(|l| l.starts_with("<7>"))
+            .then_some(())
+    });
+    let err = d.stderr();
+    assert!(d.stop().success());
+    let ready = err
+        .lines()
+        .find(|l| l.contains("fsmon daemon ready"))
+        .unwrap();
+    assert!(ready.starts_with("<6>fsmon daemon ready"), "{ready}");
+    let warn = err
+        .lines()
+        .find(|l| l.contains("not json") || l.contains("monitored.jsonl"))
+        .unwrap();
+    assert!(warn.starts_with("<4>"), "{warn}");
+    for line in err.lines().filter(|l| !l.is_empty()) {
+        let p = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(p, Some("3" | "4" | "6" | "7")),
+            "a line without a priority: {line}"
+        );
+    }
 }
 
 #[test]

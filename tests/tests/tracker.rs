@@ -688,7 +688,14 @@ fn reconciliation_moves_records_of_gone_processes_out() {
     assert!(t.reconcile_now() >= 1);
     let moved = t.peek(pid).expect("still known, as an exited process");
     assert_ne!(moved.exit_ns, 0, "stamped as exited");
-    assert_eq!(t.sizes().live, live_before - 1, "the live size follows");
+    // At least the ghost left the live map (on a busy machine the same
+    // pass may also move out records of other processes whose exits were
+    // missed or that exited while the map was being seeded).
+    let live_after = t.sizes().live;
+    assert!(
+        live_after < live_before,
+        "the live size follows: {live_before} -> {live_after}"
+    );
     wait_for("its collection", Duration::from_secs(20), || {
         t.collect_exited(u64::MAX);
         t.peek(pid).is_none().then_some(())

@@ -4,6 +4,7 @@
 //! Tasks are idempotent: a second `setup` finds everything in place and
 //! returns in seconds.
 mod fuzz;
+mod install;
 mod setup;
 mod vm;
 
@@ -24,6 +25,11 @@ tasks:
   build        build-ebpf, then the fsmon binary (release)
   run [ARGS]   install the build tools only, build, install /usr/local/bin/fsmon,
                run `sudo fsmon daemon [ARGS]`
+  install      install the build tools only, build (release), install fsmon for real use:
+               /usr/local/bin/fsmon, man pages, completions, the systemd unit, group fsmon
+  uninstall    remove what `install` installed (the logs and store stay)
+  deb          build (release) and package target/debian/fsmon_<version>_<arch>.deb with
+               cargo-deb (installed into .tools/)
   test [ARGS]  setup, build, run the whole test suite as root, then vm-test (FSMON_VM_TEST=0
                skips it, =6.1 or =6.12 runs one kernel) and a 3-minute soak drill (ARGS go
                to cargo test; with ARGS both are skipped)
@@ -46,6 +52,13 @@ fn main() -> ExitCode {
         "build-ebpf" => build_ebpf(),
         "build" => setup::setup_build().and_then(|_| build(true)),
         "run" => run(rest),
+        "install" => setup::setup_build()
+            .and_then(|_| build(true))
+            .and_then(|_| install::install()),
+        "uninstall" => install::uninstall(),
+        "deb" => setup::setup_build()
+            .and_then(|_| build(true))
+            .and_then(|_| install::deb()),
         "test" => test(rest),
         "bench" => bench(rest),
         "soak" => soak(rest),
@@ -125,7 +138,7 @@ pub fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
-fn build(release: bool) -> Result<()> {
+pub fn build(release: bool) -> Result<()> {
     build_ebpf()?;
     let mut cmd = cargo();
     cmd.current_dir(root())
@@ -224,7 +237,8 @@ fn soak_for(args: &[String], secs: u64) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
     build(true)?;
-    // The workload programs the benchmarks run.
+    // The workload programs the benchmarks run (`cargo run` below builds
+    // only the bench binary itself).
     run_cmd(cargo().current_dir(root()).args([
         "build",
         "--release",

@@ -39,8 +39,9 @@ const TEST_PACKAGES: &[&str] = &[
     "auditd",
     "inotify-tools",
     "coreutils",
-    // extensions/ tests: the servers the scripts feed (started by the tests
-    // only), and pip for nats-py.
+    // extensions/ tests: the servers the scripts feed, and the shipping
+    // tests' NATS JetStream server (started by the tests only); pip for
+    // PYTHON_PACKAGES.
     "prometheus",
     "influxdb",
     "nats-server",
@@ -52,8 +53,9 @@ const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
 ];
 /// Python packages the extensions tests import, installed into
-/// `.tools/python` (the tests put it on PYTHONPATH): Debian has no nats-py.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("nats-py==2.16.0", "nats")];
+/// `.tools/python` (the tests put it on PYTHONPATH). None at present: the
+/// NATS script that needed nats-py is gone (the daemon ships to NATS itself).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

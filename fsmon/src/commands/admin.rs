@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use super::Context;
 use crate::{
     cli::{CdArgs, DaemonArgs, InitArgs},
-    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, INIT_TEMPLATE, TrackerChoice},
+    config::{BUFFER_MAX, BUFFER_MIN, DiskMinFree, TrackerChoice},
     control::Request,
     daemon::{self, DaemonOptions},
     error::Error,
@@ -87,6 +87,7 @@ fn apply_flags(ctx: &mut Context, a: &DaemonArgs) -> Result<()> {
     if let Some(n) = a.exit_grace {
         c.exit_grace = Duration::from_secs(positive("exit-grace", n)?);
     }
+    c.ship = a.ship.apply(c.ship.take())?;
     if let Some(q) = &a.queue_size {
         c.queue_size = Some(match q.as_str() {
             "unlimited" => 0,
@@ -126,8 +127,20 @@ const SYSTEMD_DIR: &str = "/etc/systemd/system";
 const UNIT_NAME: &str = "fsmon.service";
 
 pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()> {
-    let path = crate::config::Config::locate(&ctx.user, explicit);
+    let (path, _) = crate::config::Config::locate(&ctx.user, explicit);
     let (p, uid) = (path.clone(), ctx.user.uid);
+    // The defaults shown are the ones that apply: the system's in system mode.
+    let template = if ctx.user.is_system() {
+        crate::config::init_template()
+            .replace(
+                "~/.local/share/fsmon/monitored.jsonl",
+                crate::user::SYSTEM_STORE,
+            )
+            .replace("~/.local/state/fsmon", crate::user::SYSTEM_LOG_DIR)
+            .replace("/run/fsmon/fsmon-<UID>.sock", crate::user::SYSTEM_SOCKET)
+    } else {
+        crate::config::init_template()
+    };
     let exists = ctx.fs.run(move || std::fs::symlink_metadata(p).is_ok());
     if exists {
         eprintln!("{} already exists; left unchanged", path.display());
@@ -137,58 +150,80 @@ pub fn init(ctx: &Context, explicit: Option<&Path>, args: InitArgs) -> Result<()
         let p = path.clone();
         ctx.fs.run(move || -> crate::Result<()> {
             let mut f = safefs::create_user_new(&p, uid, 0o644)?;
-            std::io::Write::write_all(&mut f, INIT_TEMPLATE.as_bytes())
-                .map_err(|e| Error::io(&p, e))
+            std::io::Write::write_all(&mut f, template.as_bytes()).map_err(|e| Error::io(&p, e))
         })?;
         println!("wrote {}", path.display());
     }
     if args.service {
-        write_service(ctx)?;
+        write_service()?;
     }
     Ok(())
 }
 
-/// The systemd unit: a root daemon that needs fanotify and BPF, hardened
-/// as far as that allows, restarted on failure, Type=notify.
-pub fn service_unit(exe: &Path, user: &crate::user::TargetUser) -> String {
+/// The systemd unit of the system service: root's daemon in system mode
+/// (`/etc/fsmon`, `/var/lib/fsmon`, `/var/log/fsmon`, `/run/fsmon`, made by
+/// systemd), hardened as far as fanotify and BPF allow: exposure 3.7 ("OK")
+/// in `systemd-analyze security`. Not PrivateTmp: the daemon must see the
+/// real /tmp to watch it. `systemctl reload` sends SIGHUP: the store is
+/// read again.
+pub fn service_unit(exe: &Path) -> String {
     format!(
         "[Unit]
-Description=fsmon file-change monitor (for user {name})
+Description=fsmon file-change monitor (system service)
 Documentation=man:fsmon(1)
 After=local-fs.target
 
 [Service]
 Type=notify
-Environment=SUDO_UID={uid}
-ExecStart={exe} daemon
+ExecStart={exe} daemon --system
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
-# fanotify needs CAP_SYS_ADMIN; the eBPF tracker CAP_BPF and CAP_PERFMON;
-# chown of the socket to the user CAP_CHOWN; reading any file handle CAP_DAC_READ_SEARCH;
-# the user's filesystem credentials for the user's files CAP_SETUID CAP_SETGID.
-CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_CHOWN CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_FOWNER CAP_SYS_RESOURCE CAP_SETUID CAP_SETGID
+StateDirectory=fsmon
+StateDirectoryMode=0750
+LogsDirectory=fsmon
+LogsDirectoryMode=0750
+RuntimeDirectory=fsmon
+RuntimeDirectoryMode=0755
+# Per-user daemons keep their sockets there too: not removed when this stops.
+RuntimeDirectoryPreserve=yes
+ConfigurationDirectory=fsmon
+UMask=0027
+# fanotify CAP_SYS_ADMIN; the eBPF tracker CAP_BPF CAP_PERFMON; file handles
+# CAP_DAC_READ_SEARCH; the readers' group on its files CAP_CHOWN CAP_FOWNER;
+# the descriptor limit CAP_SYS_RESOURCE.
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER CAP_SYS_RESOURCE
 NoNewPrivileges=yes
-ProtectSystem=full
+ProtectSystem=strict
+ReadWritePaths=-/sys/fs/bpf
+ProtectHome=read-only
+PrivateDevices=yes
 ProtectHostname=yes
 ProtectClock=yes
 ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+MemoryDenyWriteExecute=yes
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 SystemCallArchitectures=native
+SystemCallFilter=@system-service @mount bpf perf_event_open fanotify_init fanotify_mark open_by_handle_at name_to_handle_at
+SystemCallFilter=~@clock @cpu-emulation @module @obsolete @raw-io @reboot @swap
+SystemCallErrorNumber=EPERM
 LimitNOFILE=65536
 
 [Install]
 WantedBy=multi-user.target
 ",
-        name = user.name,
-        uid = user.uid,
         exe = exe.display(),
     )
 }
 
-fn write_service(ctx: &Context) -> Result<()> {
+fn write_service() -> Result<()> {
     let custom_dir = std::env::var_os("FSMON_SYSTEMD_DIR").filter(|d| !d.is_empty());
     let dir = custom_dir
         .clone()
@@ -203,7 +238,7 @@ fn write_service(ctx: &Context) -> Result<()> {
     let tmp = dir.join(format!("{UNIT_NAME}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = safefs::create_new(&tmp, &root, 0o644)?;
-    std::io::Write::write_all(&mut f, service_unit(&exe, &ctx.user).as_bytes())
+    std::io::Write::write_all(&mut f, service_unit(&exe).as_bytes())
         .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &unit).map_err(|e| Error::io(&unit, e))?;
     println!("wrote {}", unit.display());
@@ -217,6 +252,13 @@ fn write_service(ctx: &Context) -> Result<()> {
             bail!("systemctl daemon-reload failed ({status})");
         }
         println!("ran systemctl daemon-reload; start it with: sudo systemctl enable --now fsmon");
+        if crate::user::system_group().is_none() {
+            println!(
+                "to let users read events: sudo groupadd --system {} && sudo usermod -aG {} USER",
+                crate::user::SYSTEM_GROUP,
+                crate::user::SYSTEM_GROUP
+            );
+        }
     } else {
         eprintln!("notice: systemd is not running here; the unit is written but not loaded");
     }
@@ -228,7 +270,7 @@ pub fn cd(ctx: &Context, args: CdArgs) -> Result<()> {
         ctx.config
             .log_dir
             .clone()
-            .context("file output is off (no [logging] section): there is no log directory")?
+            .context("file output is off ([logging] enabled = false): there is no log directory")?
     } else {
         ctx.config
             .store_path

@@ -13,6 +13,7 @@ use crate::{
     filters::{Bound, Side, SizeFilter, TimeFilter},
     logfile::{self, CleanPlan, QueryOptions, QueryStats, TrimResult},
     pipeline::write::log_path,
+    ship::cursor,
     store,
 };
 
@@ -20,7 +21,7 @@ use crate::{
 fn group_log(ctx: &Context, group: &str) -> Result<PathBuf> {
     store::validate_group(group)?;
     let Some(dir) = &ctx.config.log_dir else {
-        bail!("file output is off (the config has no [logging] section): there are no logs");
+        bail!("file output is off ([logging] enabled = false): there are no logs");
     };
     Ok(log_path(dir, group))
 }
@@ -50,8 +51,11 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
             }
             None => None,
         };
-        if std::fs::symlink_metadata(&log).is_err() {
-            return Ok(None);
+        match std::fs::symlink_metadata(&log) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Not "does not exist" when it is "not yours to read".
+            Err(e) => return Err(Error::io(&log, e)),
         }
         let range = logfile::resolve_range(&log, &filters, Utc::now())?;
         let opts = QueryOptions { range, path_prefix };
@@ -81,7 +85,23 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     Ok(())
 }
 
+/// Offset in the log up to which lines are in the NATS stream, if the log
+/// is shipped (has a cursor for this very file).
+fn shipped_until(log: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let c = cursor::load(&cursor::cursor_path(log)).ok()??;
+    let meta = std::fs::symlink_metadata(log).ok()?;
+    ((meta.dev(), meta.ino()) == (c.dev, c.ino)).then(|| c.acked_in_file())
+}
+
 pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
+    // The system daemon's logs are root's: its readers may look, not trim
+    // (the daemon refuses their swap too, and the files' modes their writes).
+    if ctx.user.is_system() && !args.dry_run && !nix::unistd::geteuid().is_root() {
+        bail!(
+            "permission denied: only root cleans the system daemon's logs (--dry-run shows what would go)"
+        );
+    }
     let path = group_log(ctx, &args.group)?;
     // Parse everything before looking at the file.
     let now = Utc::now();
@@ -103,19 +123,53 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
     };
     let keep_days = ctx.config.keep_days as i64;
     let log = path.clone();
-    let plan = ctx.fs.run(move || -> crate::Result<Option<CleanPlan>> {
-        if std::fs::symlink_metadata(&log).is_err() {
-            return Ok(None);
-        }
-        let keep_after = match keep_after {
-            Some(f) => f.resolve(now, logfile::log_zone(&log)?)?,
-            None => Bound::inclusive(now - chrono::TimeDelta::days(keep_days)),
-        };
-        logfile::plan_clean(&log, Some(keep_after), Some(size.bytes())).map(Some)
-    })?;
-    let Some(plan) = plan else {
+    let planned = ctx
+        .fs
+        .run(move || -> crate::Result<Option<(CleanPlan, Bound)>> {
+            if std::fs::symlink_metadata(&log).is_err() {
+                return Ok(None);
+            }
+            let keep_after = match keep_after {
+                Some(f) => f.resolve(now, logfile::log_zone(&log)?)?,
+                None => Bound::inclusive(now - chrono::TimeDelta::days(keep_days)),
+            };
+            logfile::plan_clean(&log, Some(keep_after), Some(size.bytes()))
+                .map(|plan| Some((plan, keep_after)))
+        })?;
+    let Some((mut plan, keep_after)) = planned else {
         return no_log(&args.group, &path);
     };
+    // Lines not yet in the NATS stream are kept unless asked otherwise.
+    let shipped_groups = ctx.config.ship.as_ref().map(|s| &s.groups);
+    let log = path.clone();
+    let cursor = match ctx.fs.run(move || shipped_until(&log)) {
+        // Shipping is configured for this group but has no cursor yet:
+        // nothing of it is in the stream.
+        None if shipped_groups
+            .is_some_and(|g| g.as_ref().is_none_or(|g| g.contains(&args.group))) =>
+        {
+            Some(0)
+        }
+        c => c,
+    };
+    if let Some(shipped) = cursor.filter(|&s| plan.cut > s) {
+        let log = path.clone();
+        let bytes = size.bytes();
+        let capped = ctx.fs.run(move || {
+            logfile::plan_clean_capped(&log, Some(keep_after), Some(bytes), Some(shipped))
+        })?;
+        let unshipped = plan.lines_removed - capped.lines_removed;
+        if args.drop_unshipped {
+            eprintln!(
+                "warning: {unshipped} of the lines to remove are not yet shipped to NATS; removing them anyway (--drop-unshipped)"
+            );
+        } else {
+            eprintln!(
+                "{unshipped} of the lines to remove are not yet shipped to NATS: keeping them (--drop-unshipped removes them)"
+            );
+            plan = capped;
+        }
+    }
     if args.dry_run || plan.is_noop() {
         println!("{plan}");
         return Ok(());
@@ -156,8 +210,13 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<()> {
             }
         }
         Err(Error::Socket(msg)) if msg.starts_with("no fsmon daemon") => {
-            let p = plan.clone();
-            ctx.fs.run(move || logfile::clean_now(&p))?
+            // The shipping cursor (if any) follows the trim; all as the user.
+            let (p, log, owner) = (plan.clone(), path.clone(), ctx.user.clone());
+            ctx.fs.run(move || {
+                logfile::clean_now_around(&p, |tmp_ino, cut, swap| {
+                    cursor::around_swap(&log, &owner, tmp_ino, cut, None, swap)
+                })
+            })?
         }
         Err(e) => return Err(e.into()),
     };

@@ -27,10 +27,27 @@ The event logs: append\-only JSONL, one event per line, in time order.
 \fI[socket] path\fR
 The daemon's control socket (see the README for its default and protocol); mode 0600,
 reachable by root and the daemon's user only.
+.TP
+\fI/etc/fsmon/fsmon.toml\fR, \fI/var/lib/fsmon/monitored.jsonl\fR, \fI/var/log/fsmon/\fR, \fI/run/fsmon/fsmon.sock\fR
+The same in system mode (\fB\-\-system\fR, the systemd unit): root's daemon for the
+machine; directories 0750, logs 0640 and the socket 0660, root's with group \fBfsmon\fR,
+whose members may read (query, changes, monitored, health, subscribe) but not change
+what is watched.
 .PP
 \fI~\fR is the home of the user the daemon works for: the user in \fBSUDO_UID\fR when run
-through sudo, else the current user.
+through sudo (from the password database), else the current user, whose \fBHOME\fR and
+\fBXDG_CONFIG_HOME\fR, \fBXDG_DATA_HOME\fR, \fBXDG_STATE_HOME\fR count.
 .SH ENVIRONMENT
+.TP
+\fBFSMON_MODE\fR
+\fBsystem\fR or \fBuser\fR: the mode (default: system for root's own commands, without sudo
+and without an explicit config; user otherwise).
+.TP
+\fBFSMON_GROUP\fR
+The readers' group of the system daemon instead of \fBfsmon\fR.
+.TP
+\fBJOURNAL_STREAM\fR, \fBFSMON_LOG_PRIORITY\fR
+Set (by systemd), or \fB1\fR: each log line starts with its syslog priority (\fB<3>\fR..\fB<7>\fR).
 .TP
 \fBFSMON_CONFIG\fR
 The configuration file to use instead of the default.

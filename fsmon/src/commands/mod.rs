@@ -1,6 +1,7 @@
 //! The commands behind each CLI verb. Each returns `anyhow::Result`; `main`
 //! prints an error as one line and exits non-zero.
 mod admin;
+mod fleet;
 mod logs;
 mod man;
 mod paths;
@@ -26,11 +27,23 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn load(explicit: Option<&Path>) -> Result<Self> {
-        let user = TargetUser::resolve()?;
-        let fs = UserFs::new(&user)?;
-        let path = Config::locate(&user, explicit);
-        let config = Config::load_as(&fs, &path)?;
+    /// `system`: the `--system` flag. `may_be_absent`: an explicit config
+    /// that does not exist is not an error (for `init`, which writes it).
+    pub fn load(explicit: Option<&Path>, system: bool, may_be_absent: bool) -> Result<Self> {
+        let user = if crate::user::system_mode(system, explicit.is_some())? {
+            TargetUser::system()?
+        } else {
+            TargetUser::resolve()?
+        };
+        // In system mode the files are root's; a reader (group fsmon) reads
+        // them with its own credentials, so no thread changes them.
+        let fs = if user.is_system() {
+            UserFs::direct(user.clone())
+        } else {
+            UserFs::new(&user)?
+        };
+        let (path, explicit) = Config::locate(&user, explicit);
+        let config = Config::load_located(&fs, &path, explicit && !may_be_absent)?;
         Ok(Self { user, fs, config })
     }
 
@@ -66,9 +79,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let mut ctx = Context::load(cli.config.as_deref())?;
+    let init = matches!(cli.command, Command::Init(_));
+    // `init --service` sets up the system service: its config is the system's.
+    let system = cli.system || matches!(&cli.command, Command::Init(a) if a.service);
+    let mut ctx = Context::load(cli.config.as_deref(), system, init)?;
     match cli.command {
-        Command::Daemon(args) => admin::daemon(&mut ctx, args),
+        Command::Daemon(args) => admin::daemon(&mut ctx, *args),
         Command::Add(args) => paths::add(&ctx, args),
         Command::Remove(args) => paths::remove(&ctx, args),
         Command::Monitored => paths::monitored(&ctx),
@@ -76,6 +92,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Changes(args) => logs::query(&ctx, args, true),
         Command::Clean(args) => logs::clean(&ctx, args),
         Command::Health => admin::health(&ctx),
+        Command::Fleet(cmd) => fleet::run(&ctx, cmd),
         Command::Init(args) => admin::init(&ctx, cli.config.as_deref(), args),
         Command::Cd(args) => admin::cd(&ctx, args),
         Command::Completions { .. } | Command::Man { .. } | Command::EbpfLoader { .. } => {

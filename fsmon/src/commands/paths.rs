@@ -55,7 +55,7 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
     }
     match daemon(ctx)? {
         Some(mut c) => {
-            c.call(&Request::Add {
+            let answer = c.call(&Request::Add {
                 group: args.group,
                 path: path_str,
                 recursive: args.recursive,
@@ -63,20 +63,31 @@ pub fn add(ctx: &Context, args: AddArgs) -> Result<()> {
                 size: size.map(|s| s.to_string()),
                 mark: (mark != MarkKind::Auto).then(|| mark.as_str().to_string()),
             })?;
+            if let Some(changed) = answer.get("changed").and_then(|c| c.as_str()) {
+                // The daemon's text, made safe for the terminal.
+                println!("{}", crate::error::escape_controls(changed));
+            }
         }
         None => {
             let _lock = StoreLock::acquire(&ctx.fs, &ctx.config.store_path)?;
             let mut s = Store::load(&ctx.fs, &ctx.config.store_path)?;
-            s.add(
-                &args.group,
-                &path_str,
-                PathOptions {
-                    recursive: args.recursive,
-                    types,
-                    size,
-                    mark,
-                },
-            );
+            let opts = PathOptions {
+                recursive: args.recursive,
+                types,
+                size,
+                mark,
+            };
+            if let Some(old) = s.add(&args.group, &path_str, opts.clone()) {
+                println!(
+                    "{}",
+                    crate::error::escape_controls(&store::describe_change(
+                        &args.group,
+                        &path_str,
+                        &old,
+                        &opts
+                    ))
+                );
+            }
             s.save(&ctx.fs, &ctx.config.store_path)?;
             warn_unparsed(ctx, &s);
             eprintln!(

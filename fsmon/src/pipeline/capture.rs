@@ -228,7 +228,8 @@ impl Capture {
                 && Instant::now() >= at
             {
                 let s = self.resolver.stats;
-                log::info!(
+                // Routine numbers: debug level (journalctl -p info hides them).
+                log::debug!(
                     "cache stats: dir entries {} (hits {}, misses {}, kernel lookups {}, evicted {}), \
                          file sizes {}, unresolved {} (+{} outside)",
                     s.dir_entries,

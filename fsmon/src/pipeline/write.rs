@@ -59,6 +59,8 @@ impl LogWriter {
         // As the user: the file and every directory on the way are checked
         // with the user's rights; a new file is the user's.
         let file = fs.open_append(&path, 0o600)?;
+        // The system daemon's logs are read by its readers' group (0640).
+        crate::system::share(&file, &path, crate::system::SHARED_FILE_MODE)?;
         let meta = file.metadata().map_err(|e| crate::Error::io(&path, e))?;
         let mut w = LogWriter {
             len: meta.len(),

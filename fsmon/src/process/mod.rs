@@ -169,9 +169,12 @@ pub struct TrackerLosses {
 }
 
 impl TrackerLosses {
+    /// The losses that may have cost attribution (what the in-band record
+    /// reports). `exit_missed` is not one: the record stayed until its pid
+    /// was reused, so every event of the process was still attributed; it
+    /// is shown in metrics and `health` only.
     pub fn total(&self) -> u64 {
         self.live_insert_refused
-            + self.exit_missed
             + self.tracepoint_skipped
             + self.exited_insert_refused
             + self.ring_full

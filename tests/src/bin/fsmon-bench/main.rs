@@ -3,8 +3,8 @@
 //!
 //!   fsmon-bench [--quick] [--only SECTION[,SECTION]] [--reps N]
 //!
-//! Sections: tracker, capture, peers, flood, unrelated, query, and the
-//! process-tracker workloads tracker-idle, tracker-storm, tracker-forks,
+//! Sections: tracker, capture, peers, flood, unrelated, ship, query, and
+//! the process-tracker workloads tracker-idle, tracker-storm, tracker-forks,
 //! tracker-mem (see tracker.rs; not run by default: select them with --only).
 use std::{
     fmt::Write as _,
@@ -20,6 +20,7 @@ use std::{
 };
 
 mod peers;
+mod ship;
 mod tracker;
 
 use fsmon::process::{ProcessTracker, TrackerConfig, TrackerKind};
@@ -76,7 +77,7 @@ fn main() {
     if want("capture") {
         report.push_str(&bench_capture(&o));
     }
-    if want("peers") || want("flood") || want("unrelated") {
+    if want("peers") || want("flood") || want("unrelated") || want("ship") {
         let loopfs = fsmon_tests::LoopFs::new_in("/dev/shm", "ext4", 3072);
         let base = tempfile::Builder::new()
             .prefix("bench-")
@@ -90,6 +91,9 @@ fn main() {
         }
         if want("unrelated") {
             report.push_str(&bench_unrelated(&o, base.path()));
+        }
+        if want("ship") {
+            report.push_str(&ship::bench_ship(&o, base.path()));
         }
     }
     if asked("marks") {

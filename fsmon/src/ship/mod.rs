@@ -1,0 +1,1197 @@
+//! Shipping: every logged line of the chosen groups to NATS JetStream,
+//! exactly once.
+//!
+//! The JSONL logs are the buffer. A thread of its own (with a small tokio
+//! runtime) reads each group's log from a persisted [`cursor::Cursor`],
+//! publishes each line with a deterministic `Nats-Msg-Id`, and moves the
+//! cursor only over lines the stream acknowledged. Capture never waits for
+//! it: the log is written whether NATS is up or not, and the shipper
+//! catches up from the file.
+//!
+//! # Exactly once
+//!
+//! - *At least once*: the cursor only covers acknowledged lines and is
+//!   saved after them, so after any failure (lost connection, timeout,
+//!   SIGKILL) shipping resumes at or before the first unacknowledged line.
+//! - *At most once*: a message id names an event for good (host, group,
+//!   the log's epoch and the event's logical offset, see [`cursor`]), and
+//!   JetStream drops a message whose id it stored within the stream's
+//!   duplicate window. A message is sent again only in two cases: (1) after
+//!   a publish failed or timed out (its ack was lost): it is re-sent as soon
+//!   as the connection is back; (2) after a restart, the lines acknowledged
+//!   since the last cursor save (saved every [`SAVE_EVERY`], at most
+//!   `max_in_flight` lines more) are re-sent. Both happen within seconds of
+//!   the first attempt when the daemon and the server are up, so the
+//!   default duplicate window (2 minutes) covers them.
+//! - The window does not cover a long gap: a server that stored messages,
+//!   lost the connection before acknowledging them and stays away for an
+//!   hour; a daemon killed and started again the next day. So before it
+//!   publishes again (at start, and after every failure) the shipper
+//!   *reconciles*: it reads the headers of the messages on its subject
+//!   stored after the last acknowledgement it saved (an ordered consumer
+//!   from that stream sequence, headers only: a few hundred messages at
+//!   most) and skips the lines whose ids are there. The duplicate window
+//!   then only has to cover the seconds between a timed-out publish that
+//!   the client still delivers later and its retry.
+//! - Publishing stops while the client is disconnected, so the client's
+//!   buffer does not fill with copies during an outage; memory is bounded
+//!   by `max_in_flight` lines per group and one read chunk.
+pub mod config;
+pub mod cursor;
+pub mod fleet;
+pub mod nats;
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    fs::File,
+    future::Future,
+    os::unix::fs::{FileExt, MetadataExt},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
+use chrono::{DateTime, FixedOffset, Utc};
+use futures_util::{FutureExt, StreamExt};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde_json::json;
+
+pub use config::ShipConfig;
+use cursor::{Cursor, Resolved};
+
+use crate::{
+    error::Result, logfile::parse_line, pipeline::write::LOG_SUFFIX, safefs, user::TargetUser,
+};
+
+/// Cursor saves while shipping.
+pub const SAVE_EVERY: Duration = Duration::from_millis(200);
+/// How often an idle shipper looks for new lines.
+const POLL: Duration = Duration::from_millis(20);
+/// Bytes read from a log at a time.
+const READ_CHUNK: usize = 256 * 1024;
+/// A line longer than this is not an event (and is skipped).
+const MAX_LINE: usize = 1 << 20;
+/// Time allowed for one acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most ids a reconciliation remembers (beyond, the duplicate window is
+/// the safety net).
+const RECONCILE_MAX: usize = 1 << 20;
+
+type AckFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<PublishAck, PublishError>> + Send>>;
+
+/// The connection, as `health` shows it.
+#[derive(Debug, Clone, Default)]
+struct ConnStatus {
+    state: &'static str,
+    last_error: Option<String>,
+    /// The stream is usable (exists, captures our subjects).
+    stream_ok: bool,
+}
+
+/// One group's shared state: its cursor (also moved by `clean`) and what
+/// `health` shows.
+pub struct GroupState {
+    group: String,
+    log_path: PathBuf,
+    cursor: Mutex<Cursor>,
+    status: Mutex<GroupStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct GroupStatus {
+    pending_events: u64,
+    pending_bytes: u64,
+    oldest_unshipped: Option<DateTime<FixedOffset>>,
+    skipped_corrupt: u64,
+    last_error: Option<String>,
+}
+
+struct ShipMetrics {
+    shipped: IntCounterVec,
+    pending_events: IntGaugeVec,
+    pending_bytes: IntGaugeVec,
+    oldest_age: GaugeVec,
+    connected: IntGauge,
+    errors: IntCounterVec,
+}
+
+impl ShipMetrics {
+    fn new(r: &Registry) -> Self {
+        let by_group = |name: &str, help: &str| {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["group"]).expect("metric");
+            r.register(Box::new(v.clone())).expect("unique metric");
+            v
+        };
+        let shipped = IntCounterVec::new(
+            Opts::new(
+                "fsmon_ship_events_total",
+                "Events acknowledged by the NATS stream, by group",
+            ),
+            &["group"],
+        )
+        .expect("metric");
+        r.register(Box::new(shipped.clone())).expect("unique");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "fsmon_ship_errors_total",
+                "Publishes that failed or timed out (and were retried), by group",
+            ),
+            &["group"],
+        )
+        .expect("metric");
+        r.register(Box::new(errors.clone())).expect("unique");
+        let oldest_age = GaugeVec::new(
+            Opts::new(
+                "fsmon_ship_oldest_unshipped_age_seconds",
+                "Age of the oldest event not yet acknowledged by the stream (0: none)",
+            ),
+            &["group"],
+        )
+        .expect("metric");
+        r.register(Box::new(oldest_age.clone())).expect("unique");
+        let connected =
+            IntGauge::new("fsmon_ship_connected", "1 while connected to NATS").expect("metric");
+        r.register(Box::new(connected.clone())).expect("unique");
+        ShipMetrics {
+            shipped,
+            pending_events: by_group(
+                "fsmon_ship_pending_events",
+                "Logged events not yet acknowledged by the stream",
+            ),
+            pending_bytes: by_group(
+                "fsmon_ship_pending_bytes",
+                "Log bytes not yet acknowledged by the stream",
+            ),
+            oldest_age,
+            connected,
+            errors,
+        }
+    }
+}
+
+struct Inner {
+    cfg: ShipConfig,
+    log_dir: PathBuf,
+    owner: TargetUser,
+    groups: Mutex<BTreeMap<String, Arc<GroupState>>>,
+    conn: Mutex<ConnStatus>,
+    stop: AtomicBool,
+    metrics: ShipMetrics,
+}
+
+/// The running shipper.
+pub struct Shipper {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shipper {
+    /// Starts the shipper thread. Problems with the server (unreachable,
+    /// refused credentials, a wrong stream) are logged as one line and
+    /// shown in `health`; the daemon keeps logging locally either way.
+    pub fn start(
+        cfg: ShipConfig,
+        log_dir: PathBuf,
+        owner: TargetUser,
+        registry: &Registry,
+    ) -> std::io::Result<Shipper> {
+        let inner = Arc::new(Inner {
+            cfg,
+            log_dir,
+            owner,
+            groups: Mutex::new(BTreeMap::new()),
+            conn: Mutex::new(ConnStatus {
+                state: "connecting",
+                ..Default::default()
+            }),
+            stop: AtomicBool::new(false),
+            metrics: ShipMetrics::new(registry),
+        });
+        let run = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("fsmon-ship".into())
+            .spawn(move || {
+                lower_priority();
+                // The logs, cursors and secrets the shipper reads are the
+                // user's: it reads them with the user's credentials, like
+                // every other file work in the user's locations.
+                if let Err(e) = crate::userfs::become_user_on_this_thread(&run.owner) {
+                    log::error!("ship: {e}; events are only logged locally");
+                    return;
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        log::error!("ship: cannot start: {e}; events are only logged locally");
+                        return;
+                    }
+                };
+                rt.block_on(run_shipper(run));
+            })?;
+        Ok(Shipper {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops shipping and saves the cursors.
+    pub fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Runs a trim's swap of `group`'s log so its cursor follows (see
+    /// [`cursor::around_swap`]).
+    pub fn around_swap<T>(
+        &self,
+        group: &str,
+        log_path: &Path,
+        new_ino: u64,
+        cut: u64,
+        swap: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let groups = self.inner.groups.lock().unwrap();
+        match groups.get(group).cloned() {
+            Some(gs) => {
+                drop(groups);
+                cursor::around_swap(
+                    log_path,
+                    &self.inner.owner,
+                    new_ino,
+                    cut,
+                    Some(&gs.cursor),
+                    swap,
+                )
+            }
+            // Keep the map locked: the group's task cannot start (and load
+            // the cursor file) while the file is being changed.
+            None => cursor::around_swap(log_path, &self.inner.owner, new_ino, cut, None, swap),
+        }
+    }
+
+    /// The `ship` part of `health`.
+    pub fn health(&self) -> serde_json::Value {
+        let conn = self.inner.conn.lock().unwrap().clone();
+        let now = Utc::now();
+        let groups: Vec<serde_json::Value> = self
+            .inner
+            .groups
+            .lock()
+            .unwrap()
+            .values()
+            .map(|g| {
+                let st = g.status.lock().unwrap().clone();
+                let shipped = g.cursor.lock().unwrap().shipped;
+                json!({
+                    "group": g.group,
+                    "shipped": shipped,
+                    "pending_events": st.pending_events,
+                    "pending_bytes": st.pending_bytes,
+                    "oldest_unshipped_age_secs": st.oldest_unshipped
+                        .map(|t| (now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0),
+                    "skipped_corrupt": st.skipped_corrupt,
+                    "last_error": st.last_error,
+                })
+            })
+            .collect();
+        let cfg = &self.inner.cfg;
+        json!({
+            "urls": cfg.urls,
+            "stream": cfg.stream,
+            "host": cfg.host,
+            "connection": conn.state,
+            "stream_ok": conn.stream_ok,
+            "last_error": conn.last_error,
+            "groups": groups,
+        })
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The shipper thread's nice value: when the CPU is short, capture and the
+/// monitored workload come first; shipping catches up from the logs.
+const SHIP_NICE: libc::c_int = 10;
+
+/// Lowers this thread's scheduling priority (Linux keeps a nice value per
+/// thread: `setpriority` on the thread id).
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority only reads its integer arguments.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SHIP_NICE) };
+    if r != 0 {
+        log::debug!(
+            "ship: cannot lower the shipper's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Logs a problem once per distinct message (a server that stays down
+/// would otherwise log every reconnect attempt).
+fn set_conn_error(inner: &Inner, msg: String) {
+    let mut c = inner.conn.lock().unwrap();
+    if c.last_error.as_deref() != Some(msg.as_str()) {
+        log::error!(
+            "ship: {msg}; events stay in the local logs and are shipped when this is fixed"
+        );
+    }
+    c.last_error = Some(msg);
+}
+
+/// Records a problem for `health` without a log line, unless one is
+/// already recorded (the first, most precise message stays).
+fn note_conn_error(inner: &Inner, msg: String) {
+    let mut c = inner.conn.lock().unwrap();
+    if c.last_error.is_none() {
+        c.last_error = Some(msg);
+    }
+}
+
+async fn sleep_unless_stopped(inner: &Inner, d: Duration) {
+    let until = Instant::now() + d;
+    while !inner.stop.load(Ordering::Relaxed) && Instant::now() < until {
+        tokio::time::sleep(POLL.min(until - Instant::now())).await;
+    }
+}
+
+async fn run_shipper(inner: Arc<Inner>) {
+    let cfg = inner.cfg.clone();
+    let addrs = match nats::server_addrs(&cfg) {
+        Ok(a) => a,
+        Err(e) => return set_conn_error(&inner, e),
+    };
+    let opts = match nats::connect_options(&cfg, &inner.owner).await {
+        Ok(o) => o,
+        Err(e) => return set_conn_error(&inner, e),
+    };
+    // One direct attempt first: its error says why (connection refused,
+    // authorization violation, TLS...), where the reconnecting client's
+    // events only name the kind of error. Then the client that retries.
+    let probe = match nats::connect_options(&cfg, &inner.owner).await {
+        Ok(o) => o.connect(addrs.clone()).await,
+        Err(e) => return set_conn_error(&inner, e),
+    };
+    match probe {
+        Ok(c) => drop(c),
+        Err(e) => set_conn_error(
+            &inner,
+            format!("cannot connect to NATS at {}: {e}", cfg.urls.join(", ")),
+        ),
+    }
+    let events = inner.clone();
+    let opts = opts
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Backoff: 0.1 s doubling to 5 s.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100u64.saturating_mul(1 << attempts.min(6)).min(5000))
+        })
+        .event_callback(move |ev| {
+            let inner = events.clone();
+            async move {
+                use async_nats::Event;
+                match ev {
+                    Event::Connected => {
+                        let mut c = inner.conn.lock().unwrap();
+                        log::info!("ship: connected to NATS");
+                        c.state = "connected";
+                        c.last_error = None;
+                        inner.metrics.connected.set(1);
+                    }
+                    Event::Disconnected => {
+                        log::warn!(
+                            "ship: lost the connection to NATS; reconnecting, events stay in the local logs meanwhile"
+                        );
+                        inner.conn.lock().unwrap().state = "disconnected";
+                        inner.metrics.connected.set(0);
+                    }
+                    Event::ServerError(e) => {
+                        let connected = inner.conn.lock().unwrap().state == "connected";
+                        if connected {
+                            set_conn_error(&inner, format!("NATS server: {e}"));
+                        } else {
+                            note_conn_error(&inner, format!("NATS server: {e}"));
+                        }
+                    }
+                    // Reconnect attempts: in `health`, not one line each.
+                    Event::ClientError(e) => note_conn_error(&inner, format!("{e}")),
+                    _ => {}
+                }
+            }
+        });
+    let client = match opts.connect(addrs).await {
+        Ok(c) => c,
+        Err(e) => return set_conn_error(&inner, format!("cannot connect: {e}")),
+    };
+    let js = jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .build(client.clone());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // Groups that could not be opened, reported once each.
+    let mut failing = std::collections::HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    while !inner.stop.load(Ordering::Relaxed) {
+        // Groups get their cursor at once, NATS or not: `clean` reads it to
+        // keep what is not shipped, and `health` shows the backlog.
+        for group in discover_groups(&inner) {
+            match open_group(&inner, &group) {
+                Ok(gs) => {
+                    tasks.spawn(ship_group(inner.clone(), js.clone(), client.clone(), gs));
+                }
+                Err(e) => {
+                    if failing.insert(group.clone()) {
+                        log::error!("ship: group {group}: {e}; retrying");
+                    }
+                }
+            }
+        }
+        // The stream: checked before the first publish, and again after a
+        // problem with it.
+        if !inner.conn.lock().unwrap().stream_ok {
+            if client.connection_state() != async_nats::connection::State::Connected {
+                sleep_unless_stopped(&inner, Duration::from_millis(100)).await;
+                continue;
+            }
+            let sample = nats::subject(&cfg, &cfg.host, "_global");
+            match nats::ensure_stream(&js, &cfg, &sample).await {
+                Ok(()) => {
+                    let mut c = inner.conn.lock().unwrap();
+                    c.stream_ok = true;
+                    c.last_error = None;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(nats::StreamProblem::Config(m)) => {
+                    set_conn_error(&inner, m);
+                    sleep_unless_stopped(&inner, Duration::from_secs(30)).await;
+                    continue;
+                }
+                Err(nats::StreamProblem::Unavailable(m)) => {
+                    set_conn_error(&inner, format!("stream {}: {m}", cfg.stream));
+                    sleep_unless_stopped(&inner, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        sleep_unless_stopped(&inner, Duration::from_millis(500)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Groups with a log that are to be shipped and have no task yet.
+fn discover_groups(inner: &Inner) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(&inner.log_dir) else {
+        return Vec::new();
+    };
+    let running = inner.groups.lock().unwrap();
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(group) = name.to_str().and_then(|n| n.strip_suffix(LOG_SUFFIX)) else {
+            continue;
+        };
+        if crate::store::validate_group(group).is_err() || running.contains_key(group) {
+            continue;
+        }
+        if let Some(wanted) = &inner.cfg.groups
+            && !wanted.iter().any(|g| g == group)
+        {
+            continue;
+        }
+        found.push(group.to_string());
+    }
+    found
+}
+
+/// Loads (or starts) a group's cursor and registers the group.
+fn open_group(inner: &Inner, group: &str) -> Result<Arc<GroupState>> {
+    let mut groups = inner.groups.lock().unwrap();
+    let log_path = crate::pipeline::write::log_path(&inner.log_dir, group);
+    let meta = std::fs::symlink_metadata(&log_path).map_err(|e| crate::Error::io(&log_path, e))?;
+    let cursor_path = cursor::cursor_path(&log_path);
+    let saved = match cursor::load(&cursor_path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("ship: {e}; starting a new one");
+            None
+        }
+    };
+    let (c, how) = Cursor::resolve(saved, meta.dev(), meta.ino(), meta.len());
+    match how {
+        Resolved::Continues => {}
+        Resolved::Fresh => log::info!(
+            "ship: group {group}: shipping {} from its start",
+            log_path.display()
+        ),
+        Resolved::NewEpoch(why) => {
+            log::warn!("ship: group {group}: {why}; shipping it from its start under a new log id")
+        }
+    }
+    cursor::save(&cursor_path, &inner.owner, &c, true)?;
+    let gs = Arc::new(GroupState {
+        group: group.to_string(),
+        log_path,
+        cursor: Mutex::new(c),
+        status: Mutex::new(GroupStatus::default()),
+    });
+    groups.insert(group.to_string(), gs.clone());
+    Ok(gs)
+}
+
+/// A line published (or skipped) and not yet settled.
+struct InFlight {
+    /// Logical offset just past the line.
+    end: u64,
+    /// `None` for a corrupt line or one already in the stream: nothing to
+    /// wait for.
+    ack: Option<AckFuture>,
+    /// Found in the stream by reconciliation: counts as shipped.
+    already_stored: bool,
+}
+
+/// Counts lines not yet read, ahead of the read position, a bounded number
+/// of bytes at a time: `pending_events` without re-reading the backlog.
+#[derive(Default)]
+struct AheadCounter {
+    /// Logical offset up to which newlines are counted.
+    counted_to: u64,
+    /// Newlines in `[next, counted_to)`.
+    lines: u64,
+}
+
+/// What one group's task keeps between iterations.
+struct GroupShipper {
+    inner: Arc<Inner>,
+    gs: Arc<GroupState>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subject: async_nats::Subject,
+    /// `{"host":"h","group":"g",` prepended to each line.
+    payload_head: Vec<u8>,
+    id_head: String,
+    /// The open log and its inode.
+    file: Option<(File, u64)>,
+    /// Logical offset of the next line to publish.
+    next: u64,
+    in_flight: VecDeque<InFlight>,
+    ahead: AheadCounter,
+    buf: Vec<u8>,
+    backoff: Duration,
+    dirty: bool,
+    last_save: Instant,
+    last_status: Instant,
+    /// The oldest unshipped line's time, for the acked offset it was read at.
+    oldest_cache: Option<(u64, Option<DateTime<FixedOffset>>)>,
+    /// Before publishing: find what the stream already holds (at start and
+    /// after a failure).
+    needs_reconcile: bool,
+    /// Logical offsets of lines found in the stream past the cursor.
+    stored: HashSet<u64>,
+}
+
+async fn ship_group(
+    inner: Arc<Inner>,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    gs: Arc<GroupState>,
+) {
+    let cfg = &inner.cfg;
+    let subject = nats::subject(cfg, &cfg.host, &gs.group);
+    let payload_head = format!(
+        "{{\"host\":{},\"group\":{},",
+        serde_json::to_string(&cfg.host).expect("string"),
+        serde_json::to_string(&gs.group).expect("string")
+    )
+    .into_bytes();
+    let next = gs.cursor.lock().unwrap().acked;
+    let mut s = GroupShipper {
+        id_head: format!("{}:{}:", cfg.host, gs.group),
+        inner: inner.clone(),
+        gs,
+        js,
+        client,
+        subject: subject.into(),
+        payload_head,
+        file: None,
+        next,
+        in_flight: VecDeque::new(),
+        ahead: AheadCounter {
+            counted_to: next,
+            lines: 0,
+        },
+        buf: Vec::with_capacity(READ_CHUNK),
+        backoff: Duration::from_millis(100),
+        dirty: false,
+        last_save: Instant::now(),
+        last_status: Instant::now() - Duration::from_secs(1),
+        oldest_cache: None,
+        needs_reconcile: true,
+        stored: HashSet::new(),
+    };
+    while !inner.stop.load(Ordering::Relaxed) {
+        match s.step().await {
+            Ok(true) => {}
+            Ok(false) => tokio::time::sleep(POLL).await,
+            Err(e) => s.failed(e).await,
+        }
+        if s.dirty && s.last_save.elapsed() >= SAVE_EVERY {
+            s.save();
+        }
+        if s.last_status.elapsed() >= Duration::from_millis(250) {
+            s.refresh_status();
+        }
+    }
+    s.save();
+}
+
+impl GroupShipper {
+    /// One round: follow the file, publish what the window allows, settle
+    /// acknowledgements. False when there was nothing to do.
+    async fn step(&mut self) -> std::result::Result<bool, String> {
+        let (_, base) = self.sync_file()?;
+        let Some((file, _)) = &self.file else {
+            return Ok(false);
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut did = false;
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected
+            && self.inner.conn.lock().unwrap().stream_ok;
+        if connected && self.needs_reconcile && self.in_flight.is_empty() {
+            self.reconcile().await?;
+            self.needs_reconcile = false;
+        }
+        if connected && !self.needs_reconcile && self.in_flight.len() < self.inner.cfg.max_in_flight
+        {
+            let phys = self.next - base;
+            if phys < len {
+                did |= self.publish_from(phys, len, base).await?;
+            }
+        }
+        did |= self.settle().await?;
+        Ok(did)
+    }
+
+    /// Makes `self.file` the log the cursor is for. Returns the cursor's
+    /// `(ino, base)`.
+    fn sync_file(&mut self) -> std::result::Result<(u64, u64), String> {
+        let (ino, base, acked) = {
+            let c = self.gs.cursor.lock().unwrap();
+            (c.ino, c.base, c.acked)
+        };
+        if self.next < acked {
+            // A forced trim removed lines we had not shipped.
+            self.next = acked;
+            self.ahead = AheadCounter {
+                counted_to: acked,
+                lines: 0,
+            };
+        }
+        if self.file.as_ref().is_some_and(|(_, i)| *i == ino) {
+            let path_ino = std::fs::symlink_metadata(&self.gs.log_path).map(|m| m.ino());
+            match path_ino {
+                Ok(p) if p == ino => {
+                    // Truncated in place below what we read: a new epoch.
+                    let len = self
+                        .file
+                        .as_ref()
+                        .unwrap()
+                        .0
+                        .metadata()
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    if self.next - base > len
+                        && self.in_flight.is_empty()
+                        && self.new_epoch(ino, false)
+                    {
+                        return self.sync_file();
+                    }
+                    return Ok((ino, base));
+                }
+                Ok(_) if self.in_flight.is_empty() => {
+                    // Replaced by something other than `clean` (which moves
+                    // the cursor before we get here): finish the old file
+                    // first, then start the new one under a new epoch.
+                    let (file, _) = self.file.as_ref().unwrap();
+                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    if self.next - base < complete_end(file, len) {
+                        return Ok((ino, base));
+                    }
+                    if self.new_epoch(ino, true) {
+                        return self.sync_file();
+                    }
+                    return Ok((ino, base));
+                }
+                _ => return Ok((ino, base)),
+            }
+        }
+        self.file = None;
+        match safefs::open_read(&self.gs.log_path) {
+            Ok(f) => {
+                let meta = f.metadata().map_err(|e| e.to_string())?;
+                if meta.ino() == ino {
+                    self.file = Some((f, ino));
+                } else if self.in_flight.is_empty() && self.new_epoch(ino, true) {
+                    return self.sync_file();
+                }
+                Ok((ino, base))
+            }
+            // Removed (and not yet written again): nothing to ship.
+            Err(crate::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok((ino, base))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Reads the ids of this group's messages stored after the saved
+    /// acknowledgement, so lines already in the stream are not sent again.
+    async fn reconcile(&mut self) -> std::result::Result<(), String> {
+        use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        self.stored.clear();
+        let (seq, acked, prefix) = {
+            let c = self.gs.cursor.lock().unwrap();
+            (
+                c.stream_seq,
+                c.acked,
+                format!("{}{}:", self.id_head, c.log_id),
+            )
+        };
+        if seq == 0 {
+            // Nothing acknowledged yet under this log id: a first start.
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| format!("reading back the stream: {e}");
+        let stream = self
+            .js
+            .get_stream_no_info(&self.inner.cfg.stream)
+            .await
+            .map_err(|e| err(&e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: seq + 1,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        while let Some(msg) = tokio::time::timeout(ACK_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| err(&"timed out"))?
+        {
+            let msg = msg.map_err(|e| err(&e))?;
+            let offset = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .and_then(|id| {
+                    id.as_str()
+                        .strip_prefix(prefix.as_str())?
+                        .parse::<u64>()
+                        .ok()
+                });
+            if let Some(o) = offset.filter(|&o| o >= acked) {
+                self.stored.insert(o);
+            }
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            if pending == 0 || self.stored.len() >= RECONCILE_MAX {
+                break;
+            }
+        }
+        if !self.stored.is_empty() {
+            log::info!(
+                "ship: group {}: {} events past the saved cursor are already in the stream; not sending them again",
+                self.gs.group,
+                self.stored.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a new numbering for the file now at the log's path, unless
+    /// the cursor moved on from `seen_ino` meanwhile (a `clean` holds the
+    /// cursor's lock from before its rename until the cursor follows it, so
+    /// deciding under that lock cannot mistake a trim for a replacement).
+    fn new_epoch(&mut self, seen_ino: u64, replaced: bool) -> bool {
+        let mut c = self.gs.cursor.lock().unwrap();
+        let meta = std::fs::symlink_metadata(&self.gs.log_path);
+        let (dev, ino) = meta.map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+        if c.ino != seen_ino || (replaced && ino == c.ino) {
+            return false;
+        }
+        let why = if replaced {
+            "the log was replaced other than by `fsmon clean`"
+        } else {
+            "the log was truncated other than by `fsmon clean`"
+        };
+        log::warn!(
+            "ship: group {}: {why}; shipping it from its start under a new log id",
+            self.gs.group
+        );
+        *c = Cursor::fresh(dev, ino);
+        drop(c);
+        self.file = None;
+        self.next = 0;
+        self.ahead = AheadCounter::default();
+        self.oldest_cache = None;
+        self.dirty = true;
+        true
+    }
+
+    /// Reads complete lines from `phys` and publishes them while the window
+    /// has room.
+    async fn publish_from(
+        &mut self,
+        phys: u64,
+        len: u64,
+        base: u64,
+    ) -> std::result::Result<bool, String> {
+        let (file, _) = self.file.as_ref().unwrap();
+        let want = ((len - phys) as usize).min(READ_CHUNK);
+        self.buf.resize(want, 0);
+        let got = read_full_at(file, &mut self.buf, phys).map_err(|e| e.to_string())?;
+        self.buf.truncate(got);
+        let mut start = 0usize;
+        let mut published = false;
+        let max = self.inner.cfg.max_in_flight;
+        // One id prefix per chunk (the epoch only changes between rounds).
+        let id_head = {
+            let c = self.gs.cursor.lock().unwrap();
+            format!("{}{}:", self.id_head, c.log_id)
+        };
+        while self.in_flight.len() < max {
+            let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line_start = base + phys + start as u64;
+            let end = line_start + nl as u64 + 1;
+            let text = &self.buf[start..start + nl];
+            start += nl + 1;
+            let already_stored = !self.stored.is_empty() && self.stored.remove(&line_start);
+            let ack = if already_stored {
+                None
+            } else if parse_line(text).is_some() && text.first() == Some(&b'{') {
+                let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
+                payload.extend_from_slice(&self.payload_head);
+                payload.extend_from_slice(&text[1..]);
+                let mut id = String::with_capacity(id_head.len() + 20);
+                id.push_str(&id_head);
+                id.push_str(itoa::Buffer::new().format(line_start));
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(id);
+                let sent = tokio::time::timeout(
+                    ACK_TIMEOUT,
+                    self.js.send_publish(self.subject.clone(), publish),
+                )
+                .await
+                .map_err(|_| "publish timed out".to_string())?
+                .map_err(|e| format!("publish: {e}"))?;
+                Some(Box::pin(std::future::IntoFuture::into_future(sent)) as AckFuture)
+            } else {
+                self.gs.status.lock().unwrap().skipped_corrupt += 1;
+                None
+            };
+            self.in_flight.push_back(InFlight {
+                end,
+                ack,
+                already_stored,
+            });
+            if end <= self.ahead.counted_to {
+                self.ahead.lines = self.ahead.lines.saturating_sub(1);
+            } else {
+                self.ahead.counted_to = end;
+            }
+            self.next = end;
+            published = true;
+        }
+        if !published && start == 0 && got == READ_CHUNK {
+            // A "line" longer than a read chunk: skip it as garbage up to
+            // its newline, or MAX_LINE.
+            let skip_to = skip_long_line(file, phys, len).map_err(|e| e.to_string())?;
+            if skip_to > phys {
+                self.in_flight.push_back(InFlight {
+                    end: base + skip_to,
+                    ack: None,
+                    already_stored: false,
+                });
+                self.next = base + skip_to;
+                self.gs.status.lock().unwrap().skipped_corrupt += 1;
+                published = true;
+            }
+        }
+        Ok(published)
+    }
+
+    /// Settles acknowledgements in order. Waits (briefly) for the oldest
+    /// when the window is full or nothing else is to be done.
+    async fn settle(&mut self) -> std::result::Result<bool, String> {
+        let mut did = false;
+        loop {
+            let full = self.in_flight.len() >= self.inner.cfg.max_in_flight;
+            let Some(front) = self.in_flight.front_mut() else {
+                break;
+            };
+            let result = match &mut front.ack {
+                None => None,
+                Some(fut) if full => match tokio::time::timeout(POLL, fut).await {
+                    Ok(r) => Some(r),
+                    Err(_) => return Ok(did),
+                },
+                Some(fut) => match fut.now_or_never() {
+                    Some(r) => Some(r),
+                    None => {
+                        if did {
+                            break;
+                        }
+                        match tokio::time::timeout(POLL, fut).await {
+                            Ok(r) => Some(r),
+                            Err(_) => break,
+                        }
+                    }
+                },
+            };
+            let end = front.end;
+            let already_stored = front.already_stored;
+            match result {
+                None if already_stored => {
+                    self.gs.cursor.lock().unwrap().shipped += 1;
+                    self.inner
+                        .metrics
+                        .shipped
+                        .with_label_values(&[&self.gs.group])
+                        .inc();
+                }
+                None => {}
+                Some(Ok(ack)) => {
+                    let mut c = self.gs.cursor.lock().unwrap();
+                    c.shipped += 1;
+                    c.stream_seq = c.stream_seq.max(ack.sequence);
+                    self.inner
+                        .metrics
+                        .shipped
+                        .with_label_values(&[&self.gs.group])
+                        .inc();
+                }
+                Some(Err(e)) => return Err(format!("publish: {e}")),
+            }
+            {
+                let mut c = self.gs.cursor.lock().unwrap();
+                c.acked = c.acked.max(end);
+            }
+            self.in_flight.pop_front();
+            self.dirty = true;
+            did = true;
+            self.backoff = Duration::from_millis(100);
+        }
+        Ok(did)
+    }
+
+    /// After a failure: forget what is in flight (it is published again from
+    /// the cursor, with the same ids), wait, retry.
+    async fn failed(&mut self, e: String) {
+        self.inner
+            .metrics
+            .errors
+            .with_label_values(&[&self.gs.group])
+            .inc();
+        let first = {
+            let mut st = self.gs.status.lock().unwrap();
+            let first = st.last_error.as_deref() != Some(e.as_str());
+            st.last_error = Some(e.clone());
+            first
+        };
+        if first {
+            log::warn!(
+                "ship: group {}: {e}; retrying from the last acknowledged event",
+                self.gs.group
+            );
+        }
+        if e.contains("stream not found") || e.contains("no responders") {
+            self.inner.conn.lock().unwrap().stream_ok = false;
+        }
+        self.in_flight.clear();
+        self.needs_reconcile = true;
+        let acked = self.gs.cursor.lock().unwrap().acked;
+        self.next = acked;
+        self.ahead = AheadCounter {
+            counted_to: acked,
+            lines: 0,
+        };
+        sleep_unless_stopped(&self.inner, self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    fn save(&mut self) {
+        let c = self.gs.cursor.lock().unwrap();
+        let path = cursor::cursor_path(&self.gs.log_path);
+        match cursor::save(&path, &self.inner.owner, &c, false) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                let mut st = self.gs.status.lock().unwrap();
+                let msg = format!("saving the cursor: {e}");
+                if st.last_error.as_deref() != Some(msg.as_str()) {
+                    log::error!("ship: group {}: {msg}", self.gs.group);
+                }
+                st.last_error = Some(msg);
+            }
+        }
+        self.last_save = Instant::now();
+    }
+
+    /// Pending events and bytes, the oldest unshipped event's time.
+    fn refresh_status(&mut self) {
+        self.last_status = Instant::now();
+        let (base, acked) = {
+            let c = self.gs.cursor.lock().unwrap();
+            (c.base, c.acked)
+        };
+        let Some((file, _)) = &self.file else {
+            return;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Count newlines ahead of the read position, at most 4 MiB a round.
+        let end = base + len;
+        let mut budget = 4usize << 20;
+        let mut chunk = vec![0u8; 256 * 1024];
+        while self.ahead.counted_to < end && budget > 0 {
+            let at = self.ahead.counted_to.max(self.next);
+            self.ahead.counted_to = at;
+            let n = ((end - at) as usize).min(chunk.len());
+            let Ok(got) = file.read_at(&mut chunk[..n], at - base) else {
+                break;
+            };
+            if got == 0 {
+                break;
+            }
+            self.ahead.lines += chunk[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.ahead.counted_to += got as u64;
+            budget = budget.saturating_sub(got);
+        }
+        let pending_events = self.in_flight.len() as u64 + self.ahead.lines;
+        let pending_bytes = end.saturating_sub(acked);
+        let oldest = if pending_events == 0 {
+            None
+        } else {
+            match self.oldest_cache {
+                Some((at, t)) if at == acked => t,
+                _ => {
+                    let t = first_line_time(file, acked - base);
+                    self.oldest_cache = Some((acked, t));
+                    t
+                }
+            }
+        };
+        let group = &self.gs.group;
+        let m = &self.inner.metrics;
+        m.pending_events
+            .with_label_values(&[group])
+            .set(pending_events as i64);
+        m.pending_bytes
+            .with_label_values(&[group])
+            .set(pending_bytes as i64);
+        let age = oldest.map_or(0.0, |t| {
+            (Utc::now() - t.with_timezone(&Utc))
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0
+        });
+        m.oldest_age.with_label_values(&[group]).set(age);
+        let mut st = self.gs.status.lock().unwrap();
+        st.pending_events = pending_events;
+        st.pending_bytes = pending_bytes;
+        st.oldest_unshipped = oldest;
+        if pending_events == 0 && self.in_flight.is_empty() {
+            st.last_error = None;
+        }
+    }
+}
+
+/// `pread` until `buf` is full or the file ends.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// End of the last complete line of a file of length `len`.
+fn complete_end(file: &File, len: u64) -> u64 {
+    let mut buf = [0u8; 4096];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        match read_full_at(file, &mut buf[..n], start) {
+            Ok(got) if got == n => {}
+            _ => return 0,
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            return start + i as u64 + 1;
+        }
+        end = start;
+    }
+    0
+}
+
+/// Where an over-long line starting at `from` ends (just past its newline),
+/// or `from` if it has none yet and is shorter than [`MAX_LINE`].
+fn skip_long_line(file: &File, from: u64, len: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        let got = read_full_at(file, &mut buf[..n], at)?;
+        if got == 0 {
+            break;
+        }
+        if let Some(i) = buf[..got].iter().position(|&b| b == b'\n') {
+            return Ok(at + i as u64 + 1);
+        }
+        at += got as u64;
+        if at - from > MAX_LINE as u64 {
+            // Not a line at all: skip what is there.
+            return Ok(at);
+        }
+    }
+    Ok(from)
+}
+
+/// The time of the valid line starting at `offset`, if any.
+fn first_line_time(file: &File, offset: u64) -> Option<DateTime<FixedOffset>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let got = read_full_at(file, &mut buf, offset).ok()?;
+    let nl = buf[..got].iter().position(|&b| b == b'\n')?;
+    parse_line(&buf[..nl]).map(|(_, t)| t)
+}

@@ -1,0 +1,295 @@
+//! Shipping to NATS JetStream: the rate at 0 loss, the daemon's CPU per
+//! shipped event, the delay from an event's line being written to the
+//! stream storing it, and the create-storm with shipping on against off.
+use std::{
+    fmt::Write as _,
+    fs,
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fsmon_tests::{Env, testkit_bin, wait_for};
+use futures_util::StreamExt;
+
+use super::{Opts, cpu_secs, median};
+
+/// A local nats-server with JetStream; killed on drop.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("nats.log");
+        // At the lowest priority: it stands for a server on another machine
+        // (in a fleet it is), not for load on the monitored host.
+        let child = Command::new("nice")
+            .args(["-n", "19", "nats-server"])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("nats-server (apt install nats-server; cargo xtask setup does)");
+        wait_for("nats-server ready", Duration::from_secs(60), || {
+            fs::read_to_string(&log)
+                .ok()?
+                .contains("Server is ready")
+                .then_some(())
+        });
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ship_config(url: &str, stream: &str) -> String {
+    format!("[ship.nats]\nurl = {url:?}\nhost = \"bench\"\nstream = {stream:?}\n")
+}
+
+fn health_group(env: &Env) -> Option<serde_json::Value> {
+    let out = env.fsmon(&["health"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["ship"]["groups"].as_array()?.first().cloned()
+}
+
+/// Waits until the shipper has checked (or created) its stream, so the
+/// clock starts with shipping ready.
+fn wait_ready(env: &Env, d: &fsmon_tests::Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = env.fsmon(&["health"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["ship"]["stream_ok"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shipper not ready after 60 s: {v}\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds of the daemon's shipping thread.
+fn ship_thread_cpu(pid: u32) -> f64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "fsmon-ship")
+        })
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
+}
+
+/// One create-storm with the daemon; `url`: ship to it. Returns (workload
+/// seconds, events logged, seconds until the last one was acknowledged,
+/// daemon CPU, shipping thread CPU).
+fn storm_once(
+    base: &Path,
+    files: usize,
+    url: Option<&str>,
+    tag: &str,
+) -> (f64, u64, f64, f64, f64) {
+    let dir = base.join(format!("storm-{tag}"));
+    fs::create_dir_all(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let env = match url {
+        // One stream for every run: streams may not share subjects.
+        Some(u) => Env::with_config(&ship_config(u, "BENCH")),
+        None => Env::new(),
+    };
+    env.add("_global", &dir, &["-r"]);
+    let d = env.start(&[]);
+    if url.is_some() {
+        wait_ready(&env, &d);
+    }
+    let pid = d.pid();
+    let (cpu0, ship0) = (cpu_secs(pid), ship_thread_cpu(pid));
+    let start = Instant::now();
+    let st = Command::new(testkit_bin())
+        .arg("storm")
+        .arg(&dir)
+        .arg(files.to_string())
+        .arg("100")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let secs = start.elapsed().as_secs_f64();
+    let expected = (files * 5 + 100 * 3) as u64;
+    let logged = wait_for("storm logged", Duration::from_secs(120), || {
+        let n = fs::read(env.log_path("_global"))
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+            .unwrap_or(0);
+        (n >= expected).then_some(n)
+    });
+    let shipped_after = if url.is_some() {
+        wait_for("storm shipped", Duration::from_secs(300), || {
+            let g = health_group(&env)?;
+            (g["shipped"].as_u64()? >= logged && g["pending_events"] == 0).then_some(())
+        });
+        start.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    let cpu = cpu_secs(pid) - cpu0;
+    let ship_cpu = ship_thread_cpu(pid) - ship0;
+    d.stop();
+    let _ = fs::remove_dir_all(&dir);
+    (secs, logged, shipped_after, cpu, ship_cpu)
+}
+
+/// Delay from the event's `time` (when the daemon read it, right after
+/// the write) to the stream delivering it to a subscriber (just after it
+/// stored it), for a paced workload. Returns the delays in ms.
+fn delays(base: &Path, nats: &Nats, events: usize, rate: u64) -> Vec<f64> {
+    let dir = base.join("paced");
+    fs::create_dir_all(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let env = Env::with_config(&ship_config(&nats.url, "BENCH"));
+    env.add(
+        "_global",
+        &dir,
+        &["-r", "--types", "CREATE,CLOSE_WRITE,DELETE"],
+    );
+    let d = env.start(&[]);
+    wait_ready(&env, &d);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = nats.url.clone();
+    let flood_dir = dir.join("w");
+    let out = rt.block_on(async move {
+        let client = async_nats::connect(&url).await.unwrap();
+        // Acknowledged publishes reach the stream's subject subscribers as
+        // the stream stores them.
+        let mut sub = client.subscribe("fsmon.bench.>").await.unwrap();
+        client.flush().await.unwrap();
+        let mut child = tokio::process::Command::new(testkit_bin())
+            .arg("flood")
+            .arg(&flood_dir)
+            .arg((events / 3).to_string())
+            .arg(rate.to_string())
+            .spawn()
+            .unwrap();
+        let mut out = Vec::new();
+        let want = events / 3 * 3;
+        while out.len() < want {
+            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), sub.next()).await
+            else {
+                break;
+            };
+            let now = chrono::Utc::now();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            if let Some(t) = v["time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                out.push(
+                    (now - t.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0) as f64
+                        / 1000.0,
+                );
+            }
+        }
+        let _ = child.wait().await;
+        out
+    });
+    d.stop();
+    let _ = fs::remove_dir_all(&dir);
+    out
+}
+
+pub fn bench_ship(o: &Opts, base: &Path) -> String {
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-nats-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let nats = Nats::start(tmp.path());
+    let files = if o.quick { 5_000 } else { 20_000 };
+    let mut out = String::from(
+        "## Shipping to NATS JetStream (one daemon, local nats-server at nice 19 standing in for a remote one)\n\n",
+    );
+    // Interleaved: off, on, off, on...
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let mut rows = Vec::new();
+    storm_once(base, files, None, "warm");
+    for rep in 0..o.reps.max(3) {
+        off.push(storm_once(base, files, None, &format!("off{rep}")).0);
+        let r = storm_once(base, files, Some(&nats.url), &format!("on{rep}"));
+        on.push(r.0);
+        rows.push(r);
+    }
+    let (m_off, m_on) = (median(&mut off.clone()), median(&mut on.clone()));
+    let min_off = off.iter().cloned().fold(f64::MAX, f64::min);
+    let min_on = on.iter().cloned().fold(f64::MAX, f64::min);
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.1 as f64 / r.2).collect();
+    let mut cpu_us: Vec<f64> = rows.iter().map(|r| r.3 / r.1 as f64 * 1e6).collect();
+    let mut ship_us: Vec<f64> = rows.iter().map(|r| r.4 / r.1 as f64 * 1e6).collect();
+    let logged = rows.iter().map(|r| r.1).min().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "| figure | value |\n|---|---|\n\
+         | create-storm ({files} files, 100 dirs) workload time, shipping off / on (min; median) | {min_off:.3} / {min_on:.3} s ({:+.1}%); {m_off:.3} / {m_on:.3} s ({:+.1}%) (target within 2%) |\n\
+         | shipping rate, storm burst to acknowledgement, 0 loss ({logged} events each run, all acknowledged) | {:.0} events/s (median) |\n\
+         | daemon CPU per event, shipping on (capture + logging + shipping) | {:.2} µs (median) |\n\
+         | of which the shipping thread | {:.2} µs per shipped event (median) |",
+        (min_on / min_off - 1.0) * 100.0,
+        (m_on / m_off - 1.0) * 100.0,
+        median(&mut rates),
+        median(&mut cpu_us),
+        median(&mut ship_us),
+    );
+    let rate = 3_000;
+    let mut d = delays(base, &nats, if o.quick { 6_000 } else { 30_000 }, rate);
+    d.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| {
+        d.get(((d.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let _ = writeln!(
+        out,
+        "| delay from the event's line to the stream storing it, {} events paced at {rate}/s | median {:.1} ms, p99 {:.1} ms |\n",
+        d.len(),
+        p(0.5),
+        p(0.99)
+    );
+    let secs = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "Workload times, interleaved: shipping off [{}] s; on [{}] s.\n",
+        secs(&off),
+        secs(&on)
+    );
+    out
+}
