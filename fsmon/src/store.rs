@@ -419,6 +419,7 @@ mod tests {
             recursive: true,
             types: parse_types(&["CREATE,MODIFY"]).unwrap(),
             size: None,
+            mark: MarkKind::Auto,
         };
         let new = PathOptions {
             types: parse_types(&["CREATE"]).unwrap(),
@@ -434,6 +435,15 @@ mod tests {
         assert_eq!(
             describe_change("nginx", "/var/www", &old, &old),
             "nginx /var/www: already watched with these settings"
+        );
+        // A changed mark is named; an unchanged one is not.
+        let inode = PathOptions {
+            mark: MarkKind::Inode,
+            ..old.clone()
+        };
+        assert_eq!(
+            describe_change("nginx", "/var/www", &old, &inode),
+            "nginx /var/www: types unchanged; recursive unchanged; size unchanged; mark auto -> inode"
         );
     }
 
