@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, find, testkit_bin, wait_for};
+use fsmon_tests::{Env, LoopFs, find, testkit_bin, wait_for, wait_stopped};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -489,26 +489,6 @@ fn max_queued_events() -> u64 {
         .unwrap()
 }
 
-/// Waits until every thread of `pid` is stopped: SIGSTOP reaches the
-/// threads one by one, and a thread still running drains the queue.
-fn wait_stopped(pid: Pid) {
-    wait_for(
-        "every daemon thread stopped",
-        Duration::from_secs(30),
-        || {
-            let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-            tasks
-                .map(|t| {
-                    let stat = fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-                    // The state follows the command name, which ends with ')'.
-                    Some(stat.rsplit_once(')')?.1.trim_start().starts_with('T'))
-                })
-                .all(|stopped| stopped == Some(true))
-                .then_some(())
-        },
-    );
-}
-
 /// The overflow comes from the system's queue size: `[fanotify] queue_size`
 /// would set the global sysctl for an instant (see the test below).
 #[test]
@@ -527,7 +507,7 @@ fn provoked_queue_overflows_are_recorded_counted_and_survived() {
         {
             let _resume = Resume(pid);
             kill(pid, Signal::SIGSTOP).unwrap();
-            wait_stopped(pid);
+            wait_stopped(pid.as_raw() as u32);
             for i in 0..burst {
                 fs::write(env.watch.join(format!("burst{r}-{i}")), b"").unwrap();
             }

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for};
+use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for, wait_stopped};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -298,21 +298,7 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     let deeper = {
         let _resume = Resume(pid);
         kill(pid, Signal::SIGSTOP).unwrap();
-        wait_for(
-            "every daemon thread stopped",
-            Duration::from_secs(30),
-            || {
-                let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-                tasks
-                    .map(|t| {
-                        let stat = fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-                        // The state follows the command name, ending with ')'.
-                        Some(stat.rsplit_once(')')?.1.trim_start().starts_with('T'))
-                    })
-                    .all(|stopped| stopped == Some(true))
-                    .then_some(())
-            },
-        );
+        wait_stopped(d.pid());
         let deeper = deep.mkdirs(&name, 3);
         for i in 0..burst {
             let f = format!("burst{i}");
