@@ -62,6 +62,8 @@ pub struct Fanotify {
 }
 
 const MAX_QUEUED_SYSCTL: &str = "/proc/sys/fs/fanotify/max_queued_events";
+/// The lock in `/run/fsmon` around making a group (see [`Fanotify::init`]).
+const QUEUE_SIZE_LOCK: &str = "fanotify-queue.lock";
 
 impl Fanotify {
     /// Creates the group: notification class, FID mode with parent fid and
@@ -72,6 +74,29 @@ impl Fanotify {
         if queue == QueueSize::Unlimited {
             flags |= FAN_UNLIMITED_QUEUE;
         }
+        // The sysctl is global, and every fsmon daemon makes its group under
+        // one machine-wide lock: two daemons setting their sizes at once
+        // would otherwise leave the sysctl wrong for good (one would read
+        // the other's temporary value as the one to put back), and a daemon
+        // of the system's size starting meanwhile would get another's.
+        let _window = match queue {
+            QueueSize::Events(_) => {
+                Some(crate::sockpath::machine_lock(QUEUE_SIZE_LOCK).map_err(|e| {
+                    Error::Fanotify(format!("cannot set the queue size safely: {e}"))
+                })?)
+            }
+            QueueSize::SystemDefault => match crate::sockpath::machine_lock(QUEUE_SIZE_LOCK) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::warn!(
+                        "{e}: the fanotify group is made without waiting for other fsmon \
+                         daemons, and may get a queue size one of them is setting"
+                    );
+                    None
+                }
+            },
+            QueueSize::Unlimited => None,
+        };
         // A group takes its queue limit from the sysctl when it is created,
         // so a specific size means: set it, create the group, put it back.
         let restore = match queue {
@@ -102,8 +127,14 @@ impl Fanotify {
                 }
             })
             .map(|fd| Fanotify { fd });
-        if let Some(old) = restore {
-            let _ = std::fs::write(MAX_QUEUED_SYSCTL, old.trim());
+        if let Some(old) = restore
+            && let Err(e) = std::fs::write(MAX_QUEUED_SYSCTL, old.trim())
+        {
+            log::error!(
+                "could not put {MAX_QUEUED_SYSCTL} back to {}: {e}; fanotify groups made from now \
+                 on get this daemon's queue size",
+                old.trim()
+            );
         }
         result.map_err(|e| {
             Error::Fanotify(match e.raw_os_error() {

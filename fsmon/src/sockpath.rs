@@ -302,6 +302,36 @@ impl SocketDir {
 /// Holds the per-user daemon lock for the daemon's lifetime.
 pub struct DaemonLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
+/// A lock all fsmon daemons on the machine share, held until dropped.
+pub struct MachineLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+/// Takes root's lock `name` in `/run/fsmon` (made if missing, checked as
+/// for the socket), waiting while another daemon holds it. For what two
+/// daemons must not do at the same moment, such as changing a global
+/// sysctl and putting it back.
+pub fn machine_lock(name: &str) -> Result<MachineLock> {
+    ensure_runtime_dir()?;
+    let root = TargetUser::from_uid(0)?;
+    let dir = walk_checked(Path::new(RUNTIME_DIR), &root, true)?;
+    let path = Path::new(RUNTIME_DIR).join(name);
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP => refuse(&path, "it is a symbolic link"),
+        Errno::ENXIO => refuse(&path, "not a regular file"),
+        e => Error::io(&path, e.into()),
+    })?;
+    let file = File::from(fd);
+    safefs::check_and_own(&file, &path, &root)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map(MachineLock)
+        .map_err(|(_, e)| Error::io(&path, e.into()))
+}
+
 /// Creates `/run/fsmon` (root's, 0755) if missing; an existing one must be
 /// a real directory, root's, writable by no one else: otherwise someone
 /// else made it, and the daemon refuses rather than trust it.

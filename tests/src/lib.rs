@@ -27,6 +27,27 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// Waits until every thread of process `pid` is stopped: SIGSTOP reaches
+/// the threads one by one, and a daemon thread still running drains the
+/// kernel queue a test means to overflow.
+pub fn wait_stopped(pid: u32) {
+    wait_for(
+        "every daemon thread stopped",
+        Duration::from_secs(30),
+        || {
+            let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks
+                .map(|t| {
+                    let stat = fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                    // The state follows the command name, which ends with ')'.
+                    Some(stat.rsplit_once(')')?.1.trim_start().starts_with('T'))
+                })
+                .all(|stopped| stopped == Some(true))
+                .then_some(())
+        },
+    );
+}
+
 /// `target/<profile>/` of this build (test binaries live in its `deps/`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, TestUser, find, read_events, sh_bg, wait_for};
+use fsmon_tests::{Env, LoopFs, TestUser, find, read_events, sh_bg, wait_for, wait_stopped};
 use serde_json::Value;
 
 fn paths_of<'a>(evs: &'a [Value], kind: &str) -> HashSet<&'a str> {
@@ -562,26 +562,6 @@ fn partial_last_line_from_a_crash_is_closed_and_kept() {
     assert!(
         serde_json::from_str::<Value>(lines[2]).is_ok(),
         "new event on a fresh line"
-    );
-}
-
-/// Waits until every thread of `pid` is stopped: SIGSTOP reaches the
-/// threads asynchronously, and a thread still running drains the queue.
-fn wait_stopped(pid: u32) {
-    wait_for(
-        "every daemon thread stopped",
-        Duration::from_secs(30),
-        || {
-            let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-            tasks
-                .map(|t| {
-                    let stat = fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-                    // The state follows the command name, which ends with ')'.
-                    Some(stat.rsplit_once(')')?.1.trim_start().starts_with('T'))
-                })
-                .all(|stopped| stopped == Some(true))
-                .then_some(())
-        },
     );
 }
 

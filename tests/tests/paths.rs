@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for};
+use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for, wait_stopped};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -223,6 +223,13 @@ impl Deep {
         let fd = self.at(name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
         fs::File::from(fd).write_all(data).unwrap();
     }
+
+    fn remove(&self, name: &str) {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid descriptor and name.
+        let r = unsafe { libc::unlinkat(self.0.as_raw_fd(), c.as_ptr(), 0) };
+        assert_eq!(r, 0, "unlinkat: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Resumes a SIGSTOPped daemon even if the test fails in between.
@@ -249,8 +256,7 @@ fn wait_resolved(env: &Env, path: &str, size: u64) {
 
 #[test]
 fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow() {
-    // A filesystem of its own: the small queue below overflows only when
-    // the test makes it, not from other activity on /tmp.
+    // A filesystem of its own: only the test's own events are queued.
     let lfs = LoopFs::new_in("/dev/shm", "ext4", 32);
     let env = Env::new();
     let root = lfs.mountpoint.join("w");
@@ -276,27 +282,37 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     assert!(d.stop().success());
 
     // After an overflow: directories made while the daemon was stopped and
-    // events were lost are found by the re-walk (or by climbing `..`).
-    env.write_config("[fanotify]\nqueue_size = 16\n");
+    // events were lost are found by the re-walk (or by climbing `..`). The
+    // system's queue (`[fanotify] queue_size` would set the global sysctl for
+    // an instant): more files than it holds, each made and removed (a name
+    // of its own is an event the kernel cannot merge; the small filesystem
+    // has fewer inodes than that).
     let d = env.start(&[]);
+    let queue: u64 = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let burst = queue.max(16384) + 2000;
     let pid = Pid::from_raw(d.pid() as i32);
     let deeper = {
         let _resume = Resume(pid);
         kill(pid, Signal::SIGSTOP).unwrap();
-        wait_for("the daemon to stop", Duration::from_secs(10), || {
-            let st = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            st.lines()
-                .any(|l| l.starts_with("State:") && l.contains("T ("))
-                .then_some(())
-        });
+        wait_stopped(d.pid());
         let deeper = deep.mkdirs(&name, 3);
-        for i in 0..300 {
-            deep.write(&format!("burst{i}"), b"");
+        for i in 0..burst {
+            let f = format!("burst{i}");
+            deep.write(&f, b"");
+            deep.remove(&f);
         }
         deeper
     };
-    env.wait_events("_global", "an overflow record", |e| {
-        e.iter().any(|x| x["event_type"] == "Q_OVERFLOW")
+    // Written after the queue is read: up to the queue's length first.
+    wait_for("an overflow record", Duration::from_secs(120), || {
+        env.events("_global")
+            .iter()
+            .any(|x| x["event_type"] == "Q_OVERFLOW")
+            .then_some(())
     });
     deeper.write("after-overflow", b"333");
     wait_resolved(&env, &format!("{watch}/{}/after-overflow", level(28)), 3);

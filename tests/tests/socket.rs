@@ -587,6 +587,28 @@ fn extension(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A copy of an extension script's directory under `base` (which other
+/// users can traverse), for running it as a test user: the checkout itself
+/// may be in a directory only root can enter (CI clones into a 0700 one).
+fn extension_for_users(base: &Path, rel: &str) -> PathBuf {
+    let src = extension(rel);
+    let from = src.parent().unwrap();
+    let to = base.join("ext").join(from.file_name().unwrap());
+    fs::create_dir_all(&to).unwrap();
+    for dir in [base.join("ext"), to.clone()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            let dst = to.join(e.file_name());
+            fs::copy(e.path(), &dst).unwrap();
+            fs::set_permissions(&dst, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    to.join(src.file_name().unwrap())
+}
+
 /// A squatter's server: listens at argv[1] (open to all), answers every
 /// connection with fake JSON, counts the bytes it is sent; after argv[2]
 /// connections prints the count.
@@ -671,7 +693,9 @@ fn a_squatter_at_the_socket_path_gets_no_byte_and_the_daemon_keeps_its_own_place
             victim.run(
                 Path::new("/usr/bin/python3"),
                 &[
-                    extension("socket-admin/fsmon-admin.py").to_str().unwrap(),
+                    extension_for_users(env.dir.path(), "socket-admin/fsmon-admin.py")
+                        .to_str()
+                        .unwrap(),
                     "--socket",
                     sock,
                     "health",
@@ -684,7 +708,7 @@ fn a_squatter_at_the_socket_path_gets_no_byte_and_the_daemon_keeps_its_own_place
             victim.run(
                 Path::new("/usr/bin/python3"),
                 &[
-                    extension("subscribe-stream/fsmon-subscribe-demo.py")
+                    extension_for_users(env.dir.path(), "subscribe-stream/fsmon-subscribe-demo.py")
                         .to_str()
                         .unwrap(),
                     "--socket",

@@ -176,11 +176,17 @@ pub fn exits_ring_bytes(capacity: u32) -> u32 {
 const _: () = assert!(DEFAULT_EXITS_RING_BYTES.is_power_of_two());
 
 /// Programs and where they attach.
+///
+/// In attach order: exit first and fork last. A process whose fork was
+/// recorded must have its exit seen too: with fork attached before exit, a
+/// process forked and gone between the two attachments kept a live record
+/// nothing ever removed (what the drills counted as missed exits). The
+/// newtask program marks which children are processes before fork reads it.
 const PROGRAMS: [(&str, &str, &str); 4] = [
+    ("fsmon_exit", "sched", "sched_process_exit"),
+    ("fsmon_exec", "sched", "sched_process_exec"),
     ("fsmon_newtask", "task", "task_newtask"),
     ("fsmon_fork", "sched", "sched_process_fork"),
-    ("fsmon_exec", "sched", "sched_process_exec"),
-    ("fsmon_exit", "sched", "sched_process_exit"),
 ];
 
 /// Where bpffs lives; mounted if it is not.
