@@ -257,21 +257,36 @@ fn bench_tracker(o: &Opts) -> String {
 // Capture workloads with and without the daemon
 // ---------------------------------------------------------------------------
 
-/// Samples a process's RSS every few ms until stopped.
+/// Samples a process's memory every few ms until stopped: VmRSS, and the
+/// daemon's own memory (RssAnon + RssShmem: what grows with load; VmRSS
+/// also counts the binary's resident pages and the kernel's ring-buffer
+/// mapping, which do not).
 struct RssSampler {
     stop: Arc<AtomicBool>,
     max_kb: Arc<AtomicU64>,
+    own_max_kb: Arc<AtomicU64>,
     handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Peaks of one sampled run, in KiB.
+#[derive(Clone, Copy, Default)]
+struct MemPeak {
+    rss_kb: u64,
+    own_kb: u64,
 }
 
 fn status_kb(pid: u32, key: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .map(|s| status_field(&s, key))
+        .unwrap_or(0)
+}
+
+fn status_field(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -279,23 +294,34 @@ impl RssSampler {
     fn start(pid: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let max_kb = Arc::new(AtomicU64::new(0));
-        let (s, m) = (stop.clone(), max_kb.clone());
+        let own_max_kb = Arc::new(AtomicU64::new(0));
+        let (s, m, own) = (stop.clone(), max_kb.clone(), own_max_kb.clone());
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                m.fetch_max(status_kb(pid, "VmRSS:"), Ordering::Relaxed);
+                if let Ok(st) = fs::read_to_string(format!("/proc/{pid}/status")) {
+                    m.fetch_max(status_field(&st, "VmRSS:"), Ordering::Relaxed);
+                    own.fetch_max(
+                        status_field(&st, "RssAnon:") + status_field(&st, "RssShmem:"),
+                        Ordering::Relaxed,
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
         RssSampler {
             stop,
             max_kb,
+            own_max_kb,
             handle: Some(handle),
         }
     }
-    fn finish(mut self) -> u64 {
+    fn finish(mut self) -> MemPeak {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.take().unwrap().join();
-        self.max_kb.load(Ordering::Relaxed)
+        MemPeak {
+            rss_kb: self.max_kb.load(Ordering::Relaxed),
+            own_kb: self.own_max_kb.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -431,7 +457,7 @@ struct Run {
     captured: u64,
     correct: u64,
     cpu: f64,
-    rss_max_kb: u64,
+    mem: MemPeak,
     hwm_kb: u64,
     drain_ms: f64,
 }
@@ -544,7 +570,7 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
             captured: 0,
             correct: 0,
             cpu: 0.0,
-            rss_max_kb: 0,
+            mem: MemPeak::default(),
             hwm_kb: 0,
             drain_ms: 0.0,
         };
@@ -594,7 +620,7 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let rss_max_kb = sampler.finish();
+    let mem = sampler.finish();
     let cpu = cpu_secs(pid) - cpu0;
     d.stop();
     let _ = fs::remove_dir_all(&dir);
@@ -603,7 +629,7 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
         captured,
         correct,
         cpu,
-        rss_max_kb,
+        mem,
         hwm_kb,
         drain_ms,
     }
@@ -627,8 +653,8 @@ fn bench_capture(o: &Opts) -> String {
     let mut raw = String::new();
     let mut out = String::from(
         "## Capture: workload time with fsmon against no monitor\n\n\
-         | workload | events expected | captured (min) | loss | pid+cmd correct | time ratio min / median (target) | fsmon CPU per event | RSS max during workload | load peak (VmHWM) | last event written after |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | workload | events expected | captured (min) | loss | pid+cmd correct | time ratio min / median (target) | fsmon CPU per event | own memory max during workload (RssAnon + RssShmem) | VmRSS max during workload | load peak (VmHWM) | last event written after |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (w, target) in workloads {
         let mut none = Vec::new();
@@ -666,22 +692,24 @@ fn bench_capture(o: &Opts) -> String {
             .iter()
             .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
             .fold(0.0, f64::max);
-        let rss = with.iter().map(|r| r.rss_max_kb).max().unwrap();
+        let rss = with.iter().map(|r| r.mem.rss_kb).max().unwrap();
+        let own = with.iter().map(|r| r.mem.own_kb).max().unwrap();
         let hwm = with.iter().map(|r| r.hwm_kb).max().unwrap();
         let mut drains: Vec<f64> = with.iter().map(|r| r.drain_ms).collect();
         let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
         let _ = writeln!(
             out,
-            "| {} | {expected} | {captured} | {loss:.2}% | {:.1}% | {min_ratio:.3} / {med_ratio:.3} (≤ {target:.2}) | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.0} ms |",
+            "| {} | {expected} | {captured} | {loss:.2}% | {:.1}% | {min_ratio:.3} / {med_ratio:.3} (≤ {target:.2}) | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} ms |",
             w.name(),
             correct * 100.0,
+            own as f64 / 1024.0,
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0,
             median(&mut drains)
         );
         let _ = writeln!(
             out,
-            "| ↳ kernel floor: a no-op fanotify reader, same marks | | | | | {floor_min:.3} / {floor_med:.3} | | | | |"
+            "| ↳ kernel floor: a no-op fanotify reader, same marks | | | | | {floor_min:.3} / {floor_med:.3} | | | | | |"
         );
         {
             let (imin, imed) = ratios_of(&inode);
@@ -694,14 +722,16 @@ fn bench_capture(o: &Opts) -> String {
                 .iter()
                 .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
                 .fold(0.0, f64::max);
-            let rss = inode.iter().map(|r| r.rss_max_kb).max().unwrap();
+            let rss = inode.iter().map(|r| r.mem.rss_kb).max().unwrap();
+            let own = inode.iter().map(|r| r.mem.own_kb).max().unwrap();
             let hwm = inode.iter().map(|r| r.hwm_kb).max().unwrap();
             let mut drains: Vec<f64> = inode.iter().map(|r| r.drain_ms).collect();
             let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
             let _ = writeln!(
                 out,
-                "| ↳ fsmon with `--mark inode` | {expected} | {captured} | {loss:.2}% | {:.1}% (scan finds have no process) | {imin:.3} / {imed:.3} | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.0} ms |",
+                "| ↳ fsmon with `--mark inode` | {expected} | {captured} | {loss:.2}% | {:.1}% (scan finds have no process) | {imin:.3} / {imed:.3} | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} ms |",
                 correct * 100.0,
+                own as f64 / 1024.0,
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0,
                 median(&mut drains)
@@ -900,13 +930,14 @@ fn bench_unrelated(o: &Opts, base: &Path) -> String {
         "## Unrelated activity on a watched filesystem\n\n\
          fsmon watches one small tree; the create-storm ({files} files) runs elsewhere on the same \
          filesystem.\n\n\
-         | mark | workload time ratio min / median | fsmon CPU per unrelated kernel event | kernel events read | lines logged | RSS max during it |\n\
-         |---|---|---|---|---|---|\n"
+         | mark | workload time ratio min / median | fsmon CPU per unrelated kernel event | kernel events read | lines logged | own memory max during it (RssAnon + RssShmem) | VmRSS max during it |\n\
+         |---|---|---|---|---|---|---|\n"
     );
     for mark in ["filesystem", "inode"] {
         let mut none = Vec::new();
         let mut with = Vec::new();
-        let (mut cpu, mut logged, mut rss, mut read) = (0.0f64, 0usize, 0u64, 0f64);
+        let (mut cpu, mut logged, mut read) = (0.0f64, 0usize, 0f64);
+        let (mut rss, mut own) = (0u64, 0u64);
         for rep in 0..o.reps {
             let busy = base.join(format!("elsewhere{rep}"));
             fs::create_dir_all(&busy).unwrap();
@@ -926,7 +957,9 @@ fn bench_unrelated(o: &Opts, base: &Path) -> String {
             with.push(t.elapsed().as_secs_f64());
             // Let the daemon read what the kernel queued before reading its CPU.
             std::thread::sleep(Duration::from_millis(500));
-            rss = rss.max(sampler.finish());
+            let mem = sampler.finish();
+            rss = rss.max(mem.rss_kb);
+            own = own.max(mem.own_kb);
             cpu = cpu.max(cpu_secs(d.pid()) - cpu0);
             read = read.max(kernel_events(&env) - events0);
             d.stop();
@@ -942,8 +975,9 @@ fn bench_unrelated(o: &Opts, base: &Path) -> String {
         };
         let _ = writeln!(
             out,
-            "| {mark} | {min:.3} / {:.3} | {per_event} | {read:.0} | {logged} | {:.1} MiB |",
+            "| {mark} | {min:.3} / {:.3} | {per_event} | {read:.0} | {logged} | {:.1} MiB | {:.1} MiB |",
             median(&mut r),
+            own as f64 / 1024.0,
             rss as f64 / 1024.0
         );
     }

@@ -612,7 +612,7 @@ fn run_one(work: Work, tool: Tool, base: &Path, rep: usize) -> Score {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let rss_max_kb = sampler.map(|s| s.finish()).unwrap_or(0);
+    let rss_max_kb = sampler.map(|s| s.finish().rss_kb).unwrap_or(0);
     let cpu = if pid != 0 { cpu_secs(pid) - cpu0 } else { 0.0 };
     let (out, hwm_kb) = stop(mon);
     let (captured, correct) = count(work, tool, &facts(tool, &out, &dir), &expect);
