@@ -181,6 +181,13 @@ pub struct Marks {
 
 const ENTRY_EVENTS: u64 = EventType::Create.mask() | EventType::MovedTo.mask();
 
+/// Event types an inode mark cannot carry: the kernel reports `FS_ERROR`
+/// only to filesystem marks and refuses an inode mark asking for it
+/// (`EINVAL`). Left out of inode marks, so that `--types all` (or one
+/// group's `FS_ERROR` on a filesystem-marked path) does not refuse every
+/// inode-marked tree.
+const FILESYSTEM_ONLY: u64 = EventType::FsError.mask();
+
 /// The kernel's per-user limit on fanotify marks.
 const MAX_USER_MARKS: &str = "/proc/sys/fs/fanotify/max_user_marks";
 
@@ -394,7 +401,7 @@ impl Marks {
         self.moved_away.clear();
         self.unmarked_created.clear();
         self.inode_trees.clear();
-        self.inode_mask |= mask;
+        self.inode_mask |= mask & !FILESYSTEM_ONLY;
         for (root, existing, why) in inode_roots {
             let root_path = escape::as_path(&root.path).into_owned();
             if existing != root_path {

@@ -293,6 +293,38 @@ fn mark_kind_is_stored_shown_and_checked() {
     assert!(err.contains("inode marks need the path to exist"), "{err}");
 }
 
+/// `FS_ERROR` is reported to filesystem marks only (the kernel refuses an
+/// inode mark asking for it): `--types all` with inode marks, beside a
+/// filesystem-marked path that asks for `FS_ERROR` too, still watches the
+/// inode-marked tree and logs its events.
+#[test]
+fn inode_marks_with_every_type_asked() {
+    let env = Env::new();
+    let a = env.watch.join("a");
+    let b = env.watch.join("b");
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    env.add("_global", &a, &["-r", "--types", "all", "--mark", "inode"]);
+    env.add(
+        "_global",
+        &b,
+        &["-r", "--types", "all", "--mark", "filesystem"],
+    );
+    let _d = env.start(&[]);
+    let ha = path_health(&env, &a);
+    assert_eq!(ha["mark"], "inode", "{ha}");
+    assert_eq!(health(&env)["watch_errors"], serde_json::json!([]));
+    sh(&format!("mkdir {0}/d && echo x > {0}/d/f", a.display()));
+    let f = a.join("d/f");
+    env.wait_events("_global", "CLOSE_WRITE of a/d/f", |evs| {
+        !find(evs, "CLOSE_WRITE", &f).is_empty() || !find(evs, "CREATE", &f).is_empty()
+    });
+    fs::write(b.join("g"), b"x").unwrap();
+    env.wait_events("_global", "CLOSE_WRITE of b/g", |evs| {
+        !find(evs, "CLOSE_WRITE", &b.join("g")).is_empty()
+    });
+}
+
 /// Create, write, rename a directory, delete: full paths and the process,
 /// on the filesystem at `watch` (already watched).
 fn assert_tree_captured(env: &Env, watch: &Path) {
