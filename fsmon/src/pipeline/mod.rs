@@ -166,7 +166,7 @@ impl Pipeline {
         let (reader, waker) = EventReader::new(fan, cfg.buffer_size)?;
         let (capture_tx, capture_rx) = mpsc::channel();
         let (process_tx, process_rx) = mpsc::channel();
-        let (recycle_tx, recycle_rx) = mpsc::channel();
+        let (recycle_tx, recycle_rx) = mpsc::sync_channel(queue::SPARE_BATCHES);
         let in_flight = Arc::new(queue::InFlight::default());
         let (subscribe, _) = tokio::sync::broadcast::channel(cfg.subscribe_buf);
         metrics

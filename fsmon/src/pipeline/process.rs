@@ -43,7 +43,7 @@ pub struct Process {
     metrics: Arc<Metrics>,
     /// Counter handles by group index x event type, resolved on first use.
     counters: Vec<Option<prometheus::IntCounter>>,
-    recycle: mpsc::Sender<Batch>,
+    recycle: mpsc::SyncSender<Batch>,
     in_flight: Arc<InFlight>,
     drained_before: u64,
     sync_interval: Option<Duration>,
@@ -59,7 +59,7 @@ pub struct ProcessParts {
     pub local_time: bool,
     pub subscribe: tokio::sync::broadcast::Sender<Arc<SubEvent>>,
     pub metrics: Arc<Metrics>,
-    pub recycle: mpsc::Sender<Batch>,
+    pub recycle: mpsc::SyncSender<Batch>,
     pub in_flight: Arc<InFlight>,
     pub sync_interval: Option<Duration>,
 }
@@ -203,7 +203,8 @@ impl Process {
         }
         self.in_flight.done(&b);
         b.clear();
-        let _ = self.recycle.send(b);
+        // Kept for reuse while fewer than SPARE_BATCHES wait; else freed.
+        let _ = self.recycle.try_send(b);
     }
 
     fn overflow(&mut self) {
@@ -354,7 +355,7 @@ mod tests {
         .unwrap();
         let (subscribe, live) = tokio::sync::broadcast::channel(1024);
         let metrics = Arc::new(Metrics::new());
-        let (recycle, _) = mpsc::channel();
+        let (recycle, _) = mpsc::sync_channel(crate::pipeline::queue::SPARE_BATCHES);
         let mut process = Process::new(ProcessParts {
             tracker,
             logs: LogSet::new(Some(logs.path().into()), UserFs::new(&user).unwrap()).unwrap(),

@@ -18,6 +18,11 @@ pub const MAX_BYTES: usize = 1 << 20;
 /// A batch is handed on when its paths reach this size, even with fewer
 /// than the maximum number of events.
 pub const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Written batches kept for reuse. A batch keeps the capacity of the
+/// largest it ever held (up to [`MAX_BATCH_BYTES`] of paths and 4,096
+/// items, about 450 KiB); the process thread drops the ones beyond this
+/// many, so a storm's spare batches are not kept for good.
+pub const SPARE_BATCHES: usize = 2;
 
 /// What a batch weighs in the bound.
 fn weight(b: &Batch) -> (usize, usize) {
