@@ -158,7 +158,7 @@ fn machine() -> String {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return 0.0;
     }
