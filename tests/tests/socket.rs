@@ -587,26 +587,31 @@ fn extension(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A copy of an extension script's directory under `base` (which other
+/// A copy of extensions/ under `base` (which other
 /// users can traverse), for running it as a test user: the checkout itself
 /// may be in a directory only root can enter (CI clones into a 0700 one).
 fn extension_for_users(base: &Path, rel: &str) -> PathBuf {
-    let src = extension(rel);
-    let from = src.parent().unwrap();
-    let to = base.join("ext").join(from.file_name().unwrap());
-    fs::create_dir_all(&to).unwrap();
-    for dir in [base.join("ext"), to.clone()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // The whole tree: scripts import ../lib/fsmon_socket.py.
+    let to = base.join("ext");
+    copy_readable(&extension(""), &to);
+    to.join(rel)
+}
+
+/// Copies the directory `from` to `to`: directories 0755, files 0644.
+fn copy_readable(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            let dst = to.join(e.file_name());
+        let dst = to.join(e.file_name());
+        let kind = e.file_type().unwrap();
+        if kind.is_dir() {
+            copy_readable(&e.path(), &dst);
+        } else if kind.is_file() {
             fs::copy(e.path(), &dst).unwrap();
             fs::set_permissions(&dst, fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
-    to.join(src.file_name().unwrap())
 }
 
 /// A squatter's server: listens at argv[1] (open to all), answers every
