@@ -172,6 +172,8 @@ impl Palette {
 
 /// The width `event_type` is padded to (the longest names, `CLOSE_NOWRITE`).
 const TYPE_WIDTH: usize = 13;
+/// The width a `[group]` tag is padded to: 15 bytes of name and brackets.
+const GROUP_WIDTH: usize = 17;
 
 /// The local time of an RFC 3339 stamp, to the millisecond; the stamp
 /// itself (escaped) if it is not one.
@@ -225,12 +227,12 @@ pub fn render_event_line(line: &[u8], color: bool, show_group: bool) -> String {
     p.paint(&mut out, Palette::dim(), &local_time(str_field(&v, "time")));
     out.push_str("  ");
     if show_group && let Some(g) = v.get("group").and_then(Value::as_str) {
-        p.paint(
-            &mut out,
-            Palette::fg(AnsiColor::Cyan),
-            &format!("[{}]", terminal_text(g)),
-        );
-        out.push(' ');
+        let tag = format!("[{}]", terminal_text(g));
+        p.paint(&mut out, Palette::fg(AnsiColor::Cyan), &tag);
+        // Padded to the longest group name (a command's 15 bytes) so the
+        // columns after it line up across groups.
+        let pad = GROUP_WIDTH.saturating_sub(tag.chars().count()) + 1;
+        out.extend(std::iter::repeat_n(' ', pad));
     }
     let kind_text = terminal_text(kind);
     p.paint(&mut out, Palette::event_type(kind), &kind_text);
@@ -687,7 +689,7 @@ mod tests {
         let stream = br#"{"group":"nginx","time":"2026-05-07T10:00:01+00:00","event_type":"CREATE","path":"/x","pid":0,"cmd":"","user":"","file_size":0,"ppid":0,"tgid":0}"#;
         let out = render_event_line(stream, false, true);
         assert!(
-            out.contains("  [nginx] CREATE         /x  ?[0] ?\n"),
+            out.contains("  [nginx]           CREATE         /x  ?[0] ?\n"),
             "{out:?}"
         );
         let lost = br#"{"time":"2026-05-07T10:00:01+00:00","event_type":"Q_OVERFLOW","path":"","pid":0,"cmd":"","user":"","file_size":0,"ppid":0,"tgid":0,"lost":true}"#;

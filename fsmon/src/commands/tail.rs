@@ -51,12 +51,21 @@ pub fn tail(ctx: &Context, args: TailArgs) -> Result<()> {
         // In JSON the notice is a line of the stream like any other; it is
         // also said on stderr, where a consumer filtering events cannot
         // miss it. The text form shows it on its own line.
-        if mode.format == output::Format::Json && line.starts_with("{\"notice\"") {
-            let v = crate::control::parse_response(line.as_bytes())?;
-            eprintln!(
-                "warning: missed {} events: this reader fell behind the daemon ([cache] subscribe_buf); they are in the log",
-                v.get("missed").and_then(|m| m.as_u64()).unwrap_or(0)
-            );
+        // (Events start with their group; anything else is looked at.)
+        if mode.format == output::Format::Json
+            && !line.starts_with("{\"group\":")
+            && let Ok(v) = crate::control::parse_response(line.as_bytes())
+            && let Some(notice) = v.get("notice")
+        {
+            match v.get("missed").and_then(|m| m.as_u64()) {
+                Some(n) => eprintln!(
+                    "warning: missed {n} events: this reader fell behind the daemon ([cache] subscribe_buf); they are in the log"
+                ),
+                None => eprintln!(
+                    "notice from the daemon: {}",
+                    crate::control::terminal_json(notice)
+                ),
+            }
         }
         match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => {}
