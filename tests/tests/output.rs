@@ -247,6 +247,20 @@ fn tail_follows_live_events_as_logged_and_stops_cleanly() {
     assert!(status.success(), "tail | head: {status}: {err}");
     assert!(err.is_empty(), "{err}");
 
+    // A group that watches nothing: said at once, and the stream waits.
+    let mut idle = spawn(&["tail", "nginx"]);
+    let mut first = String::new();
+    BufReader::new(idle.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.contains("group nginx watches no path (yet)"),
+        "{first}"
+    );
+    interrupt(&idle);
+    let status = wait_for("the idle tail to stop", LONG, || idle.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0), "{status}");
+
     // A bad group is one line, before anything is sent.
     let out = env.fsmon(&["tail", "../x"]);
     assert!(!out.status.success());
@@ -677,4 +691,53 @@ fn a_reader_that_falls_behind_is_told_how_many_it_missed() {
         "{err}"
     );
     assert!(d.stop().success());
+}
+
+/// What bash completion offers for the last word of `words`.
+fn complete(env: &Env, words: &[&str]) -> Vec<String> {
+    let out = Command::new(fsmon_bin())
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_IFS", "\n")
+        .env("FSMON_CONFIG", &env.config)
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn completions_and_man_pages_know_tail_and_the_output_flags() {
+    let env = Env::new();
+    env.add("nginx", &env.watch, &[]);
+    let top = complete(&env, &["fsmon", ""]);
+    assert!(top.contains(&"tail".to_string()), "{top:?}");
+    let groups = complete(&env, &["fsmon", "tail", ""]);
+    for g in ["nginx", "_global"] {
+        assert!(groups.contains(&g.to_string()), "{groups:?}");
+    }
+    for cmd in ["tail", "query", "changes", "monitored", "health"] {
+        let mut words = vec!["fsmon", cmd];
+        if matches!(cmd, "query" | "changes") {
+            words.push("nginx");
+        }
+        let formats = complete(&env, &[&words[..], &["-o", ""]].concat());
+        assert_eq!(formats, ["json", "text"], "{cmd}");
+        let colours = complete(&env, &[&words[..], &["--color", ""]].concat());
+        assert_eq!(colours, ["auto", "always", "never"], "{cmd}");
+    }
+    let dir = env.dir.path().join("man");
+    env.fsmon_ok(&["man", "--dir", dir.to_str().unwrap()]);
+    let page = fs::read_to_string(dir.join("fsmon-tail.1")).unwrap();
+    for want in ["fsmon\\-tail", "\\-\\-output", "\\-\\-color"] {
+        assert!(page.contains(want), "no {want} in fsmon-tail.1:\n{page}");
+    }
+    let main = env.fsmon_ok(&["man"]);
+    assert!(
+        main.contains("NO_COLOR") && main.contains("fsmon tail"),
+        "{main}"
+    );
 }

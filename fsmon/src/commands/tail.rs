@@ -31,6 +31,7 @@ fn exit_on_interrupt() -> Result<()> {
 }
 
 pub fn tail(ctx: &Context, args: TailArgs) -> Result<()> {
+    exit_on_interrupt()?;
     if let Some(g) = &args.group {
         store::validate_group(g)?;
     }
@@ -39,7 +40,14 @@ pub fn tail(ctx: &Context, args: TailArgs) -> Result<()> {
     client.call(&Request::Subscribe {
         group: args.group.clone(),
     })?;
-    exit_on_interrupt()?;
+    // A group that watches nothing has nothing to show: say so rather
+    // than wait in silence (it may be added later; the stream stays open).
+    if let Some(g) = &args.group
+        && let Ok(s) = store::Store::load(&ctx.fs, &ctx.config.store_path)
+        && !s.groups.iter().any(|x| x.cmd == *g && !x.paths.is_empty())
+    {
+        eprintln!("notice: group {g} watches no path (yet); waiting for its events");
+    }
     let lines = client.lines()?;
     let stdout = std::io::stdout();
     // One group: its name on every line would be noise.
