@@ -16,6 +16,7 @@ pub mod fanotify;
 pub mod filters;
 pub mod logfile;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod safefs;
 pub mod ship;
