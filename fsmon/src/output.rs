@@ -226,6 +226,11 @@ pub fn render_event_line(line: &[u8], color: bool, show_group: bool) -> String {
     let kind = str_field(&v, "event_type");
     p.paint(&mut out, Palette::dim(), &local_time(str_field(&v, "time")));
     out.push_str("  ");
+    // Events read from a fleet's stream name their host.
+    if let Some(h) = v.get("host").and_then(Value::as_str) {
+        p.paint(&mut out, Palette::fg(AnsiColor::Blue), &terminal_text(h));
+        out.push(' ');
+    }
     if show_group && let Some(g) = v.get("group").and_then(Value::as_str) {
         let tag = format!("[{}]", terminal_text(g));
         p.paint(&mut out, Palette::fg(AnsiColor::Cyan), &tag);
@@ -690,6 +695,13 @@ mod tests {
         let out = render_event_line(stream, false, true);
         assert!(
             out.contains("  [nginx]           CREATE         /x  ?[0] ?\n"),
+            "{out:?}"
+        );
+        // A fleet's line names its host before the group.
+        let fleet = br#"{"host":"web-1","group":"_global","time":"2026-05-07T10:00:01+00:00","event_type":"DELETE","path":"/y","pid":7,"cmd":"rm","user":"root","file_size":0,"ppid":1,"tgid":7}"#;
+        let out = render_event_line(fleet, false, true);
+        assert!(
+            out.contains("  web-1 [_global]         DELETE         /y  rm[7] root\n"),
             "{out:?}"
         );
         let lost = br#"{"time":"2026-05-07T10:00:01+00:00","event_type":"Q_OVERFLOW","path":"","pid":0,"cmd":"","user":"","file_size":0,"ppid":0,"tgid":0,"lost":true}"#;
