@@ -58,7 +58,7 @@ use std::{
 use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
 use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::{FutureExt, StreamExt};
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 
 pub use config::ShipConfig;
@@ -68,12 +68,29 @@ use crate::{
     error::Result, logfile::parse_line, pipeline::write::LOG_SUFFIX, safefs, user::TargetUser,
 };
 
+/// Is `text` (a line without its newline) an event to ship: a complete JSON
+/// object? Checked without building it (the line is sent as it is, with the
+/// host and group spliced in), so a crash's fragment glued to the next line
+/// is skipped, not shipped.
+fn is_event_line(text: &[u8]) -> bool {
+    text.first() == Some(&b'{')
+        && text.last() == Some(&b'}')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+}
+
 /// Cursor saves while shipping.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 /// How often an idle shipper looks for new lines.
 const POLL: Duration = Duration::from_millis(20);
 /// Bytes read from a log at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// Shipping works in bursts: it waits until this many bytes of new lines
+/// are in the log (a few hundred events)...
+const BURST_BYTES: u64 = 64 * 1024;
+/// ...or the first of them has waited this long. Fewer, larger rounds cost
+/// less per event (wake-ups, reads, writes to the server); this is the
+/// latency it adds when events are few.
+const BURST_WAIT: Duration = Duration::from_millis(100);
 /// A line longer than this is not an event (and is skipped).
 const MAX_LINE: usize = 1 << 20;
 /// Time allowed for one acknowledgement.
@@ -217,7 +234,7 @@ impl Shipper {
         let thread = std::thread::Builder::new()
             .name("fsmon-ship".into())
             .spawn(move || {
-                lower_priority();
+                set_priority(Priority::Idle);
                 // The logs, cursors and secrets the shipper reads are the
                 // user's: it reads them with the user's credentials, like
                 // every other file work in the user's locations.
@@ -324,13 +341,42 @@ impl Drop for Shipper {
     }
 }
 
-/// The shipper thread's nice value: when the CPU is short, capture and the
-/// monitored workload come first; shipping catches up from the logs.
+/// The shipper thread's nice value when it may not stay idle-only (see
+/// [`Priority`]).
 const SHIP_NICE: libc::c_int = 10;
+/// A backlog older than this takes the shipper out of `SCHED_IDLE`...
+const STARVED_AFTER: Duration = Duration::from_secs(30);
+/// ...until its oldest unshipped event is younger than this.
+const CAUGHT_UP_BELOW: Duration = Duration::from_secs(2);
 
-/// Lowers this thread's scheduling priority (Linux keeps a nice value per
-/// thread: `setpriority` on the thread id).
-fn lower_priority() {
+/// How the shipper thread is scheduled. Shipping is deferrable (the logs
+/// are its buffer), so it runs under `SCHED_IDLE`: it gets only CPU time
+/// nobody else wants, and a storm's events are shipped when the storm
+/// ends. On a host whose CPUs never idle that could starve it for good, so
+/// a backlog older than [`STARVED_AFTER`] moves it to an ordinary nice
+/// [`SHIP_NICE`] share until it has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    Idle,
+    Niced,
+}
+
+/// Schedules the calling thread (Linux keeps the policy and the nice value
+/// per thread: pid 0 and the thread id name this one).
+fn set_priority(p: Priority) {
+    let policy = match p {
+        Priority::Idle => libc::SCHED_IDLE,
+        Priority::Niced => libc::SCHED_OTHER,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if r != 0 {
+        log::debug!(
+            "ship: cannot set the shipper's scheduling policy: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: setpriority only reads its integer arguments.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SHIP_NICE) };
@@ -339,6 +385,40 @@ fn lower_priority() {
             "ship: cannot lower the shipper's priority: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// Leaves `SCHED_IDLE` while any group's oldest unshipped event is older
+/// than [`STARVED_AFTER`], and returns to it once all are caught up.
+fn adjust_priority(inner: &Inner, current: &mut Priority) {
+    let now = Utc::now();
+    let oldest = inner
+        .groups
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|g| g.status.lock().unwrap().oldest_unshipped)
+        .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
+        .max()
+        .unwrap_or_default();
+    let want = match *current {
+        Priority::Idle if oldest > STARVED_AFTER => Priority::Niced,
+        Priority::Niced if oldest < CAUGHT_UP_BELOW => Priority::Idle,
+        p => p,
+    };
+    if want != *current {
+        log::info!(
+            "ship: {}",
+            match want {
+                Priority::Niced => format!(
+                    "the oldest unshipped event is {} s old: shipping now takes a share of a busy CPU (nice {SHIP_NICE}) until it catches up",
+                    oldest.as_secs()
+                ),
+                Priority::Idle => "caught up: shipping uses idle CPU time only again".to_string(),
+            }
+        );
+        set_priority(want);
+        *current = want;
     }
 }
 
@@ -447,7 +527,9 @@ async fn run_shipper(inner: Arc<Inner>) {
     // Groups that could not be opened, reported once each.
     let mut failing = std::collections::HashSet::new();
     let mut backoff = Duration::from_millis(100);
+    let mut priority = Priority::Idle;
     while !inner.stop.load(Ordering::Relaxed) {
+        adjust_priority(&inner, &mut priority);
         // Groups get their cursor at once, NATS or not: `clean` reads it to
         // keep what is not shipped, and `health` shows the backlog.
         for group in discover_groups(&inner) {
@@ -604,6 +686,12 @@ struct GroupShipper {
     needs_reconcile: bool,
     /// Logical offsets of lines found in the stream past the cursor.
     stored: HashSet<u64>,
+    /// Since when fewer than [`BURST_BYTES`] of new lines wait.
+    waiting_since: Option<Instant>,
+    /// This group's `fsmon_ship_events_total`.
+    shipped_total: IntCounter,
+    /// Read buffer for counting the lines ahead.
+    count_buf: Vec<u8>,
 }
 
 async fn ship_group(
@@ -621,6 +709,7 @@ async fn ship_group(
     )
     .into_bytes();
     let next = gs.cursor.lock().unwrap().acked;
+    let group = gs.group.clone();
     let mut s = GroupShipper {
         id_head: format!("{}:{}:", cfg.host, gs.group),
         inner: inner.clone(),
@@ -644,6 +733,9 @@ async fn ship_group(
         oldest_cache: None,
         needs_reconcile: true,
         stored: HashSet::new(),
+        waiting_since: None,
+        shipped_total: inner.metrics.shipped.with_label_values(&[&group]),
+        count_buf: vec![0u8; 256 * 1024],
     };
     while !inner.stop.load(Ordering::Relaxed) {
         match s.step().await {
@@ -680,12 +772,25 @@ impl GroupShipper {
         if connected && !self.needs_reconcile && self.in_flight.len() < self.inner.cfg.max_in_flight
         {
             let phys = self.next - base;
-            if phys < len {
+            if phys < len && self.burst_ready(len - phys) {
                 did |= self.publish_from(phys, len, base).await?;
+                self.waiting_since = None;
             }
         }
         did |= self.settle().await?;
         Ok(did)
+    }
+
+    /// Whether `available` bytes of new lines are worth a round now (see
+    /// [`BURST_BYTES`]).
+    fn burst_ready(&mut self, available: u64) -> bool {
+        if available >= BURST_BYTES || self.inner.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.waiting_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= BURST_WAIT
     }
 
     /// Makes `self.file` the log the cursor is for. Returns the cursor's
@@ -895,7 +1000,7 @@ impl GroupShipper {
             let already_stored = !self.stored.is_empty() && self.stored.remove(&line_start);
             let ack = if already_stored {
                 None
-            } else if parse_line(text).is_some() && text.first() == Some(&b'{') {
+            } else if is_event_line(text) {
                 let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
                 payload.extend_from_slice(&self.payload_head);
                 payload.extend_from_slice(&text[1..]);
@@ -978,31 +1083,19 @@ impl GroupShipper {
             };
             let end = front.end;
             let already_stored = front.already_stored;
-            match result {
-                None if already_stored => {
-                    self.gs.cursor.lock().unwrap().shipped += 1;
-                    self.inner
-                        .metrics
-                        .shipped
-                        .with_label_values(&[&self.gs.group])
-                        .inc();
-                }
-                None => {}
-                Some(Ok(ack)) => {
-                    let mut c = self.gs.cursor.lock().unwrap();
-                    c.shipped += 1;
-                    c.stream_seq = c.stream_seq.max(ack.sequence);
-                    self.inner
-                        .metrics
-                        .shipped
-                        .with_label_values(&[&self.gs.group])
-                        .inc();
-                }
+            let (shipped, seq) = match result {
+                None => (already_stored, 0),
+                Some(Ok(ack)) => (true, ack.sequence),
                 Some(Err(e)) => return Err(format!("publish: {e}")),
-            }
+            };
             {
                 let mut c = self.gs.cursor.lock().unwrap();
+                c.shipped += u64::from(shipped);
+                c.stream_seq = c.stream_seq.max(seq);
                 c.acked = c.acked.max(end);
+            }
+            if shipped {
+                self.shipped_total.inc();
             }
             self.in_flight.pop_front();
             self.dirty = true;
@@ -1078,7 +1171,7 @@ impl GroupShipper {
         // Count newlines ahead of the read position, at most 4 MiB a round.
         let end = base + len;
         let mut budget = 4usize << 20;
-        let mut chunk = vec![0u8; 256 * 1024];
+        let chunk = &mut self.count_buf;
         while self.ahead.counted_to < end && budget > 0 {
             let at = self.ahead.counted_to.max(self.next);
             self.ahead.counted_to = at;
