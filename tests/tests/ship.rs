@@ -685,7 +685,13 @@ fn clean_keeps_unshipped_lines_and_ids_survive_clean() {
     wait_all_shipped(&env, &urls, "CLEAN", "_global");
     let before_clean = expected_lines(&env, "host-clean", "_global");
     env.fsmon_ok(&["clean", "_global", "--time", ">=2099-01-01"]);
-    assert!(env.events("_global").is_empty(), "shipped lines removed");
+    assert!(
+        env.events("_global").is_empty(),
+        "shipped lines removed: {:?}\n{}\n{}",
+        env.events("_global"),
+        health(&env),
+        d.stderr()
+    );
     for i in 0..10 {
         fs::write(env.watch.join(format!("b{i}")), "x").unwrap();
     }

@@ -44,10 +44,8 @@ pub mod nats;
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     fs::File,
-    future::Future,
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -55,7 +53,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
+use async_nats::{HeaderMap, jetstream};
+use bytes::BytesMut;
 use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::{FutureExt, StreamExt};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -99,8 +98,23 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// the safety net).
 const RECONCILE_MAX: usize = 1 << 20;
 
-type AckFuture =
-    Pin<Box<dyn Future<Output = std::result::Result<PublishAck, PublishError>> + Send>>;
+/// A JetStream acknowledgement, read without building it (the client's own
+/// publish path buffers it into an intermediate tree and allocates).
+#[derive(serde::Deserialize)]
+struct PubAck<'a> {
+    #[serde(default)]
+    seq: u64,
+    #[serde(borrow, default)]
+    error: Option<PubAckError<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PubAckError<'a> {
+    #[serde(default)]
+    code: u16,
+    #[serde(borrow, default)]
+    description: std::borrow::Cow<'a, str>,
+}
 
 /// The connection, as `health` shows it.
 #[derive(Debug, Clone, Default)]
@@ -200,6 +214,7 @@ struct Inner {
     conn: Mutex<ConnStatus>,
     stop: AtomicBool,
     metrics: ShipMetrics,
+    sched: Mutex<Sched>,
 }
 
 /// The running shipper.
@@ -228,13 +243,14 @@ impl Shipper {
                 ..Default::default()
             }),
             stop: AtomicBool::new(false),
+            sched: Mutex::new(Sched::default()),
             metrics: ShipMetrics::new(registry),
         });
         let run = inner.clone();
         let thread = std::thread::Builder::new()
             .name("fsmon-ship".into())
             .spawn(move || {
-                set_priority(Priority::Idle);
+                run.sched.lock().unwrap().apply();
                 // The logs, cursors and secrets the shipper reads are the
                 // user's: it reads them with the user's credentials, like
                 // every other file work in the user's locations.
@@ -341,24 +357,56 @@ impl Drop for Shipper {
     }
 }
 
-/// The shipper thread's nice value when it may not stay idle-only (see
-/// [`Priority`]).
+/// The shipper thread's nice value when it is not idle-only.
 const SHIP_NICE: libc::c_int = 10;
+/// A group this far behind its log is in a storm (or catching up).
+const STORM_BYTES: u64 = READ_CHUNK as u64;
 /// A backlog older than this takes the shipper out of `SCHED_IDLE`...
 const STARVED_AFTER: Duration = Duration::from_secs(30);
 /// ...until its oldest unshipped event is younger than this.
 const CAUGHT_UP_BELOW: Duration = Duration::from_secs(2);
 
-/// How the shipper thread is scheduled. Shipping is deferrable (the logs
-/// are its buffer), so it runs under `SCHED_IDLE`: it gets only CPU time
-/// nobody else wants, and a storm's events are shipped when the storm
-/// ends. On a host whose CPUs never idle that could starve it for good, so
-/// a backlog older than [`STARVED_AFTER`] moves it to an ordinary nice
-/// [`SHIP_NICE`] share until it has caught up.
+/// How the shipper thread is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Priority {
+    /// `SCHED_IDLE`: only CPU time nobody else wants.
     Idle,
+    /// An ordinary share at nice [`SHIP_NICE`].
     Niced,
+}
+
+/// The shipper thread's scheduling. Shipping is deferrable (the logs are
+/// its buffer): while a group is a storm behind ([`STORM_BYTES`]) the
+/// thread runs under `SCHED_IDLE`, so the workload and capture come first
+/// and the storm is shipped when it ends. With few events shipping costs
+/// little and latency matters, so it runs at nice [`SHIP_NICE`] (an idle
+/// thread waits up to a second for the CPU on a busy host). And since a
+/// host whose CPUs never idle could starve it for good, a backlog older
+/// than [`STARVED_AFTER`] also gets the nice share, until it has caught up.
+/// Only the shipper thread uses this.
+#[derive(Default)]
+struct Sched {
+    /// The policy set (None: not yet).
+    current: Option<Priority>,
+    /// Groups a storm behind.
+    storming: usize,
+    /// A backlog older than [`STARVED_AFTER`], until [`CAUGHT_UP_BELOW`].
+    starved: bool,
+}
+
+impl Sched {
+    /// Sets the calling thread's policy for the current state.
+    fn apply(&mut self) {
+        let want = if self.storming > 0 && !self.starved {
+            Priority::Idle
+        } else {
+            Priority::Niced
+        };
+        if self.current != Some(want) {
+            set_priority(want);
+            self.current = Some(want);
+        }
+    }
 }
 
 /// Schedules the calling thread (Linux keeps the policy and the nice value
@@ -388,9 +436,10 @@ fn set_priority(p: Priority) {
     }
 }
 
-/// Leaves `SCHED_IDLE` while any group's oldest unshipped event is older
-/// than [`STARVED_AFTER`], and returns to it once all are caught up.
-fn adjust_priority(inner: &Inner, current: &mut Priority) {
+/// Marks the shipper starved while any group's oldest unshipped event is
+/// older than [`STARVED_AFTER`], until all are younger than
+/// [`CAUGHT_UP_BELOW`].
+fn check_starved(inner: &Inner) {
     let now = Utc::now();
     let oldest = inner
         .groups
@@ -401,24 +450,22 @@ fn adjust_priority(inner: &Inner, current: &mut Priority) {
         .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
         .max()
         .unwrap_or_default();
-    let want = match *current {
-        Priority::Idle if oldest > STARVED_AFTER => Priority::Niced,
-        Priority::Niced if oldest < CAUGHT_UP_BELOW => Priority::Idle,
-        p => p,
+    let mut sched = inner.sched.lock().unwrap();
+    let starved = match sched.starved {
+        false => oldest > STARVED_AFTER,
+        true => oldest >= CAUGHT_UP_BELOW,
     };
-    if want != *current {
-        log::info!(
-            "ship: {}",
-            match want {
-                Priority::Niced => format!(
-                    "the oldest unshipped event is {} s old: shipping now takes a share of a busy CPU (nice {SHIP_NICE}) until it catches up",
-                    oldest.as_secs()
-                ),
-                Priority::Idle => "caught up: shipping uses idle CPU time only again".to_string(),
-            }
-        );
-        set_priority(want);
-        *current = want;
+    if starved != sched.starved {
+        if starved {
+            log::info!(
+                "ship: the oldest unshipped event is {} s old: shipping takes a share of a busy CPU (nice {SHIP_NICE}) until it catches up",
+                oldest.as_secs()
+            );
+        } else {
+            log::info!("ship: caught up");
+        }
+        sched.starved = starved;
+        sched.apply();
     }
 }
 
@@ -527,9 +574,8 @@ async fn run_shipper(inner: Arc<Inner>) {
     // Groups that could not be opened, reported once each.
     let mut failing = std::collections::HashSet::new();
     let mut backoff = Duration::from_millis(100);
-    let mut priority = Priority::Idle;
     while !inner.stop.load(Ordering::Relaxed) {
-        adjust_priority(&inner, &mut priority);
+        check_starved(&inner);
         // Groups get their cursor at once, NATS or not: `clean` reads it to
         // keep what is not shipped, and `health` shows the backlog.
         for group in discover_groups(&inner) {
@@ -637,15 +683,25 @@ fn open_group(inner: &Inner, group: &str) -> Result<Arc<GroupState>> {
     Ok(gs)
 }
 
-/// A line published (or skipped) and not yet settled.
+/// A line published (or skipped) and not yet settled. Lines get
+/// consecutive tokens; a publish's reply subject ends in its token, so an
+/// acknowledgement finds its line by subtraction.
 struct InFlight {
+    token: u64,
     /// Logical offset just past the line.
     end: u64,
-    /// `None` for a corrupt line or one already in the stream: nothing to
-    /// wait for.
-    ack: Option<AckFuture>,
+    ack: AckState,
     /// Found in the stream by reconciliation: counts as shipped.
     already_stored: bool,
+}
+
+enum AckState {
+    /// A corrupt line or one already in the stream: nothing to wait for.
+    None,
+    /// Published at this time, not acknowledged yet.
+    Waiting(Instant),
+    /// The stream's answer: its sequence, or why it refused.
+    Done(std::result::Result<u64, String>),
 }
 
 /// Counts lines not yet read, ahead of the read position, a bounded number
@@ -688,8 +744,21 @@ struct GroupShipper {
     stored: HashSet<u64>,
     /// Since when fewer than [`BURST_BYTES`] of new lines wait.
     waiting_since: Option<Instant>,
+    /// At least [`STORM_BYTES`] behind the log (counted in [`Sched`]).
+    storming: bool,
     /// This group's `fsmon_ship_events_total`.
     shipped_total: IntCounter,
+    /// Acknowledgements: one subscription on `<inbox>.*` for the task's
+    /// life (the client renews it after a reconnect), rather than a
+    /// request, reply channel and timer per message.
+    acks: async_nats::Subscriber,
+    /// `<inbox>.`, the head of every reply subject.
+    reply_head: String,
+    /// The next line's token (never reused, so a late acknowledgement of a
+    /// line given up after a failure matches nothing).
+    next_token: u64,
+    /// Payloads are cut from this buffer (one allocation per many messages).
+    out: BytesMut,
     /// Read buffer for counting the lines ahead.
     count_buf: Vec<u8>,
 }
@@ -710,6 +779,16 @@ async fn ship_group(
     .into_bytes();
     let next = gs.cursor.lock().unwrap().acked;
     let group = gs.group.clone();
+    let inbox = client.new_inbox();
+    let acks = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            log::error!(
+                "ship: group {group}: cannot subscribe for acknowledgements: {e}; events are only logged locally"
+            );
+            return;
+        }
+    };
     let mut s = GroupShipper {
         id_head: format!("{}:{}:", cfg.host, gs.group),
         inner: inner.clone(),
@@ -734,7 +813,12 @@ async fn ship_group(
         needs_reconcile: true,
         stored: HashSet::new(),
         waiting_since: None,
+        storming: false,
         shipped_total: inner.metrics.shipped.with_label_values(&[&group]),
+        acks,
+        reply_head: format!("{inbox}."),
+        next_token: 0,
+        out: BytesMut::new(),
         count_buf: vec![0u8; 256 * 1024],
     };
     while !inner.stop.load(Ordering::Relaxed) {
@@ -743,7 +827,10 @@ async fn ship_group(
             Ok(false) => tokio::time::sleep(POLL).await,
             Err(e) => s.failed(e).await,
         }
-        if s.dirty && s.last_save.elapsed() >= SAVE_EVERY {
+        // Saved at least every SAVE_EVERY while shipping, and at once when
+        // everything published is settled: a `clean` run without the daemon
+        // reads the file, and should not keep lines `health` shows shipped.
+        if s.dirty && (s.in_flight.is_empty() || s.last_save.elapsed() >= SAVE_EVERY) {
             s.save();
         }
         if s.last_status.elapsed() >= Duration::from_millis(250) {
@@ -762,6 +849,17 @@ impl GroupShipper {
             return Ok(false);
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let storming = len.saturating_sub(self.next - base) >= STORM_BYTES;
+        if storming != self.storming {
+            self.storming = storming;
+            let mut sched = self.inner.sched.lock().unwrap();
+            if storming {
+                sched.storming += 1;
+            } else {
+                sched.storming -= 1;
+            }
+            sched.apply();
+        }
         let mut did = false;
         let connected = self.client.connection_state() == async_nats::connection::State::Connected
             && self.inner.conn.lock().unwrap().stream_ok;
@@ -998,31 +1096,46 @@ impl GroupShipper {
             let text = &self.buf[start..start + nl];
             start += nl + 1;
             let already_stored = !self.stored.is_empty() && self.stored.remove(&line_start);
+            let token = self.next_token;
+            self.next_token += 1;
             let ack = if already_stored {
-                None
+                AckState::None
             } else if is_event_line(text) {
-                let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
-                payload.extend_from_slice(&self.payload_head);
-                payload.extend_from_slice(&text[1..]);
+                // The line as it is, with the host and group spliced in.
+                let size = self.payload_head.len() + text.len() - 1;
+                if self.out.capacity() < size {
+                    self.out.reserve(size.max(READ_CHUNK));
+                }
+                self.out.extend_from_slice(&self.payload_head);
+                self.out.extend_from_slice(&text[1..]);
+                let payload = self.out.split().freeze();
                 let mut id = String::with_capacity(id_head.len() + 20);
                 id.push_str(&id_head);
                 id.push_str(itoa::Buffer::new().format(line_start));
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(payload.into())
-                    .message_id(id);
-                let sent = tokio::time::timeout(
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+                let mut reply = String::with_capacity(self.reply_head.len() + 20);
+                reply.push_str(&self.reply_head);
+                reply.push_str(itoa::Buffer::new().format(token));
+                tokio::time::timeout(
                     ACK_TIMEOUT,
-                    self.js.send_publish(self.subject.clone(), publish),
+                    self.client.publish_with_reply_and_headers(
+                        self.subject.clone(),
+                        reply,
+                        headers,
+                        payload,
+                    ),
                 )
                 .await
                 .map_err(|_| "publish timed out".to_string())?
                 .map_err(|e| format!("publish: {e}"))?;
-                Some(Box::pin(std::future::IntoFuture::into_future(sent)) as AckFuture)
+                AckState::Waiting(Instant::now())
             } else {
                 self.gs.status.lock().unwrap().skipped_corrupt += 1;
-                None
+                AckState::None
             };
             self.in_flight.push_back(InFlight {
+                token,
                 end,
                 ack,
                 already_stored,
@@ -1040,9 +1153,12 @@ impl GroupShipper {
             // its newline, or MAX_LINE.
             let skip_to = skip_long_line(file, phys, len).map_err(|e| e.to_string())?;
             if skip_to > phys {
+                let token = self.next_token;
+                self.next_token += 1;
                 self.in_flight.push_back(InFlight {
+                    token,
                     end: base + skip_to,
-                    ack: None,
+                    ack: AckState::None,
                     already_stored: false,
                 });
                 self.next = base + skip_to;
@@ -1053,41 +1169,80 @@ impl GroupShipper {
         Ok(published)
     }
 
+    /// Records an acknowledgement (or the server's "no responders") for
+    /// the line its reply subject names; one for a line no longer in flight
+    /// (given up after a failure) is dropped.
+    fn take_ack(&mut self, msg: async_nats::Message) {
+        let token = msg
+            .subject
+            .as_str()
+            .strip_prefix(self.reply_head.as_str())
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(front) = self.in_flight.front() else {
+            return;
+        };
+        let Some(entry) = token
+            .and_then(|t| t.checked_sub(front.token))
+            .and_then(|i| self.in_flight.get_mut(i as usize))
+        else {
+            return;
+        };
+        if !matches!(entry.ack, AckState::Waiting(_)) {
+            return;
+        }
+        let result = if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            Err(format!(
+                "publish: no responders (no stream captures {})",
+                self.subject
+            ))
+        } else {
+            match serde_json::from_slice::<PubAck>(&msg.payload) {
+                Ok(PubAck { error: None, seq }) => Ok(seq),
+                Ok(PubAck { error: Some(e), .. }) => {
+                    Err(format!("publish: {} (code {})", e.description, e.code))
+                }
+                Err(e) => Err(format!("publish: unreadable acknowledgement: {e}")),
+            }
+        };
+        entry.ack = AckState::Done(result);
+    }
+
     /// Settles acknowledgements in order. Waits (briefly) for the oldest
-    /// when the window is full or nothing else is to be done.
+    /// when nothing else was settled.
     async fn settle(&mut self) -> std::result::Result<bool, String> {
+        // Take every acknowledgement that has arrived.
+        while let Some(next) = self.acks.next().now_or_never() {
+            match next {
+                Some(msg) => self.take_ack(msg),
+                None => return Err("the acknowledgement subscription ended".into()),
+            }
+        }
         let mut did = false;
-        loop {
-            let full = self.in_flight.len() >= self.inner.cfg.max_in_flight;
-            let Some(front) = self.in_flight.front_mut() else {
-                break;
-            };
-            let result = match &mut front.ack {
-                None => None,
-                Some(fut) if full => match tokio::time::timeout(POLL, fut).await {
-                    Ok(r) => Some(r),
-                    Err(_) => return Ok(did),
-                },
-                Some(fut) => match fut.now_or_never() {
-                    Some(r) => Some(r),
-                    None => {
-                        if did {
-                            break;
-                        }
-                        match tokio::time::timeout(POLL, fut).await {
-                            Ok(r) => Some(r),
-                            Err(_) => break,
-                        }
+        while let Some(front) = self.in_flight.front() {
+            let (shipped, seq) = match &front.ack {
+                AckState::None => (front.already_stored, 0),
+                AckState::Done(Ok(seq)) => (true, *seq),
+                AckState::Done(Err(e)) => return Err(e.clone()),
+                AckState::Waiting(sent) => {
+                    if sent.elapsed() >= ACK_TIMEOUT {
+                        return Err("publish: no acknowledgement within 10 s".into());
                     }
-                },
+                    if did {
+                        break;
+                    }
+                    match tokio::time::timeout(POLL, self.acks.next()).await {
+                        Ok(Some(msg)) => {
+                            self.take_ack(msg);
+                            continue;
+                        }
+                        Ok(None) => {
+                            return Err("the acknowledgement subscription ended".into());
+                        }
+                        Err(_) => break,
+                    }
+                }
             };
             let end = front.end;
-            let already_stored = front.already_stored;
-            let (shipped, seq) = match result {
-                None => (already_stored, 0),
-                Some(Ok(ack)) => (true, ack.sequence),
-                Some(Err(e)) => return Err(format!("publish: {e}")),
-            };
             {
                 let mut c = self.gs.cursor.lock().unwrap();
                 c.shipped += u64::from(shipped);
