@@ -238,13 +238,31 @@ fn delays(base: &Path, nats: &Nats, events: usize, rate: u64) -> Vec<f64> {
         // the stream stores them.
         let mut sub = client.subscribe("fsmon.bench.>").await.unwrap();
         client.flush().await.unwrap();
-        let mut child = tokio::process::Command::new(testkit_bin())
-            .arg("flood")
-            .arg(&flood_dir)
-            .arg((events / 3).to_string())
-            .arg(rate.to_string())
-            .spawn()
-            .unwrap();
+        // `flood` paces in rounds of 64 (192 events at once); a low rate is
+        // paced here, one create/close/unlink at a time.
+        let paced = rate < 1_000;
+        let mut child = (!paced).then(|| {
+            tokio::process::Command::new(testkit_bin())
+                .arg("flood")
+                .arg(&flood_dir)
+                .arg((events / 3).to_string())
+                .arg(rate.to_string())
+                .spawn()
+                .unwrap()
+        });
+        let pacer = paced.then(|| {
+            let dir = flood_dir.clone();
+            std::thread::spawn(move || {
+                fs::create_dir_all(&dir).unwrap();
+                let every = Duration::from_secs_f64(3.0 / rate as f64);
+                for i in 0..events / 3 {
+                    let p = dir.join(format!("x{i}"));
+                    drop(fs::File::create(&p).unwrap());
+                    fs::remove_file(&p).unwrap();
+                    std::thread::sleep(every);
+                }
+            })
+        });
         let mut out = Vec::new();
         let want = events / 3 * 3;
         while out.len() < want {
@@ -266,7 +284,12 @@ fn delays(base: &Path, nats: &Nats, events: usize, rate: u64) -> Vec<f64> {
                 );
             }
         }
-        let _ = child.wait().await;
+        if let Some(c) = child.as_mut() {
+            let _ = c.wait().await;
+        }
+        if let Some(t) = pacer {
+            let _ = t.join();
+        }
         out
     });
     d.stop();
@@ -348,7 +371,7 @@ pub fn bench_ship(o: &Opts, base: &Path) -> String {
         .tempdir_in("/tmp")
         .unwrap();
     let nats = Nats::start(tmp.path(), ServerSched::Nice19);
-    for (rate, events) in [(3_000, if o.quick { 6_000 } else { 30_000 }), (30, 300)] {
+    for (rate, events) in [(3_000, if o.quick { 6_000 } else { 30_000 }), (30, 600)] {
         let mut d = delays(base, &nats, events, rate);
         d.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f64| {
