@@ -36,6 +36,14 @@
 //! - Publishing stops while the client is disconnected, so the client's
 //!   buffer does not fill with copies during an outage; memory is bounded
 //!   by `max_in_flight` lines per group and one read chunk.
+//!
+//! # Cost
+//!
+//! Shipping is deferrable, so it stays out of the way: the thread runs
+//! under `SCHED_IDLE` while it is a storm behind (see [`Sched`]), works in
+//! bursts ([`BURST_BYTES`], [`BURST_WAIT`]), sends each line as it is with
+//! the host and group spliced in, and collects acknowledgements on one
+//! subscription per group rather than a request per message.
 pub mod config;
 pub mod cursor;
 pub mod fleet;
@@ -395,13 +403,18 @@ struct Sched {
 }
 
 impl Sched {
-    /// Sets the calling thread's policy for the current state.
-    fn apply(&mut self) {
-        let want = if self.storming > 0 && !self.starved {
+    /// The policy for the current state.
+    fn wanted(&self) -> Priority {
+        if self.storming > 0 && !self.starved {
             Priority::Idle
         } else {
             Priority::Niced
-        };
+        }
+    }
+
+    /// Sets the calling thread's policy for the current state.
+    fn apply(&mut self) {
+        let want = self.wanted();
         if self.current != Some(want) {
             set_priority(want);
             self.current = Some(want);
@@ -1442,4 +1455,53 @@ fn first_line_time(file: &File, offset: u64) -> Option<DateTime<FixedOffset>> {
     let got = read_full_at(file, &mut buf, offset).ok()?;
     let nl = buf[..got].iter().position(|&b| b == b'\n')?;
     parse_line(&buf[..nl]).map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_complete_json_objects() {
+        assert!(is_event_line(br#"{"time":"t","path":"/a\"b}"}"#));
+        assert!(!is_event_line(br#"{"time":"t","path":"/a"#));
+        // A crash's fragment glued to the next line.
+        assert!(!is_event_line(
+            br#"{"time":"t","pa{"time":"u","path":"/b"}"#
+        ));
+        assert!(!is_event_line(b"[1]"));
+        assert!(!is_event_line(b""));
+    }
+
+    #[test]
+    fn acknowledgements_are_read_without_building_them() {
+        let ok: PubAck = serde_json::from_slice(br#"{"stream":"S","seq":42}"#).unwrap();
+        assert_eq!((ok.seq, ok.error.is_none()), (42, true));
+        let dup: PubAck =
+            serde_json::from_slice(br#"{"stream":"S","seq":7,"duplicate":true}"#).unwrap();
+        assert_eq!(dup.seq, 7);
+        let err: PubAck = serde_json::from_slice(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        )
+        .unwrap();
+        let e = err.error.unwrap();
+        assert_eq!(
+            (e.code, e.description.as_ref()),
+            (503, "maximum messages exceeded")
+        );
+    }
+
+    #[test]
+    fn the_shipper_idles_only_while_a_storm_behind_and_not_starved() {
+        let s = |storming, starved| Sched {
+            current: None,
+            storming,
+            starved,
+        };
+        assert_eq!(s(0, false).wanted(), Priority::Niced);
+        assert_eq!(s(1, false).wanted(), Priority::Idle);
+        assert_eq!(s(2, false).wanted(), Priority::Idle);
+        assert_eq!(s(1, true).wanted(), Priority::Niced);
+        assert_eq!(s(0, true).wanted(), Priority::Niced);
+    }
 }
