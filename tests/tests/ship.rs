@@ -585,7 +585,7 @@ fn assert_one_clear_line(env: &Env, d: &Daemon, needle: &str) {
                 .is_some_and(|p| p.ends_with("still-logged"))
         })
     });
-    let h = health(&env);
+    let h = health(env);
     assert!(
         h["ship"]["last_error"]
             .as_str()
