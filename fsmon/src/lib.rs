@@ -17,6 +17,7 @@ pub mod filters;
 pub mod logfile;
 pub mod metrics;
 pub mod pipeline;
+pub mod residency;
 pub mod safefs;
 pub mod ship;
 pub mod sockpath;
