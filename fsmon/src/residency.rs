@@ -10,17 +10,18 @@
 //! cached).
 //!
 //! The same holds for the C library (1.4 MB resident after start, shared
-//! with every process but counted in each one's VmRSS).
+//! with every process but counted in each one's VmRSS) and the dynamic
+//! loader.
 //!
-//! Why this is safe: only segments of the executable and of the C library
-//! that are mapped read-only and private and hold no anonymous
+//! Why this is safe: only segments of the executable, the C library and the
+//! loader that are mapped read-only and private and hold no anonymous
 //! (copy-on-write) page are touched. `MADV_DONTNEED` on such a mapping only
 //! removes references to page-cache pages, which come back with the same
 //! bytes: the same as for any page not yet run, which the kernel faults in
 //! from the file. (Installers replace these files, they do not rewrite them
 //! in place; the old file stays behind the mapping.) The relocated
 //! `.data.rel.ro` (read-only after relocation, but its pages are private
-//! copies) is skipped, as is everything writable. Both files are mapped
+//! copies) is skipped, as is everything writable. These files are mapped
 //! before `main` and never unmapped, so no other thread can replace one of
 //! these mappings between reading `/proc/self/smaps` and `madvise` (a
 //! library loaded later, e.g. an NSS module, could be, which is why no
@@ -31,12 +32,16 @@ use std::{fs, os::unix::fs::MetadataExt};
 /// returns how many KiB were resident there before. Errors (no /proc, a
 /// refused madvise) just leave the pages mapped.
 pub fn unmap_startup_pages() -> u64 {
-    let files: Vec<(u64, u64)> = [Some("/proc/self/exe".into()), c_library_path()]
-        .into_iter()
-        .flatten()
-        .filter_map(|p: std::path::PathBuf| fs::metadata(p).ok())
-        .map(|m| (m.dev(), m.ino()))
-        .collect();
+    let files: Vec<(u64, u64)> = [
+        Some("/proc/self/exe".into()),
+        c_library_path(),
+        dynamic_loader_path(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p: std::path::PathBuf| fs::metadata(p).ok())
+    .map(|m| (m.dev(), m.ino()))
+    .collect();
     let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
@@ -62,6 +67,28 @@ pub fn unmap_startup_pages() -> u64 {
         }
     }
     released
+}
+
+/// The file of the dynamic loader (`ld-linux`): the mapping at the base
+/// address the kernel gave it (`AT_BASE`). Mapped by the kernel at exec, it
+/// never moves.
+fn dynamic_loader_path() -> Option<std::path::PathBuf> {
+    // SAFETY: getauxval reads the auxiliary vector; no pointer is returned.
+    let base = unsafe { libc::getauxval(libc::AT_BASE) } as usize;
+    if base == 0 {
+        return None;
+    }
+    fs::read_to_string("/proc/self/maps")
+        .ok()?
+        .lines()
+        .find(|l| {
+            l.split_once('-')
+                .and_then(|(start, _)| usize::from_str_radix(start, 16).ok())
+                == Some(base)
+        })
+        .and_then(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(std::path::PathBuf::from)
 }
 
 /// The file the C library was loaded from (it is loaded before `main` and
