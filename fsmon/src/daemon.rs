@@ -257,6 +257,9 @@ async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Start-up code stays in the page cache, not mapped in the daemon.
+    let unmapped = crate::residency::unmap_startup_pages();
+    log::debug!("unmapped {unmapped} KiB of start-up code and data");
     log::info!(
         "fsmon daemon ready: pid {}, user {}, socket {}, tracker {}",
         std::process::id(),

@@ -18,6 +18,7 @@ pub mod logfile;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod residency;
 pub mod safefs;
 pub mod ship;
 pub mod sockpath;
