@@ -5,6 +5,7 @@ pub mod escape;
 pub mod process;
 
 pub use error::{Error, Result};
+pub mod archive;
 pub mod cli;
 pub mod clients;
 pub mod commands;
