@@ -75,7 +75,11 @@ fn parse_name_time(s: &str) -> Option<DateTime<Utc>> {
 /// `live_name` (`<group>_log.jsonl`); `k` > 0 for the alternatives.
 pub fn archive_name(live_name: &str, first: DateTime<Utc>, last: DateTime<Utc>, k: u32) -> String {
     let stem = live_name.strip_suffix(".jsonl").unwrap_or(live_name);
-    let alt = if k == 0 { String::new() } else { format!("-{k}") };
+    let alt = if k == 0 {
+        String::new()
+    } else {
+        format!("-{k}")
+    };
     format!(
         "{stem}.{}_{}{alt}{ARCHIVE_SUFFIX}",
         name_time(first),
@@ -84,12 +88,18 @@ pub fn archive_name(live_name: &str, first: DateTime<Utc>, last: DateTime<Utc>, 
 }
 
 /// What `name` is among the files of the live log named `live_name`.
-pub fn classify(live_name: &str, name: &str) -> Option<(Kind, Option<(DateTime<Utc>, DateTime<Utc>)>)> {
+pub fn classify(
+    live_name: &str,
+    name: &str,
+) -> Option<(Kind, Option<(DateTime<Utc>, DateTime<Utc>)>)> {
     if name == live_name {
         return Some((Kind::Live, None));
     }
     let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = name.strip_prefix(live_name).and_then(|r| r.strip_prefix('.')) {
+    if let Some(rest) = name
+        .strip_prefix(live_name)
+        .and_then(|r| r.strip_prefix('.'))
+    {
         if digits(rest) {
             return Some((Kind::Plain, None));
         }
@@ -287,12 +297,7 @@ const LEVEL: i32 = 3;
 /// file beside `live` (O_EXCL|O_NOFOLLOW, mode `mode`, created with the
 /// caller's credentials), synced. Returns its path and file; the caller
 /// gives it its name with [`publish`].
-pub fn compress_prefix(
-    src: &File,
-    live: &Path,
-    cut: u64,
-    mode: u32,
-) -> Result<(PathBuf, File)> {
+pub fn compress_prefix(src: &File, live: &Path, cut: u64, mode: u32) -> Result<(PathBuf, File)> {
     let (_, live_name) = split(live)?;
     let tmp = live.with_file_name(format!(".{live_name}.archive-{}", std::process::id()));
     // A leftover of an interrupted rotation of ours: removing a name never
@@ -309,9 +314,13 @@ pub fn compress_prefix(
         file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
             .map_err(|e| Error::io(&tmp, e))?;
         crate::system::share(&file, &tmp, mode & 0o7777)?;
-        let mut enc = zstd::stream::write::Encoder::new(io::BufWriter::with_capacity(256 * 1024, &file), LEVEL)
-            .map_err(|e| Error::io(&tmp, e))?;
-        let mut reader = io::BufReader::with_capacity(256 * 1024, Read::take(ReadAt::new(src), cut));
+        let mut enc = zstd::stream::write::Encoder::new(
+            io::BufWriter::with_capacity(256 * 1024, &file),
+            LEVEL,
+        )
+        .map_err(|e| Error::io(&tmp, e))?;
+        let mut reader =
+            io::BufReader::with_capacity(256 * 1024, Read::take(ReadAt::new(src), cut));
         let copied = io::copy(&mut reader, &mut enc).map_err(|e| Error::io(&tmp, e))?;
         if copied != cut {
             return Err(Error::invalid(format!(
@@ -333,27 +342,19 @@ pub fn compress_prefix(
     }
 }
 
-/// Gives the archive at `tmp` its name (`link`, which never replaces or
-/// follows anything at the name: a name that is taken, by a planted
-/// symlink or anything else, is left alone and the next alternative is
-/// tried), then removes `tmp`. Returns the name used.
-pub fn publish(tmp: &Path, live: &Path, first: DateTime<Utc>, last: DateTime<Utc>) -> Result<String> {
+/// The first archive name for `first`..`last` that nothing has (checked
+/// without following anything; `link` refuses a name taken after this).
+pub fn free_name(live: &Path, first: DateTime<Utc>, last: DateTime<Utc>) -> Result<String> {
     let (_, live_name) = split(live)?;
     for k in 0..10 {
         let name = archive_name(live_name, first, last, k);
-        let path = live.with_file_name(&name);
-        match fs::hard_link(tmp, &path) {
-            Ok(()) => {
-                let _ = fs::remove_file(tmp);
-                return Ok(name);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                log::warn!(
-                    "{}: the name is taken; the archive gets another one",
-                    path.display()
-                );
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+        match fs::symlink_metadata(live.with_file_name(&name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(name),
+            Err(e) => return Err(Error::io(live.with_file_name(&name), e)),
+            Ok(_) => log::warn!(
+                "{}: the name is taken (not by a rotation of ours); the archive gets another one",
+                live.with_file_name(&name).display()
+            ),
         }
     }
     Err(Error::invalid(format!(
@@ -408,7 +409,9 @@ pub fn recover(live: &Path) -> Result<()> {
         return Ok(());
     };
     let live_ino = fs::symlink_metadata(live).ok().map(|m| m.ino());
-    if live_ino == Some(marker.ino) && classify(&split(live)?.1.to_string(), &marker.archive).is_some() {
+    if live_ino == Some(marker.ino)
+        && classify(&split(live)?.1.to_string(), &marker.archive).is_some()
+    {
         let archive = live.with_file_name(&marker.archive);
         log::warn!(
             "{}: a rotation was interrupted before the swap; its archive {} is removed (the lines are still in the log)",
@@ -471,15 +474,24 @@ mod tests {
     #[test]
     fn names_round_trip_and_strangers_are_ignored() {
         let live = "web_log.jsonl";
-        let (a, b) = (t("2026-05-07T10:00:00.5Z"), t("2026-05-07T11:30:00.000001Z"));
+        let (a, b) = (
+            t("2026-05-07T10:00:00.5Z"),
+            t("2026-05-07T11:30:00.000001Z"),
+        );
         let name = archive_name(live, a, b, 0);
-        assert_eq!(name, "web_log.20260507T100000.500000Z_20260507T113000.000001Z.jsonl.zst");
+        assert_eq!(
+            name,
+            "web_log.20260507T100000.500000Z_20260507T113000.000001Z.jsonl.zst"
+        );
         assert_eq!(classify(live, &name), Some((Kind::Zstd, Some((a, b)))));
         let alt = archive_name(live, a, b, 3);
         assert_eq!(classify(live, &alt), Some((Kind::Zstd, Some((a, b)))));
         assert_eq!(classify(live, live), Some((Kind::Live, None)));
         assert_eq!(classify(live, "web_log.jsonl.1"), Some((Kind::Plain, None)));
-        assert_eq!(classify(live, "web_log.jsonl.12.zst"), Some((Kind::Zstd, None)));
+        assert_eq!(
+            classify(live, "web_log.jsonl.12.zst"),
+            Some((Kind::Zstd, None))
+        );
         for other in [
             "web_log.jsonl.ship-cursor",
             ".web_log.jsonl.rotating",

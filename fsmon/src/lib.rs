@@ -18,6 +18,7 @@ pub mod filters;
 pub mod logfile;
 pub mod metrics;
 pub mod pipeline;
+pub mod retention;
 pub mod safefs;
 pub mod ship;
 pub mod sockpath;

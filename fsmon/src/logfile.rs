@@ -388,6 +388,27 @@ impl LogReader {
         Ok(found)
     }
 
+    /// The time of the first valid line.
+    pub fn first_time(&self) -> Result<Option<DateTime<FixedOffset>>> {
+        Ok(self
+            .first_valid_line(0, self.end, SCAN_CHUNK)?
+            .map(|(_, _, t)| t))
+    }
+
+    /// The time of the last valid line ending at or before `to`.
+    pub fn last_time_before(&self, to: u64) -> Result<Option<DateTime<FixedOffset>>> {
+        self.last_valid_time_before(to)
+    }
+
+    /// The open file (read-only).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn metadata(&self) -> Result<fs::Metadata> {
+        self.file.metadata().map_err(|e| Error::io(&self.path, e))
+    }
+
     /// The time of the last valid line ending at or before `to`.
     fn last_valid_time_before(&self, to: u64) -> Result<Option<DateTime<FixedOffset>>> {
         let mut hi = to;
@@ -1241,6 +1262,15 @@ impl PreparedTrim {
     /// Log offset up to which lines are in the temp file.
     pub fn copied_until(&self) -> u64 {
         self.copied_until
+    }
+
+    /// Inode of the temp file (the log's once swapped).
+    pub fn tmp_ino(&self) -> Result<u64> {
+        Ok(self
+            .tmp
+            .metadata()
+            .map_err(|e| Error::io(&self.tmp_path, e))?
+            .ino())
     }
 }
 

@@ -735,6 +735,8 @@ impl Process {
                     .inc_by(misses.saturating_sub(self.metrics.tracker_misses.get()));
                 self.publish_tracker_state();
                 self.logs.maintain();
+                self.flush();
+                self.logs.retain();
                 next_gc = now + Duration::from_secs(1);
             }
             if let (Some(at), Some(every)) = (next_sync, self.sync_interval)

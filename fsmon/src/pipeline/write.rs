@@ -16,7 +16,19 @@ use std::{
     sync::Arc,
 };
 
-use crate::{error::Result, userfs::UserFs};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::{
+    error::Result,
+    retention::{Retention, retain_log, ship_cap},
+    userfs::UserFs,
+};
+
+/// How long a group whose rotation failed (or was held back by the
+/// shipper) waits before its size triggers another try.
+const RETRY: Duration = Duration::from_secs(10);
 
 pub const LOG_SUFFIX: &str = "_log.jsonl";
 
@@ -198,6 +210,12 @@ pub struct LogSet {
     writers: HashMap<Arc<str>, LogWriter>,
     /// Groups whose log could not be opened (reported once).
     broken: HashMap<Arc<str>, String>,
+    retention: Option<Retention>,
+    /// When every group's log is checked next.
+    next_retention: Option<Instant>,
+    /// Groups whose last retention pass failed or could not rotate (the
+    /// shipper is behind): not tried again for their size before this.
+    retention_backoff: HashMap<String, Instant>,
 }
 
 impl LogSet {
@@ -210,7 +228,109 @@ impl LogSet {
             fs,
             writers: HashMap::new(),
             broken: HashMap::new(),
+            retention: None,
+            next_retention: None,
+            retention_backoff: HashMap::new(),
         })
+    }
+
+    /// Turns on retention: every log is checked one interval from now and
+    /// every interval after, and a log is rotated as soon as it grows past
+    /// [`Retention::rotate_at`].
+    pub fn set_retention(&mut self, policy: Retention) {
+        self.next_retention = Some(Instant::now() + policy.interval);
+        self.retention = Some(policy);
+    }
+
+    /// Between batches (writers flushed): the retention passes due now.
+    pub fn retain(&mut self) {
+        let (Some(policy), Some(dir)) = (self.retention.clone(), self.dir.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut groups: Vec<String> = self
+            .writers
+            .iter()
+            .filter(|(g, w)| {
+                w.len > policy.rotate_at()
+                    && self
+                        .retention_backoff
+                        .get(&***g)
+                        .is_none_or(|until| now >= *until)
+            })
+            .map(|(g, _)| g.to_string())
+            .collect();
+        if self.next_retention.is_some_and(|at| now >= at) {
+            self.next_retention = Some(now + policy.interval);
+            self.retention_backoff.clear();
+            let listed = {
+                let dir = dir.clone();
+                self.fs.run(move || -> Vec<String> {
+                    let Ok(entries) = std::fs::read_dir(&dir) else {
+                        return Vec::new();
+                    };
+                    entries
+                        .filter_map(|e| {
+                            let name = e.ok()?.file_name().into_string().ok()?;
+                            let group = name.strip_suffix(LOG_SUFFIX)?;
+                            crate::store::validate_group(group).ok()?;
+                            Some(group.to_string())
+                        })
+                        .collect()
+                })
+            };
+            groups = listed;
+        }
+        for group in groups {
+            self.retain_group(&group, &policy, &dir);
+        }
+    }
+
+    fn retain_group(&mut self, group: &str, policy: &Retention, dir: &Path) {
+        let live = log_path(dir, group);
+        // The file may be swapped under the writer: close it (it is
+        // flushed); the next event reopens the log.
+        if let Some(mut w) = self.writers.remove(group)
+            && w.has_pending()
+        {
+            w.flush();
+        }
+        let shipped = policy.shipped(group);
+        let (ship, owner) = (policy.ship.clone(), self.fs.user().clone());
+        let (policy2, group2) = (policy.clone(), group.to_string());
+        let result = self.fs.run(move || {
+            let cap = ship_cap(&live, shipped);
+            retain_log(
+                &live,
+                &policy2,
+                cap,
+                Utc::now(),
+                |ino, cut, swap| match &ship {
+                    Some(s) => s.around_swap(&group2, &live, ino, cut, swap),
+                    None => crate::ship::cursor::around_swap(&live, &owner, ino, cut, None, swap),
+                },
+            )
+        });
+        match result {
+            Ok(done) => {
+                if let Some((name, bytes)) = &done.archive {
+                    log::info!("group {group}: {bytes} bytes of its log archived as {name}");
+                    self.retention_backoff.remove(group);
+                } else {
+                    // Nothing could move (unshipped lines): not every batch.
+                    self.retention_backoff
+                        .insert(group.to_string(), Instant::now() + RETRY);
+                }
+                for name in &done.deleted {
+                    log::info!("group {group}: archive {name} deleted (keep_days / size)");
+                }
+            }
+            Err(e) => {
+                log::warn!("group {group}: retention: {e}; the log is left as it is");
+                self.retention_backoff
+                    .insert(group.to_string(), Instant::now() + RETRY);
+            }
+        }
     }
 
     pub fn enabled(&self) -> bool {
