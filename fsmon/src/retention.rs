@@ -225,3 +225,258 @@ pub fn ship_cap(live: &Path, shipped: bool) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, fs, io::Write};
+
+    use chrono::{SecondsFormat, TimeDelta};
+
+    use super::*;
+    use crate::{
+        event::FileEvent,
+        filters::{Bound, TimeRange},
+        logfile::{self, QueryOptions},
+    };
+
+    fn base() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-05-07T10:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    fn line(i: i64) -> String {
+        let time = (base() + TimeDelta::milliseconds(i * 1500))
+            .to_rfc3339_opts(SecondsFormat::Micros, false);
+        let path = format!("/data/f{}", i % 17);
+        let event = FileEvent {
+            time: Cow::Borrowed(&time),
+            event_type: Cow::Borrowed("CLOSE_WRITE"),
+            path: Cow::Borrowed(&path),
+            pid: 42,
+            cmd: Cow::Borrowed("writer"),
+            user: Cow::Borrowed("root"),
+            file_size: i as u64,
+            ppid: 1,
+            tgid: 42,
+            chain: None,
+            cgroup: None,
+            container: None,
+            unresolved: false,
+            lost: false,
+        };
+        serde_json::to_string(&event).unwrap() + "\n"
+    }
+
+    fn policy(size: u64) -> Retention {
+        Retention {
+            keep_days: 30,
+            size,
+            interval: Duration::from_secs(1),
+            shipped_groups: None,
+            ship: None,
+        }
+    }
+
+    fn append(live: &Path, lines: &[String]) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(live)
+            .unwrap();
+        f.write_all(lines.concat().as_bytes()).unwrap();
+    }
+
+    fn query(live: &Path, range: TimeRange) -> (String, logfile::QueryStats) {
+        let mut out = Vec::new();
+        let stats = logfile::query(
+            live,
+            &QueryOptions {
+                range,
+                path_prefix: None,
+            },
+            &mut out,
+        )
+        .unwrap();
+        (String::from_utf8(out).unwrap(), stats)
+    }
+
+    fn at(i: i64) -> Bound {
+        Bound::inclusive(base() + TimeDelta::milliseconds(i * 1500))
+    }
+
+    fn retain(live: &Path, p: &Retention, now: DateTime<Utc>) -> Retained {
+        retain_log(live, p, None, now, |_, _, swap| swap()).unwrap()
+    }
+
+    /// Rotations between appends: every line once, in order, in archives
+    /// and the live log; windows across archive boundaries are exact, and
+    /// only the archives they need are opened.
+    #[test]
+    fn rotation_keeps_every_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("g_log.jsonl");
+        let all: Vec<String> = (0..600).map(line).collect();
+        let p = policy(100_000); // rotate past 10,000 bytes
+        let now = base() + TimeDelta::days(1);
+        let mut archives = 0;
+        for chunk in all.chunks(45) {
+            append(&live, chunk);
+            archives += retain(&live, &p, now).archive.is_some() as usize;
+        }
+        assert!(archives >= 5, "{archives} archives");
+        let files = archive::list(&live).unwrap();
+        assert_eq!(files.len(), archives + 1);
+        assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
+        for (since, until) in [
+            (0, 599),
+            (3, 250),
+            (100, 101),
+            (299, 300),
+            (44, 46),
+            (590, 700),
+        ] {
+            let range = TimeRange {
+                since: Some(at(since)),
+                until: Some(at(until)),
+            };
+            let want: String = all[since as usize..=(until as usize).min(599)].concat();
+            let (got, stats) = query(&live, range);
+            assert_eq!(got, want, "{since}..={until}");
+            assert!(stats.unreadable.is_empty());
+        }
+        // changes: the newest line of each path, across files.
+        let mut out = Vec::new();
+        logfile::changes(&live, &QueryOptions::default(), &mut out).unwrap();
+        let want: String = all[600 - 17..].iter().rev().cloned().collect();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn keep_days_and_size_delete_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("g_log.jsonl");
+        let all: Vec<String> = (0..600).map(line).collect();
+        let p = policy(100_000);
+        for chunk in all.chunks(60) {
+            append(&live, chunk);
+            retain(&live, &p, base() + TimeDelta::days(1));
+        }
+        let before = archive::list(&live).unwrap().len() - 1;
+        // A small budget: the oldest archives go first, the newest stay.
+        let archived: u64 = archive::list(&live)
+            .unwrap()
+            .iter()
+            .filter(|s| s.kind == archive::Kind::Zstd)
+            .map(|s| fs::metadata(&s.path).unwrap().len())
+            .sum();
+        let live_len = fs::metadata(&live).unwrap().len();
+        let small = Retention {
+            size: live_len + archived / 2,
+            ..policy(100_000)
+        };
+        // (no rotation: the live log is small and new)
+        let done = retain_log(
+            &live,
+            &small,
+            None,
+            base() + TimeDelta::days(1),
+            |_, _, s| s(),
+        )
+        .unwrap();
+        assert!(done.archive.is_none());
+        assert!(!done.deleted.is_empty() && done.deleted.len() < before);
+        let (out, _) = query(&live, TimeRange::ALL);
+        assert!(all.concat().ends_with(&out) && !out.is_empty());
+        // Past keep_days: the live log is archived and every archive goes.
+        append(&live, &[line(600)]);
+        let done = retain(&live, &p, base() + TimeDelta::days(40));
+        assert!(done.archive.is_some());
+        assert_eq!(archive::list(&live).unwrap().len(), 1, "only the live log");
+        assert_eq!(query(&live, TimeRange::ALL).0, "");
+    }
+
+    /// The rotation's two renames, as a reader or a restarted daemon sees
+    /// them between the archive's link and the swap.
+    #[test]
+    fn marker_hides_an_archive_until_the_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("g_log.jsonl");
+        let all: Vec<String> = (0..100).map(line).collect();
+        append(&live, &all);
+        // What a rotation has done when it crashes before the swap: the
+        // archive holds lines still in the live log.
+        let copy = dir.path().join("copy");
+        fs::copy(&live, &copy).unwrap();
+        let reader = LogReader::open(&copy).unwrap();
+        let (tmp, _) = archive::compress_prefix(reader.file(), &live, reader.end(), 0o600).unwrap();
+        let name = archive::free_name(&live, base(), base() + TimeDelta::hours(1)).unwrap();
+        let ino = fs::metadata(&live).unwrap().ino();
+        archive::write_marker(
+            &live,
+            &archive::Marker {
+                archive: name.clone(),
+                ino,
+            },
+            0o600,
+        )
+        .unwrap();
+        fs::rename(&tmp, live.with_file_name(&name)).unwrap();
+        fs::remove_file(&copy).unwrap();
+        assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
+        archive::recover(&live).unwrap();
+        assert!(!live.with_file_name(&name).exists());
+        assert!(!archive::marker_path(&live).exists());
+        assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
+    }
+
+    /// Something planted at the archive's name is neither followed nor
+    /// replaced; the archive takes the next name and a query says what it
+    /// could not read.
+    #[test]
+    fn planted_symlink_at_archive_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("g_log.jsonl");
+        let all: Vec<String> = (0..100).map(line).collect();
+        append(&live, &all);
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let last = base() + TimeDelta::milliseconds(99 * 1500);
+        let planted = archive::archive_path(&live, base(), last).unwrap();
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let done = retain(&live, &policy(1000), base() + TimeDelta::days(1));
+        let (name, _) = done.archive.unwrap();
+        assert!(name.ends_with("-1.jsonl.zst"), "{name}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(fs::symlink_metadata(&planted).unwrap().is_symlink());
+        let (out, stats) = query(&live, TimeRange::ALL);
+        assert_eq!(out, all.concat());
+        assert_eq!(stats.unreadable.len(), 1, "{:?}", stats.unreadable);
+    }
+
+    /// logrotate's renamed files are read with the live log, in order.
+    #[test]
+    fn logrotate_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("g_log.jsonl");
+        let all: Vec<String> = (0..90).map(line).collect();
+        append(&live.with_file_name("g_log.jsonl.2"), &all[..30]);
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.write_all(all[30..60].concat().as_bytes()).unwrap();
+        fs::write(
+            live.with_file_name("g_log.jsonl.1.zst"),
+            enc.finish().unwrap(),
+        )
+        .unwrap();
+        append(&live, &all[60..]);
+        assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
+        let range = TimeRange {
+            since: Some(at(20)),
+            until: Some(at(65)),
+        };
+        assert_eq!(query(&live, range).0, all[20..=65].concat());
+        // Only rotated files left.
+        fs::remove_file(&live).unwrap();
+        assert_eq!(query(&live, TimeRange::ALL).0, all[..60].concat());
+    }
+}
