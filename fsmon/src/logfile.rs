@@ -1937,6 +1937,129 @@ mod tests {
         assert_eq!(run_query(&path, &opts).1.matched, 4);
     }
 
+    /// The byte search before parsing never changes what a path query
+    /// prints: random paths with quotes, backslashes, fsmon's `\xHH`,
+    /// non-ASCII, spelled by other writers with `\/` and `\uXXXX`
+    /// escapes, with overflow and lost records and garbage between.
+    #[test]
+    fn prefilter_is_equivalent_to_parsing_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Lcg(11);
+        let parts = ["a", "b", "ab", "\"", "\\x", "\\xff", "é", "x y", "/"];
+        let mut random_path = |rng: &mut Lcg| {
+            let mut p = String::new();
+            for _ in 0..1 + rng.next(4) {
+                p.push('/');
+                for _ in 0..1 + rng.next(2) {
+                    p.push_str(parts[rng.next(parts.len() as u64) as usize]);
+                }
+            }
+            p
+        };
+        // Another writer's spelling of the same JSON: `/` as `\/`, ASCII
+        // letters as `\u00XX`.
+        let respell = |l: &str, rng: &mut Lcg| -> String {
+            let mut out = String::new();
+            let mut in_path = false;
+            let mut rest = l;
+            while let Some(c) = rest.chars().next() {
+                if rest.starts_with("\"path\":\"") {
+                    out.push_str("\"path\":\"");
+                    rest = &rest[8..];
+                    in_path = true;
+                    continue;
+                }
+                rest = &rest[c.len_utf8()..];
+                if in_path && c == '"' {
+                    in_path = false;
+                } else if in_path && c == '\\' {
+                    // keep an escape pair as it is
+                    out.push(c);
+                    let n = rest.chars().next().unwrap();
+                    out.push(n);
+                    rest = &rest[n.len_utf8()..];
+                    continue;
+                } else if in_path && c == '/' && rng.next(2) == 0 {
+                    out.push_str("\\/");
+                    continue;
+                } else if in_path && c.is_ascii_lowercase() && rng.next(2) == 0 {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                    continue;
+                }
+                out.push(c);
+            }
+            out
+        };
+        // Matching lines only found because the search falls back on escapes.
+        let mut respelled_found = 0;
+        for round in 0..20 {
+            let mut content = String::new();
+            let mut paths = Vec::new();
+            for i in 0..300 {
+                let p = random_path(&mut rng);
+                let kind = rng.next(20);
+                let mut l = if kind == 0 {
+                    line(&at(i), OVERFLOW_TYPE, "")
+                } else {
+                    line(&at(i), "CREATE", &p)
+                };
+                if kind == 1 {
+                    l = l.replace("\"tgid\":42}", "\"tgid\":42,\"lost\":true}");
+                }
+                if kind < 8 {
+                    l = respell(&l, &mut rng);
+                }
+                if kind == 19 {
+                    content.push_str(GARBAGE[rng.next(5) as usize]);
+                }
+                content.push_str(&l);
+                paths.push(p);
+            }
+            let path = write_log(&dir, &content);
+            for k in 0..10 {
+                let prefix = match k {
+                    0 => "/".to_string(),
+                    1 => paths[rng.next(300) as usize].clone() + "/",
+                    _ => {
+                        let p = &paths[rng.next(300) as usize];
+                        // A whole-component prefix of it.
+                        let cut = p.match_indices('/').nth(1).map_or(p.len(), |(i, _)| i);
+                        p[..cut].to_string()
+                    }
+                };
+                let prefix = crate::escape::encode_path(Path::new(&prefix)).into_owned();
+                let opts = QueryOptions {
+                    range: TimeRange::ALL,
+                    path_prefix: Some(prefix.clone()),
+                };
+                let want: String = content
+                    .split_inclusive('\n')
+                    .filter(|l| {
+                        parse_line(l.trim_end_matches('\n').as_bytes())
+                            .is_some_and(|(e, t)| opts.keeps_event(&e, &t))
+                    })
+                    .collect();
+                let (got, _) = run_query(&path, &opts);
+                assert_eq!(got, want, "round {round} prefix {prefix:?}");
+                if prefix != "/" {
+                    respelled_found += got
+                        .lines()
+                        .filter(|l| l.contains("\\/") || l.contains("\\u00"))
+                        .count();
+                }
+                let pre = Prefilter::for_prefix(&prefix);
+                for l in content.lines() {
+                    let keeps =
+                        parse_line(l.as_bytes()).is_some_and(|(e, t)| opts.keeps_event(&e, &t));
+                    if keeps && let Some(pre) = &pre {
+                        assert!(pre.may_match(l.as_bytes()), "{l}");
+                    }
+                }
+            }
+        }
+        assert!(respelled_found > 20, "{respelled_found}");
+    }
+
     #[test]
     fn changes_latest_per_path_newest_first() {
         let dir = tempfile::tempdir().unwrap();
