@@ -135,6 +135,19 @@ pub fn retain_log(
     Ok(done)
 }
 
+/// Archives every complete line of the live log now, whatever its size
+/// and age (no shipping cursor: for tools and benchmarks on logs no daemon
+/// writes). Returns the archive's name, `None` for an empty log.
+pub fn rotate_now(live: &Path, now: DateTime<Utc>) -> Result<Option<String>> {
+    archive::recover(live)?;
+    let log = LogReader::open(live)?;
+    let cut = log.end();
+    if cut == 0 {
+        return Ok(None);
+    }
+    rotate(log, live, cut, now, |_, _, swap| swap()).map(Some)
+}
+
 /// Moves bytes `[0, cut)` of the live log into a new archive: compress to
 /// a hidden file, copy the rest of the log to another, write the marker,
 /// give the archive its name, swap the live log, remove the marker (see
