@@ -93,7 +93,9 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
             written
         })
     };
-    wait_for("8 archives", LONG, || (archives(&env, "_global").len() >= 8).then_some(()));
+    wait_for("8 archives", LONG, || {
+        (archives(&env, "_global").len() >= 8).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     let lines = wait_for("every file's CREATE in the query", LONG, || {
@@ -103,7 +105,9 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for l in &lines {
         let v: Value = serde_json::from_str(l).unwrap();
-        *seen.entry(v["path"].as_str().unwrap().to_string()).or_default() += 1;
+        *seen
+            .entry(v["path"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for p in &written {
         assert_eq!(seen.get(p), Some(&1), "{p} seen {:?} times", seen.get(p));
@@ -189,11 +193,13 @@ fn keep_days_deletes_old_archives_and_rotated_files_are_read() {
     // A window inside the rotated file only.
     let since = format!(
         ">={}",
-        (hour_ago + chrono::TimeDelta::seconds(2)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        (hour_ago + chrono::TimeDelta::seconds(2))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     );
     let until = format!(
         "<{}",
-        (hour_ago + chrono::TimeDelta::seconds(4)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        (hour_ago + chrono::TimeDelta::seconds(4))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     );
     assert_eq!(query(&env, &["-t", &since, "-t", &until]), want[2..4]);
     assert!(
@@ -227,8 +233,20 @@ fn a_users_daemon_makes_archives_the_user_owns() {
             LONG,
         )
     };
-    let out = as_user(&["add", "_global", "--path", env.watch.to_str().unwrap(), "-r", "--types", "CREATE"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_user(&[
+        "add",
+        "_global",
+        "--path",
+        env.watch.to_str().unwrap(),
+        "-r",
+        "--types",
+        "CREATE",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = env.start_with_env(&[], &[("SUDO_UID", &sudo_uid)]);
     let mut n = 0;
     let archive = wait_for("an archive", LONG, || {
@@ -246,9 +264,16 @@ fn a_users_daemon_makes_archives_the_user_owns() {
     assert_eq!(m.mode() & 0o077, 0, "not readable by others");
     // The user's own query reads the archive.
     let out = user.fsmon(&env, &["query", "_global"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains(env.watch.join("u0").to_str().unwrap()), "the first event");
+    assert!(
+        text.contains(env.watch.join("u0").to_str().unwrap()),
+        "the first event"
+    );
     d.stop();
 }
 
@@ -272,7 +297,9 @@ fn planted_symlink_at_the_archive_name_is_refused() {
     std::os::unix::fs::symlink(&victim.path, &planted).unwrap();
     let d = env.start(&[]);
     let archive = wait_for("an archive", LONG, || {
-        archives(&env, "_global").into_iter().find(|p| p != &planted)
+        archives(&env, "_global")
+            .into_iter()
+            .find(|p| p != &planted)
     });
     assert!(
         archive.to_str().unwrap().ends_with("-1.jsonl.zst"),
@@ -280,12 +307,20 @@ fn planted_symlink_at_the_archive_name_is_refused() {
         archive.display()
     );
     victim.assert_untouched("after the rotation");
-    assert!(fs::symlink_metadata(&planted).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&planted)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let out = env.fsmon(&["query", "_global"]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text, old.concat());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("warning:") && err.contains("symbolic link"), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("symbolic link"),
+        "{err}"
+    );
     d.stop();
 }

@@ -1076,7 +1076,7 @@ fn bench_query(o: &Opts) -> String {
     let (path2, path2_n) = time_cmd(&mut fsmon_cmd("query", &env2.config, &["--path", dir]));
     let _ = write!(
         report,
-        "## Query: one plain log against 10 zstd archives + the live log (same {n} events; {size_mb:.0} MB plain, {:.1} MB archived), best of 3\n\n\
+        "## Query: one plain log against 10 zstd archives + the live log (same {n} events; {size_mb:.0} MB plain; archives + live log {:.1} MB on disk), best of 3\n\n\
          | query | one plain log | 10 archives + live log |\n|---|---|---|\n\
          | everything | {:.0} ms ({full1_n} lines) | {:.0} ms ({full2_n} lines) |\n\
          | last 1% (`-t '>=…'`, in the live log) | {:.1} ms ({rec1_n}) | {:.1} ms ({rec2_n}) |\n\
