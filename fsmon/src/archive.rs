@@ -41,6 +41,9 @@ const MARKER_SUFFIX: &str = ".rotating";
 /// How an archive's times are spelled in its name (UTC, no ':').
 const NAME_TIME: &str = "%Y%m%dT%H%M%S%.6fZ";
 
+/// First and last line's times.
+pub type Span = (DateTime<Utc>, DateTime<Utc>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `<group>_log.jsonl`, binary-searched.
@@ -57,7 +60,7 @@ pub struct Source {
     pub path: PathBuf,
     pub kind: Kind,
     /// First and last line's times, from a daemon archive's name.
-    pub range: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub range: Option<Span>,
 }
 
 /// The spelling of `t` in an archive name.
@@ -88,10 +91,7 @@ pub fn archive_name(live_name: &str, first: DateTime<Utc>, last: DateTime<Utc>, 
 }
 
 /// What `name` is among the files of the live log named `live_name`.
-pub fn classify(
-    live_name: &str,
-    name: &str,
-) -> Option<(Kind, Option<(DateTime<Utc>, DateTime<Utc>)>)> {
+pub fn classify(live_name: &str, name: &str) -> Option<(Kind, Option<Span>)> {
     if name == live_name {
         return Some((Kind::Live, None));
     }
@@ -249,7 +249,8 @@ pub fn snapshot(live: &Path) -> Result<Snapshot> {
 /// Oldest first, by the first line's time; a file without a readable first
 /// line first (it adds nothing in any order).
 fn order(sources: &mut [Source]) {
-    let mut keyed: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, Source)> = sources
+    type Key = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Source);
+    let mut keyed: Vec<Key> = sources
         .iter()
         .map(|s| {
             let first = match s.range {
@@ -409,9 +410,7 @@ pub fn recover(live: &Path) -> Result<()> {
         return Ok(());
     };
     let live_ino = fs::symlink_metadata(live).ok().map(|m| m.ino());
-    if live_ino == Some(marker.ino)
-        && classify(&split(live)?.1.to_string(), &marker.archive).is_some()
-    {
+    if live_ino == Some(marker.ino) && classify(split(live)?.1, &marker.archive).is_some() {
         let archive = live.with_file_name(&marker.archive);
         log::warn!(
             "{}: a rotation was interrupted before the swap; its archive {} is removed (the lines are still in the log)",

@@ -1946,7 +1946,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = Lcg(11);
         let parts = ["a", "b", "ab", "\"", "\\x", "\\xff", "é", "x y", "/"];
-        let mut random_path = |rng: &mut Lcg| {
+        let random_path = |rng: &mut Lcg| {
             let mut p = String::new();
             for _ in 0..1 + rng.next(4) {
                 p.push('/');

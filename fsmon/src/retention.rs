@@ -109,7 +109,7 @@ pub fn retain_log(
             let meta = std::fs::symlink_metadata(&s.path).ok()?;
             meta.file_type()
                 .is_file()
-                .then(|| (first, last, s.path, meta.len()))
+                .then_some((first, last, s.path, meta.len()))
         })
         .collect();
     archives.sort();
