@@ -405,6 +405,7 @@ pub fn remove_marker(live: &Path) {
 /// the archive was cut from, the swap never happened and the archive (a
 /// copy of lines still in the live log) goes; otherwise the marker goes.
 pub fn recover(live: &Path) -> Result<()> {
+    remove_stale_temps(live);
     let Some(marker) = read_marker(live)? else {
         remove_marker(live);
         return Ok(());
@@ -425,6 +426,25 @@ pub fn recover(live: &Path) -> Result<()> {
     }
     remove_marker(live);
     Ok(())
+}
+
+/// Removes the hidden archives of rotations that a crash interrupted
+/// before they got their name (`.<group>_log.jsonl.archive-<pid>`): their
+/// lines are still in the live log. Removing a name never follows it.
+fn remove_stale_temps(live: &Path) {
+    let Ok((dir, live_name)) = split(live) else {
+        return;
+    };
+    let prefix = format!(".{live_name}.archive-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            let _ = fs::remove_file(dir.join(name));
+        }
+    }
 }
 
 /// `OpenOptions` with O_NOFOLLOW|O_CLOEXEC and a mode.

@@ -585,8 +585,8 @@ mod tests {
             format!("{absent:#?}"),
             "the template's values differ from the defaults:\n{text}"
         );
-        // Every setting is there: 25 in the template, 4 of them examples.
-        assert_eq!(keys, 21, "{text}");
+        // Every setting is there: 26 in the template, 4 of them examples.
+        assert_eq!(keys, 22, "{text}");
         // The example-only settings really are off by default.
         assert!(absent.disk_min_free.is_none());
         assert!(absent.channel_capacity.is_none());

@@ -437,7 +437,10 @@ mod tests {
         fs::rename(&tmp, live.with_file_name(&name)).unwrap();
         fs::remove_file(&copy).unwrap();
         assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
+        let stale = dir.path().join(".g_log.jsonl.archive-1");
+        fs::write(&stale, "half an archive").unwrap();
         archive::recover(&live).unwrap();
+        assert!(!stale.exists(), "a crashed rotation's temp file goes");
         assert!(!live.with_file_name(&name).exists());
         assert!(!archive::marker_path(&live).exists());
         assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
