@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     archive,
     error::{Error, Result},
-    logfile::{LogReader, TrimResult, complete_trim, copy_tail},
+    logfile::{LogReader, PreparedTrim, TrimResult, complete_trim, copy_tail},
 };
 
 // ---------------------------------------------------------------------------
@@ -84,24 +84,53 @@ pub fn retain_log(
     around_swap: impl FnOnce(u64, u64, &mut dyn FnMut() -> Result<TrimResult>) -> Result<TrimResult>,
 ) -> Result<Retained> {
     let mut done = Retained::default();
-    archive::recover(live)?;
-    let keep_after = policy.keep_after(now);
-    match LogReader::open(live) {
-        Ok(log) => {
-            let first = log.first_time()?;
-            let old = first.is_some_and(|t| t.to_utc() < keep_after);
-            if log.end() > policy.rotate_at() || old {
-                let cut = cap.map_or(log.end(), |c| c.min(log.end()));
-                if cut > 0 {
-                    done.archive = Some((rotate(log, live, cut, now, around_swap)?, cut));
-                }
-            }
-        }
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    if let Some(p) = prepare_pass(live, policy, cap, now)? {
+        let cut = p.cut;
+        done.archive = Some((finish_rotation(p, around_swap)?, cut));
     }
-    // Expiry: only the daemon's archives (times in their names, regular
-    // files); logrotate's files are logrotate's to delete.
+    done.deleted = expire(live, policy, now)?;
+    Ok(done)
+}
+
+/// The part of a retention pass that may run beside the writer: settles
+/// an interrupted rotation, and prepares one if the live log is larger
+/// than [`Retention::rotate_at`] or starts with lines older than
+/// `keep_days` (never past `cap`, the first line not yet shipped).
+pub fn prepare_pass(
+    live: &Path,
+    policy: &Retention,
+    cap: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Option<PreparedRotation>> {
+    archive::recover(live)?;
+    let log = match LogReader::open(live) {
+        Ok(log) => log,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let old = log
+        .first_time()?
+        .is_some_and(|t| t.to_utc() < policy.keep_after(now));
+    if log.end() <= policy.rotate_at() && !old {
+        return Ok(None);
+    }
+    let cut = cap.map_or(log.end(), |c| c.min(log.end()));
+    if cut == 0 {
+        return Ok(None);
+    }
+    prepare_rotation(log, live, cut, now).map(Some)
+}
+
+/// Deletes archives whose last line is older than `keep_days`, then the
+/// oldest while the live log and the archives exceed `size`. Returns the
+/// names deleted.
+pub fn expire(live: &Path, policy: &Retention, now: DateTime<Utc>) -> Result<Vec<String>> {
+    let mut deleted = Vec::new();
+    let keep_after = policy.keep_after(now);
+    // Only the daemon's archives (times in their names, regular files);
+    // logrotate's files are logrotate's to delete.
     let mut archives: Vec<(DateTime<Utc>, DateTime<Utc>, PathBuf, u64)> = archive::list(live)?
         .into_iter()
         .filter_map(|s| {
@@ -113,7 +142,10 @@ pub fn retain_log(
         })
         .collect();
     archives.sort();
-    let live_len = std::fs::symlink_metadata(live).map_or(0, |m| m.len());
+    // The live log counts for at most the rotation size: what it holds
+    // beyond that is about to be archived (a burst must not delete the
+    // history it is about to join).
+    let live_len = std::fs::symlink_metadata(live).map_or(0, |m| m.len().min(policy.rotate_at()));
     let mut total = live_len + archives.iter().map(|a| a.3).sum::<u64>();
     for (_, last, path, len) in archives {
         if last >= keep_after && total <= policy.size {
@@ -122,7 +154,7 @@ pub fn retain_log(
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 total -= len;
-                done.deleted.push(
+                deleted.push(
                     path.file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default(),
@@ -132,7 +164,7 @@ pub fn retain_log(
             Err(e) => return Err(Error::io(path, e)),
         }
     }
-    Ok(done)
+    Ok(deleted)
 }
 
 /// Archives every complete line of the live log now, whatever its size
@@ -148,18 +180,43 @@ pub fn rotate_now(live: &Path, now: DateTime<Utc>) -> Result<Option<String>> {
     rotate(log, live, cut, now, |_, _, swap| swap()).map(Some)
 }
 
-/// Moves bytes `[0, cut)` of the live log into a new archive: compress to
-/// a hidden file, copy the rest of the log to another, write the marker,
-/// give the archive its name, swap the live log, remove the marker (see
-/// `archive` for why no line is lost or read twice). Returns the archive's
-/// name.
-fn rotate(
+/// The slow half of a rotation, done off the writer thread: bytes
+/// `[0, cut)` of the live log compressed to a hidden file beside it, and
+/// the rest of the log copied to another (as `clean` does). Dropping it
+/// removes both.
+pub struct PreparedRotation {
+    live: PathBuf,
+    tmp_archive: PathBuf,
+    trim: Option<PreparedTrim>,
+    cut: u64,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    mode: u32,
+    /// The live log's inode when prepared (the marker names it).
+    ino: u64,
+}
+
+impl PreparedRotation {
+    /// The live log it rotates.
+    pub fn live(&self) -> &Path {
+        &self.live
+    }
+}
+
+impl Drop for PreparedRotation {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp_archive);
+    }
+}
+
+/// Prepares moving bytes `[0, cut)` of the live log into an archive.
+/// Writers may go on appending meanwhile.
+pub fn prepare_rotation(
     log: LogReader,
     live: &Path,
     cut: u64,
     now: DateTime<Utc>,
-    around_swap: impl FnOnce(u64, u64, &mut dyn FnMut() -> Result<TrimResult>) -> Result<TrimResult>,
-) -> Result<String> {
+) -> Result<PreparedRotation> {
     let meta = log.metadata()?;
     let (first, last) = match (log.first_time()?, log.last_time_before(cut)?) {
         (Some(a), Some(b)) if a <= b => (a.to_utc(), b.to_utc()),
@@ -167,48 +224,79 @@ fn rotate(
         // Only corrupt lines (which no query shows): named for now.
         _ => (now, now),
     };
-    // Names hold microseconds: round the last time up so the name's range
-    // holds every line.
-    let last = ceil_micros(last);
-    let first = floor_micros(first);
     let (tmp_archive, _) = archive::compress_prefix(log.file(), live, cut, meta.mode())?;
-    let cleanup = |e: Error| {
-        let _ = std::fs::remove_file(&tmp_archive);
-        e
+    let mut prepared = PreparedRotation {
+        live: live.to_owned(),
+        tmp_archive,
+        trim: None,
+        cut,
+        // Names hold microseconds: round outwards so the name's range
+        // holds every line.
+        first: floor_micros(first),
+        last: ceil_micros(last),
+        mode: meta.mode(),
+        ino: meta.ino(),
     };
-    let prepared = copy_tail(live, cut).map_err(cleanup)?;
-    let new_ino = prepared.tmp_ino().map_err(cleanup)?;
-    let name = archive::free_name(live, first, last).map_err(cleanup)?;
+    prepared.trim = Some(copy_tail(live, cut)?);
+    Ok(prepared)
+}
+
+/// Finishes a rotation with no writer appending (between batches): writes
+/// the marker, gives the archive its name, swaps the live log for its
+/// copy plus the lines appended since (through `around_swap`, so the
+/// shipping cursor follows), removes the marker (see [`crate::archive`]
+/// for why no line is lost or read twice). Returns the archive's name.
+pub fn finish_rotation(
+    mut p: PreparedRotation,
+    around_swap: impl FnOnce(u64, u64, &mut dyn FnMut() -> Result<TrimResult>) -> Result<TrimResult>,
+) -> Result<String> {
+    let live = p.live.clone();
+    let trim = p
+        .trim
+        .take()
+        .ok_or_else(|| Error::invalid("rotation already finished"))?;
+    let new_ino = trim.tmp_ino()?;
+    let name = archive::free_name(&live, p.first, p.last)?;
     archive::write_marker(
-        live,
+        &live,
         &archive::Marker {
             archive: name.clone(),
-            ino: meta.ino(),
+            ino: p.ino,
         },
-        meta.mode(),
-    )
-    .map_err(cleanup)?;
+        p.mode,
+    )?;
     let archive_path = live.with_file_name(&name);
     // `link` never replaces or follows what is at the name (planted after
     // free_name looked): then nothing changes.
-    if let Err(e) = std::fs::hard_link(&tmp_archive, &archive_path) {
-        archive::remove_marker(live);
-        return Err(cleanup(Error::io(&archive_path, e)));
+    if let Err(e) = std::fs::hard_link(&p.tmp_archive, &archive_path) {
+        archive::remove_marker(&live);
+        return Err(Error::io(&archive_path, e));
     }
-    let _ = std::fs::remove_file(&tmp_archive);
-    let mut prepared = Some(prepared);
-    let swapped = around_swap(new_ino, cut, &mut || match prepared.take() {
-        Some(p) => complete_trim(p, live),
+    let _ = std::fs::remove_file(&p.tmp_archive);
+    let mut trim = Some(trim);
+    let swapped = around_swap(new_ino, p.cut, &mut || match trim.take() {
+        Some(t) => complete_trim(t, &live),
         None => Err(Error::invalid("rotation swap already done")),
     });
     if let Err(e) = swapped {
         // The lines are still in the live log: the archive goes.
         let _ = std::fs::remove_file(&archive_path);
-        archive::remove_marker(live);
+        archive::remove_marker(&live);
         return Err(e);
     }
-    archive::remove_marker(live);
+    archive::remove_marker(&live);
     Ok(name)
+}
+
+/// Both halves at once (no writer running, or on the writer's thread).
+fn rotate(
+    log: LogReader,
+    live: &Path,
+    cut: u64,
+    now: DateTime<Utc>,
+    around_swap: impl FnOnce(u64, u64, &mut dyn FnMut() -> Result<TrimResult>) -> Result<TrimResult>,
+) -> Result<String> {
+    finish_rotation(prepare_rotation(log, live, cut, now)?, around_swap)
 }
 
 fn floor_micros(t: DateTime<Utc>) -> DateTime<Utc> {

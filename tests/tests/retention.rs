@@ -18,6 +18,7 @@ use fsmon_tests::{Env, TestUser, Victim, fsmon_bin, open_env, run_bounded, wait_
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
+const SHORT: Duration = Duration::from_secs(30);
 
 /// The daemon's archives of `group` in the env's log directory.
 fn archives(env: &Env, group: &str) -> Vec<PathBuf> {
@@ -76,12 +77,20 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
     let stop = Arc::new(AtomicBool::new(false));
+    // The writer stops when the test ends, passed or failed.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
     let writer = {
         let (dir, stop) = (env.watch.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut written = Vec::new();
             let mut i = 0;
-            while !stop.load(Ordering::Relaxed) || i < 1500 {
+            while (!stop.load(Ordering::Relaxed) || i < 1500) && i < 200_000 {
                 let p = dir.join(format!("f{i}"));
                 fs::write(&p, b"x").unwrap();
                 written.push(p.to_str().unwrap().to_string());
@@ -93,9 +102,16 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
             written
         })
     };
-    wait_for("8 archives", LONG, || {
-        (archives(&env, "_global").len() >= 8).then_some(())
-    });
+    let deadline = std::time::Instant::now() + SHORT;
+    while archives(&env, "_global").len() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "8 archives: {:?}\n{}",
+            archives(&env, "_global"),
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     let lines = wait_for("every file's CREATE in the query", LONG, || {

@@ -722,6 +722,10 @@ impl Process {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            // Between batches: finish a rotation prepared meanwhile, start
+            // one for a log past its size (cheap when there is none).
+            self.flush();
+            self.logs.retain();
             let now = Instant::now();
             if now >= next_gc {
                 let collected = self.attributor.tracker.collect_exited(self.drained_before);
@@ -735,8 +739,6 @@ impl Process {
                     .inc_by(misses.saturating_sub(self.metrics.tracker_misses.get()));
                 self.publish_tracker_state();
                 self.logs.maintain();
-                self.flush();
-                self.logs.retain();
                 next_gc = now + Duration::from_secs(1);
             }
             if let (Some(at), Some(every)) = (next_sync, self.sync_interval)
