@@ -144,6 +144,18 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let ship = start_shipper(&cfg, &user, &metrics);
+    if let (Some(interval), Some(_)) = (cfg.retention_interval, &cfg.log_dir) {
+        let policy = crate::retention::Retention {
+            keep_days: cfg.keep_days,
+            size: cfg.clean_size.bytes(),
+            interval,
+            shipped_groups: cfg.ship.as_ref().map(|s| s.groups.clone()),
+            ship: ship.clone(),
+        };
+        pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
+            logs.set_retention(policy)
+        }));
+    }
     let state = Arc::new(State {
         ship,
         cfg,

@@ -54,7 +54,14 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
         };
         match std::fs::symlink_metadata(&log) {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Only archives may be left (the live log rotated away).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !crate::archive::list(&log).is_ok_and(|files| !files.is_empty()) =>
+            {
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // Not "does not exist" when it is "not yours to read".
             Err(e) => return Err(Error::io(&log, e)),
         }
@@ -81,6 +88,9 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     let Some(stats) = result else {
         return no_log(&args.group, &path);
     };
+    for w in &stats.unreadable {
+        eprintln!("warning: {w}");
+    }
     if let Some(w) = stats.corrupt_warning(&path) {
         eprintln!("warning: {w}");
     }
