@@ -22,57 +22,18 @@ thresholds are off unless given (and the disk ones when the daemon's file output
 import argparse
 import json
 import os
-import pwd
 import re
-import socket
-import struct
 import sys
 import time
-import tomllib
-import unicodedata
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "lib"))
+from fsmon_socket import CONFIG_HELP, SOCKET_HELP, escape, socket_path  # noqa: E402
+import fsmon_socket  # noqa: E402
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 SAMPLE = re.compile(r'^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock."""
-    if args.socket:
-        return args.socket
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    home = pwd.getpwuid(uid).pw_dir
-    cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/run/fsmon/fsmon-<UID>.sock"
-    if os.path.exists(cfg):
-        with open(cfg, "rb") as f:
-            path = tomllib.load(f).get("socket", {}).get("path", path)
-    path = path.replace("<UID>", str(uid))
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
-
-
-def check_peer(sock, path, uid):
-    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
-    sent: another local user listening there would be standing in for the daemon."""
-    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    if peer in (0, uid):
-        return
-    try:
-        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
-    except KeyError:
-        owner = f"uid {peer}"
-    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
-                    "another user may be standing in for the fsmon daemon; nothing was sent")
-
-
-class PeerError(ValueError):
-    pass
-
-
-def escape(text):
-    """The daemon's text with control characters escaped, for a terminal."""
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
 
 
 def fetch(args):
@@ -81,11 +42,7 @@ def fetch(args):
         url = args.url if "://" in args.url else f"http://{args.url}/metrics"
         with urllib.request.urlopen(url, timeout=10) as r:
             return r.read().decode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        path = socket_path(args)
-        s.connect(path)
-        check_peer(s, path, int(os.environ.get("SUDO_UID", os.getuid())))
+    with fsmon_socket.connect(socket_path(args), 10) as s:
         s.sendall(b'{"op":"metrics"}\n')
         resp = json.loads(s.makefile("rb").readline() or b"{}")
     if not resp.get("ok"):
@@ -192,8 +149,8 @@ def check(m, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="the metrics endpoint, e.g. http://127.0.0.1:9845/metrics (default: use the socket)")
-    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
-    p.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
+    p.add_argument("--socket", help=SOCKET_HELP)
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--raw", action="store_true", help="print the Prometheus text as it is")
     p.add_argument("--check", action="store_true", help="Nagios-style check: one line, exit 0/1/2/3")
     p.add_argument("--overflows-warn", type=float, default=1)

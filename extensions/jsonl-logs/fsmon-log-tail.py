@@ -5,7 +5,7 @@ usage: fsmon-log-tail.py [FILE ...] [--group G] [--log-dir DIR] [-f] [-n N]
                          [-w EXPR ...] [-o FIELDS] [--count-by FIELD]
 
 Reads <group>_log.jsonl files (default: every log in the log directory: --log-dir, else
-[logging].path of the fsmon config, else ~/.local/state/fsmon).
+[logging].path of the fsmon config, else ~/.local/state/fsmon, or /var/log/fsmon in system mode).
 
   -w 'event_type==DELETE'    keep events whose field matches; operators: == != > >= < <=
   -w 'path~^/var/www/'       ~ and !~ are regular expressions; numbers compare as numbers
@@ -29,12 +29,13 @@ import glob
 import json
 import operator
 import os
-import pwd
 import re
 import signal
 import sys
 import time
-import tomllib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "lib"))
+import fsmon_socket  # noqa: E402
 
 OPS = {"==": operator.eq, "=": operator.eq, "!=": operator.ne, ">=": operator.ge,
        "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -43,14 +44,9 @@ SUFFIX = "_log.jsonl"
 
 
 def default_log_dir(config):
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    home = pwd.getpwuid(uid).pw_dir
-    cfg = config or os.environ.get("FSMON_CONFIG") or os.path.join(home, ".config/fsmon/fsmon.toml")
-    path = "~/.local/state/fsmon"
-    if os.path.exists(cfg):
-        with open(cfg, "rb") as f:
-            path = tomllib.load(f).get("logging", {}).get("path", path)
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
+    """[logging] path of the config, else the mode's default (as the fsmon CLI finds it)."""
+    places = fsmon_socket.Places(config)
+    return places.setting("logging", "path", places.log_dir)
 
 
 def compile_filter(text):
@@ -121,7 +117,7 @@ def main():
     p.add_argument("files", nargs="*", help="log files (default: the logs in the log directory)")
     p.add_argument("--group", action="append", help="only this group's log (repeatable)")
     p.add_argument("--log-dir", help="log directory (default: from the fsmon config)")
-    p.add_argument("--config", help="fsmon config file (default: $FSMON_CONFIG or ~/.config/fsmon/fsmon.toml)")
+    p.add_argument("--config", help=fsmon_socket.CONFIG_HELP)
     p.add_argument("-f", "--follow", action="store_true", help="keep reading as the logs grow")
     p.add_argument("-n", "--lines", type=int, help="print the last N matching events first (default: all; 10 with -f)")
     p.add_argument("-w", "--where", action="append", default=[], type=compile_filter, metavar="EXPR",

@@ -20,59 +20,17 @@ daemon is not ready or a path could not be watched. Errors: one line on stderr, 
 import argparse
 import json
 import os
-import pwd
-import socket
-import struct
 import sys
-import tomllib
-import unicodedata
 
-
-def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock."""
-    if args.socket:
-        return args.socket
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    home = pwd.getpwuid(uid).pw_dir
-    cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/run/fsmon/fsmon-<UID>.sock"
-    if os.path.exists(cfg):
-        with open(cfg, "rb") as f:
-            path = tomllib.load(f).get("socket", {}).get("path", path)
-    path = path.replace("<UID>", str(uid))
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
-
-
-def check_peer(sock, path, uid):
-    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
-    sent: another local user listening there would be standing in for the daemon."""
-    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    if peer in (0, uid):
-        return
-    try:
-        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
-    except KeyError:
-        owner = f"uid {peer}"
-    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
-                    "another user may be standing in for the fsmon daemon; nothing was sent")
-
-
-class PeerError(ValueError):
-    pass
-
-
-def escape(text):
-    """The daemon's text with control characters escaped, for a terminal."""
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "lib"))
+from fsmon_socket import CONFIG_HELP, SOCKET_HELP, PeerError, escape, socket_path  # noqa: E402
+import fsmon_socket  # noqa: E402
 
 
 def call(path, request):
     """One request, one response line; exits with the daemon's error if it refused."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(path)
-            check_peer(s, path, int(os.environ.get("SUDO_UID", os.getuid())))
+        with fsmon_socket.connect(path, 30) as s:
             s.sendall(json.dumps(request).encode() + b"\n")
             line = s.makefile("rb").readline()
     except PeerError as e:
@@ -105,8 +63,8 @@ def show_health(h):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
-    p.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
+    p.add_argument("--socket", help=SOCKET_HELP)
+    p.add_argument("--config", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="watch PATH for GROUP")
     add.add_argument("group")

@@ -1,4 +1,5 @@
-"""The fsmon live stream, shared by the scripts in this directory (keep it beside them).
+"""The fsmon live stream, shared by the scripts in this directory (keep it beside them, and
+../lib/fsmon_socket.py, which finds and checks the socket).
 
 The daemon's control socket speaks newline-delimited JSON. A client sends
 {"op":"subscribe"} (or {"op":"subscribe","group":"nginx"}), gets {"ok":true,...}, then one
@@ -7,74 +8,26 @@ waited for: it gets {"notice":"missed","missed":N} and the stream goes on.
 """
 import json
 import os
-import pwd
-import socket
-import struct
 import sys
 import time
-import tomllib
-import unicodedata
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "lib"))
+from fsmon_socket import CONFIG_HELP, SOCKET_HELP, PeerError, escape, socket_path  # noqa: E402
+import fsmon_socket  # noqa: E402
 
 
 def add_arguments(parser):
     """The options every subscribe script takes."""
-    parser.add_argument("--socket", help="daemon socket (default: [socket].path of the config, else /run/fsmon/fsmon-<UID>.sock)")
-    parser.add_argument("--config", help="fsmon config (default: $FSMON_CONFIG, else ~/.config/fsmon/fsmon.toml)")
+    parser.add_argument("--socket", help=SOCKET_HELP)
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("--group", help="only this group's events (default: every group)")
     parser.add_argument("--count", type=int, help="stop after N events (default: run until the daemon stops)")
-
-
-def socket_path(args):
-    """--socket, else [socket].path in the fsmon config, else /run/fsmon/fsmon-<UID>.sock.
-    As the daemon does: the user is the one who ran sudo, `~` is that user's home."""
-    if args.socket:
-        return args.socket
-    uid = int(os.environ.get("SUDO_UID", os.getuid()))
-    home = pwd.getpwuid(uid).pw_dir
-    cfg = args.config or os.environ.get("FSMON_CONFIG") or home + "/.config/fsmon/fsmon.toml"
-    path = "/run/fsmon/fsmon-<UID>.sock"
-    if os.path.exists(cfg):
-        with open(cfg, "rb") as f:
-            path = tomllib.load(f).get("socket", {}).get("path", path)
-    path = path.replace("<UID>", str(uid))
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
-
-
-def user_uid():
-    """The user the daemon works for, as the CLI sees it: SUDO_UID, else ours."""
-    return int(os.environ.get("SUDO_UID", os.getuid()))
-
-
-def check_peer(sock, path, uid):
-    """Refuses a socket served by anyone but root or `uid` (SO_PEERCRED), before anything is
-    sent: another local user listening there would be standing in for the daemon."""
-    _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    if peer in (0, uid):
-        return
-    try:
-        owner = f"user {pwd.getpwuid(peer).pw_name} (uid {peer})"
-    except KeyError:
-        owner = f"uid {peer}"
-    raise PeerError(f"refusing {path}: it is served by {owner}, not by root or uid {uid}: "
-                    "another user may be standing in for the fsmon daemon; nothing was sent")
-
-
-class PeerError(ValueError):
-    pass
-
-
-def escape(text):
-    """The daemon's text with control characters escaped, for a terminal."""
-    return "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cc" else c for c in str(text))
 
 
 class Subscription:
     def __init__(self, path, group=None, count=None, prog="fsmon"):
         self.prog, self.left, self.missed, self.buf = prog, count, 0, b""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(path)
-        check_peer(self.sock, path, user_uid())
+        self.sock = fsmon_socket.connect(path, 10)
         req = {"op": "subscribe", **({"group": group} if group else {})}
         self.sock.sendall(json.dumps(req).encode() + b"\n")
         ack = self.next_line(timeout=10)

@@ -38,9 +38,10 @@ pub const NEW_PROCS_MAP: &str = "FSMON_NEW_PROCS";
 /// Default capacity of [`LIVE_MAP`] and [`EXITED_MAP`] (each); overridable
 /// at load time.
 pub const DEFAULT_PROC_MAP_CAPACITY: u32 = 65_536;
-/// Default size of [`EXITS_RING`] in bytes (a power of two). Each note takes
-/// 32 bytes with its header: 2 MiB hold 65,536 exits between two reads.
-pub const DEFAULT_EXITS_RING_BYTES: u32 = 2 * 1024 * 1024;
+/// Default size of [`EXITS_RING`] in bytes (a power of two; the daemon sets
+/// it from the capacity at load). Each note takes 32 bytes with its header:
+/// 1 MiB holds 32,768 exits between two reads.
+pub const DEFAULT_EXITS_RING_BYTES: u32 = 1024 * 1024;
 /// At most this many commands can be tracked at once (one bit each).
 pub const MAX_TRACKED_COMMANDS: u32 = 64;
 

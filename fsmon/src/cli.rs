@@ -66,16 +66,18 @@ pub enum Command {
     Add(AddArgs),
     /// Remove a path from a group, or the whole group
     Remove(RemoveArgs),
-    /// List monitored paths, one JSON line per group
-    Monitored,
-    /// Print a group's logged events (JSONL), optionally filtered
+    /// List monitored paths: a table on a terminal, else one JSON line per group
+    Monitored(crate::output::OutputArgs),
+    /// Print a group's logged events, optionally filtered (readable on a terminal, else JSONL)
     Query(QueryArgs),
     /// Print the latest event per path, newest first
     Changes(QueryArgs),
     /// Trim a group's log by age and size
     Clean(CleanArgs),
+    /// Follow the live events of a group, or of every group (Ctrl-C stops)
+    Tail(TailArgs),
     /// Show the running daemon's status
-    Health,
+    Health(crate::output::OutputArgs),
     /// Query the events every host shipped to NATS JetStream
     #[command(subcommand)]
     Fleet(crate::ship::fleet::FleetCommand),
@@ -211,6 +213,17 @@ pub struct QueryArgs {
     /// Only events at or below this path (whole components)
     #[arg(long, value_name = "PREFIX", value_hint = ValueHint::AnyPath)]
     pub path: Option<String>,
+    #[command(flatten)]
+    pub out: crate::output::OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The group to follow (default: every group)
+    #[arg(value_name = "CMD", add = ArgValueCandidates::new(group_candidates))]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub out: crate::output::OutputArgs,
 }
 
 impl QueryArgs {

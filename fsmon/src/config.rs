@@ -54,6 +54,7 @@ pub struct LoggingSection {
     pub disk_min_free: Option<String>,
     pub sync_interval_secs: Option<u64>,
     pub local_time: Option<bool>,
+    pub retention_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +155,8 @@ pub struct Config {
     pub disk_min_free: Option<DiskMinFree>,
     pub sync_interval: Option<Duration>,
     pub local_time: bool,
+    /// How often the daemon applies keep_days and size (None: never).
+    pub retention_interval: Option<Duration>,
     pub socket_path: PathBuf,
     /// Connections the daemon serves at once, in total and per user.
     pub client_limits: crate::clients::Limits,
@@ -349,6 +352,9 @@ impl Config {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             local_time: logging.local_time.unwrap_or(false),
+            retention_interval: Some(logging.retention_interval_secs.unwrap_or(300))
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
             socket_path: match socket.path.as_deref() {
                 Some(p) => user.expand(p),
                 None => user.default_socket(),
@@ -443,8 +449,9 @@ pub const INIT_TEMPLATE: &str = r#"# fsmon configuration. Every setting below sh
 [logging]
 # enabled = true              # false: no log files (the live stream and metrics only)
 # path = "~/.local/state/fsmon"
-# keep_days = 30              # `fsmon clean` keeps this many days
-# size = ">=1GB"              # `fsmon clean` trims a log to this size
+# keep_days = 30              # the daemon (and `fsmon clean`) keep this many days
+# size = ">=1GB"              # budget per group: live log + its zstd archives
+# retention_interval_secs = 300 # how often the daemon applies keep_days and size (0 = never)
 # disk_min_free = "10%"       # not set by default (no warning); warn when free space on the log filesystem drops below (percent or size)
 # sync_interval_secs = 0      # fdatasync logs every N seconds (0 = never)
 # local_time = false          # timestamps in local time instead of UTC
@@ -574,8 +581,8 @@ mod tests {
             format!("{absent:#?}"),
             "the template's values differ from the defaults:\n{text}"
         );
-        // Every setting is there: 25 in the template, 3 of them examples.
-        assert_eq!(keys, 22, "{text}");
+        // Every setting is there: 26 in the template, 3 of them examples.
+        assert_eq!(keys, 23, "{text}");
         // The example-only settings really are off by default.
         assert!(absent.disk_min_free.is_none());
         assert!(absent.metrics_listen.is_none());

@@ -144,6 +144,18 @@ pub fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let ship = start_shipper(&cfg, &user, &metrics);
+    if let (Some(interval), Some(_)) = (cfg.retention_interval, &cfg.log_dir) {
+        let policy = crate::retention::Retention {
+            keep_days: cfg.keep_days,
+            size: cfg.clean_size.bytes(),
+            interval,
+            shipped_groups: cfg.ship.as_ref().map(|s| s.groups.clone()),
+            ship: ship.clone(),
+        };
+        pipeline.with_logs(Box::new(move |logs: &mut LogSet| {
+            logs.set_retention(policy)
+        }));
+    }
     let state = Arc::new(State {
         ship,
         cfg,
@@ -257,6 +269,9 @@ async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Start-up code stays in the page cache, not mapped in the daemon.
+    let unmapped = crate::residency::unmap_startup_pages();
+    log::debug!("unmapped {unmapped} KiB of start-up code and data");
     log::info!(
         "fsmon daemon ready: pid {}, user {}, socket {}, tracker {}",
         std::process::id(),

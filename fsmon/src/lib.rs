@@ -5,6 +5,7 @@ pub mod escape;
 pub mod process;
 
 pub use error::{Error, Result};
+pub mod archive;
 pub mod cli;
 pub mod clients;
 pub mod commands;
@@ -17,7 +18,10 @@ pub mod filters;
 pub mod logfile;
 pub mod marks;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
+pub mod residency;
+pub mod retention;
 pub mod safefs;
 pub mod ship;
 pub mod sockpath;

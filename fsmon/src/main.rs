@@ -48,6 +48,7 @@ fn usage_error_line(rendered: &str, sub: Option<&str>) -> String {
 }
 
 fn main() {
+    fsmon::residency::limit_malloc_arenas();
     // Shell completion requests (`COMPLETE=bash fsmon -- ...`, from the
     // code `fsmon completions bash` prints) are answered here and exit.
     clap_complete::CompleteEnv::with_factory(<fsmon::cli::Cli as clap::CommandFactory>::command)

@@ -245,6 +245,28 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Runs the daemon with this config (for the user `sudo_uid`, else
+    /// root); it must refuse to start. Returns its one `fsmon:` line.
+    pub fn daemon_refuses(&self, sudo_uid: Option<u32>) -> String {
+        let mut cmd = Command::new(fsmon_bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .env_remove("SUDO_UID")
+            .env("FSMON_LOG", "warn");
+        if let Some(uid) = sudo_uid {
+            cmd.env("SUDO_UID", uid.to_string());
+        }
+        let out = run_bounded(&mut cmd, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the daemon started:\n{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fsmon:")).collect();
+        assert_eq!(lines.len(), 1, "one error line:\n{err}");
+        lines[0].to_string()
+    }
+}
+
 impl Default for Env {
     fn default() -> Self {
         Self::new()

@@ -24,25 +24,6 @@ fn lock_path(env: &Env) -> PathBuf {
     PathBuf::from(format!("{}.lock", env.socket.display()))
 }
 
-/// Starts a daemon that must refuse to start; returns its `fsmon:` error line.
-fn daemon_refuses(env: &Env, sudo_uid: Option<u32>) -> String {
-    let mut cmd = Command::new(fsmon_bin());
-    cmd.arg("--config")
-        .arg(&env.config)
-        .arg("daemon")
-        .env_remove("SUDO_UID")
-        .env("FSMON_LOG", "warn");
-    if let Some(uid) = sudo_uid {
-        cmd.env("SUDO_UID", uid.to_string());
-    }
-    let out = run_bounded(&mut cmd, Duration::from_secs(60));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the daemon started:\n{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fsmon:")).collect();
-    assert_eq!(lines.len(), 1, "one error line:\n{err}");
-    lines[0].to_string()
-}
-
 /// `touch PATH`: events for the `touch` command group too.
 fn touch(p: &Path) {
     let st = Command::new("touch").arg(p).status().expect("touch");
@@ -206,7 +187,7 @@ fn anything_planted_at_the_socket_path_is_refused_at_start() {
         }
         let planted = fs::symlink_metadata(&env.socket).unwrap();
         env.add("_global", &env.watch, &["-r"]);
-        let err = daemon_refuses(&env, None);
+        let err = env.daemon_refuses(None);
         assert!(
             err.contains(env.socket.to_str().unwrap()) && err.contains("refusing"),
             "{kind}: {err}"
@@ -307,7 +288,7 @@ fn symlink_or_fifo_at_the_lock_file_is_refused() {
             )
             .unwrap(),
         }
-        let err = daemon_refuses(&env, None);
+        let err = env.daemon_refuses(None);
         assert!(err.contains(".lock"), "{kind}: {err}");
         assert!(
             err.contains("symbolic link") || err.contains("not a regular file"),
@@ -428,7 +409,7 @@ fn symlink_at_the_store_is_never_followed() {
 
     // The daemon, started with the store a symlink: refuses to start.
     std::os::unix::fs::symlink(&victim.path, &env.store).unwrap();
-    let err = daemon_refuses(&env, Some(a.uid));
+    let err = env.daemon_refuses(Some(a.uid));
     assert!(err.contains("symbolic link"), "{err}");
     victim.assert_untouched("daemon start");
     fs::remove_file(&env.store).unwrap();
@@ -515,7 +496,7 @@ fn hard_link_to_a_root_file_at_a_log_or_lock_path_is_refused() {
     let env = env_owned_by(&a);
     let victim = Victim::new(env.dir.path(), 0);
     fs::hard_link(&victim.path, lock_path(&env)).unwrap();
-    let err = daemon_refuses(&env, Some(a.uid));
+    let err = env.daemon_refuses(Some(a.uid));
     assert!(err.contains("hard links"), "{err}");
     let m = fs::metadata(&victim.path).unwrap();
     assert_eq!((m.uid(), m.gid()), (0, 0), "lock: chowned to A");
@@ -533,7 +514,7 @@ fn planted_files_are_not_written_through_a_symlinked_log_directory() {
     fs::write(&victim_path, "not a log\n").unwrap();
     std::os::unix::fs::symlink(&elsewhere, &env.logs).unwrap();
     env.add("_global", &env.watch, &["-r"]);
-    let err = daemon_refuses(&env, None);
+    let err = env.daemon_refuses(None);
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(fs::read_to_string(&victim_path).unwrap(), "not a log\n");
     assert_eq!(fs::metadata(&victim_path).unwrap().uid(), 0);
@@ -654,7 +635,7 @@ fn store_and_log_paths_at_root_files_are_refused() {
         store.assert_untouched("sudo fsmon add");
         let out = fsmon_for(&env, a.uid, &["remove", "_global"]);
         one_error_naming(&out, &rootdir, &format!("{mode:o}: sudo fsmon remove"));
-        let err = daemon_refuses(&env, Some(a.uid));
+        let err = env.daemon_refuses(Some(a.uid));
         assert!(
             err.contains(store.path.to_str().unwrap()),
             "{mode:o}: {err}"
@@ -721,7 +702,7 @@ fn a_symlinked_dot_local_to_a_root_directory_gets_nothing_created_in_it() {
     let watch = env.watch.to_str().unwrap();
     let out = fsmon_for(&env, a.uid, &["add", "_global", "--path", watch, "-r"]);
     one_error_naming(&out, &local.join("share/fsmon"), "sudo fsmon add");
-    let err = daemon_refuses(&env, Some(a.uid));
+    let err = env.daemon_refuses(Some(a.uid));
     assert!(err.contains(local.to_str().unwrap()), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
     assert_eq!(

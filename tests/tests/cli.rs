@@ -1825,12 +1825,15 @@ fn journal_lines_carry_priorities() {
     fs::create_dir_all(env.store.parent().unwrap()).unwrap();
     fs::write(&env.store, "not json\n").unwrap();
     let d = env.start_with_env(&["--debug"], &[("JOURNAL_STREAM", "8:12345")]);
-    wait_for("a debug line", Duration::from_secs(30), || {
-        d.stderr()
-            .lines()
-            .any(|l| l.starts_with("<7>"))
-            .then_some(())
-    });
+    wait_for(
+        "a debug line and the ready line",
+        Duration::from_secs(30),
+        || {
+            let err = d.stderr();
+            (err.lines().any(|l| l.starts_with("<7>")) && err.contains("fsmon daemon ready"))
+                .then_some(())
+        },
+    );
     let err = d.stderr();
     assert!(d.stop().success());
     let ready = err

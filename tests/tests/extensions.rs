@@ -1242,6 +1242,23 @@ fn admin_add_list_health_remove() {
         err.contains("cannot talk to the daemon on /nonexistent.sock"),
         "{err}"
     );
+    // Without --socket the scripts pick the socket as the CLI does: the
+    // system daemon's in system mode, the user's own otherwise.
+    let cfg = dir.join("absent.toml");
+    for (mode, want) in [
+        ("system", "/run/fsmon/fsmon.sock"),
+        ("user", "/run/fsmon/fsmon-0.sock"),
+    ] {
+        let mut c = script(admin, &["--config", cfg.to_str().unwrap(), "health"]);
+        c.env("FSMON_MODE", mode).env_remove("SUDO_UID");
+        let mut p = Proc::start(&format!("mode-{mode}"), dir, &mut c);
+        let (code, err) = (p.wait_exit(), p.stderr());
+        assert_eq!(code, 1, "{mode}: {err}");
+        assert!(
+            err.contains(&format!("on {want}:")) && err.lines().count() == 1,
+            "{mode}: expected the socket {want}: {err}"
+        );
+    }
 }
 
 // ------------------------------------------------------------- HTTP metrics

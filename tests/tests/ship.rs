@@ -7,13 +7,14 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs,
     net::TcpListener,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use fsmon_tests::{Daemon, Env, testkit_bin, wait_for};
+use fsmon_tests::{Daemon, Env, TestUser, fsmon_bin, testkit_bin, wait_for};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -562,6 +563,13 @@ fn bad_config_case(ship: &str, needle: &str) -> (Env, Daemon) {
     let env = Env::with_config(ship);
     env.add("_global", &env.watch, &["-r"]);
     let d = env.start(&[]);
+    assert_one_clear_line(&env, &d, needle);
+    (env, d)
+}
+
+/// The daemon logged one clear line about `needle` (and says events stay
+/// local), keeps logging locally, and `health` shows the error.
+fn assert_one_clear_line(env: &Env, d: &Daemon, needle: &str) {
     let line = wait_for(&format!("an error line with {needle:?}"), LONG, || {
         d.stderr()
             .lines()
@@ -577,14 +585,13 @@ fn bad_config_case(ship: &str, needle: &str) -> (Env, Daemon) {
                 .is_some_and(|p| p.ends_with("still-logged"))
         })
     });
-    let h = health(&env);
+    let h = health(env);
     assert!(
         h["ship"]["last_error"]
             .as_str()
             .is_some_and(|e| e.to_lowercase().contains(needle)),
         "health shows the error: {h}"
     );
-    (env, d)
 }
 
 #[test]
@@ -678,7 +685,13 @@ fn clean_keeps_unshipped_lines_and_ids_survive_clean() {
     wait_all_shipped(&env, &urls, "CLEAN", "_global");
     let before_clean = expected_lines(&env, "host-clean", "_global");
     env.fsmon_ok(&["clean", "_global", "--time", ">=2099-01-01"]);
-    assert!(env.events("_global").is_empty(), "shipped lines removed");
+    assert!(
+        env.events("_global").is_empty(),
+        "shipped lines removed: {:?}\n{}\n{}",
+        env.events("_global"),
+        health(&env),
+        d.stderr()
+    );
     for i in 0..10 {
         fs::write(env.watch.join(format!("b{i}")), "x").unwrap();
     }
@@ -903,4 +916,193 @@ fn clean_without_a_daemon_moves_the_cursor_too() {
         "the trim kept the numbering:\n{}",
         d.stderr()
     );
+}
+
+/// `sudo fsmon ARGS` run by `user`: root working for that user.
+fn fsmon_for(env: &Env, user: &TestUser, args: &[&str]) -> std::process::Output {
+    Command::new(fsmon_bin())
+        .arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("SUDO_UID", user.uid.to_string())
+        .output()
+        .expect("run fsmon")
+}
+
+/// An env with `config` in a directory `user` owns (the test users have no
+/// home): the daemon working for `user` writes its logs and cursors there
+/// with the user's credentials.
+fn env_for(user: &TestUser, config: &str) -> Env {
+    let env = Env::with_config(config);
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [env.dir.path(), env.watch.as_path()] {
+        std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let out = fsmon_for(
+        &env,
+        user,
+        &[
+            "add",
+            "_global",
+            "--path",
+            env.watch.to_str().unwrap(),
+            "-r",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "add for {}: {}",
+        user.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env
+}
+
+#[test]
+fn a_users_daemon_ships_with_the_users_credentials() {
+    let dir = tmpdir();
+    let nats = Nats::new(dir.path(), "n1", free_port(), "");
+    let urls = vec![nats.url()];
+    let user = TestUser::new("ship");
+    let uid = user.uid.to_string();
+
+    // `sudo fsmon daemon` run by the user: the shipper thread reads the
+    // user's log and writes the cursor beside it as the user.
+    let env = env_for(&user, &ship_config(&urls, "host-user", "USERSHIP", ""));
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    for i in 0..300 {
+        fs::write(env.watch.join(format!("u{i}")), "x").unwrap();
+    }
+    env.wait_events("_global", "300 writes logged", |e| e.len() >= 600);
+    let msgs = wait_all_shipped(&env, &urls, "USERSHIP", "_global");
+    let expected = expected_lines(&env, "host-user", "_global");
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("a user's daemon\n{}", d.stderr()),
+    );
+    let cursor = PathBuf::from(format!("{}.ship-cursor", env.log_path("_global").display()));
+    let m = fs::symlink_metadata(&cursor).expect("the cursor beside the log");
+    assert!(m.is_file(), "cursor is a regular file");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (user.uid, user.gid),
+        "the cursor belongs to the user"
+    );
+    assert_eq!(m.mode() & 0o077, 0, "cursor mode {:o}", m.mode());
+    let saved: Value = serde_json::from_slice(&fs::read(&cursor).unwrap()).unwrap();
+    assert!(saved.is_object(), "cursor: {saved}");
+    d.stop();
+
+    // Secrets the user cannot read (root's, mode 0600) are refused with one
+    // line, although root could read them; the daemon keeps logging.
+    let creds = env.dir.path().join("root-only.creds");
+    let ca = env.dir.path().join("root-only-ca.pem");
+    for p in [&creds, &ca] {
+        fs::write(p, "not for the user\n").unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for (key, path) in [("creds_file", &creds), ("tls_ca", &ca)] {
+        env.write_config(&ship_config(
+            &urls,
+            "host-user",
+            "USERSHIP",
+            &format!("{key} = {path:?}"),
+        ));
+        let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+        assert_one_clear_line(&env, &d, "permission denied");
+        let lines: Vec<String> = d
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("ship:") && l.to_lowercase().contains("permission denied"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{key}: one line:\n{}", d.stderr());
+        assert!(
+            lines[0].contains(path.to_str().unwrap()),
+            "{key}: the line names the file: {}",
+            lines[0]
+        );
+        d.stop();
+    }
+    // The stream is untouched by the refused runs: still exactly once.
+    let msgs = stream_messages(&urls, "USERSHIP");
+    assert_exactly_once(&msgs, &expected, "after the refused runs");
+    drop(user);
+}
+
+/// The daemon's retention never archives a line the stream has not
+/// acknowledged, and rotation keeps every event's id: with a tiny size and
+/// NATS down, the live log grows past the rotation size without being
+/// archived; once NATS is up everything is shipped, the log is archived,
+/// and the stream holds what `query` reads (archives + live log) exactly
+/// once.
+#[test]
+fn rotation_keeps_unshipped_lines_and_ids() {
+    let dir = tmpdir();
+    let port = free_port();
+    let urls = vec![format!("nats://127.0.0.1:{port}")];
+    let env = Env::with_config(&format!(
+        "{}[logging]\nsize = \">=40KB\"\nretention_interval_secs = 1\n",
+        ship_config(&urls, "host-rot", "ROT", "")
+    ));
+    env.add("_global", &env.watch, &["-r"]);
+    let d = env.start(&[]);
+    for i in 0..60 {
+        fs::write(env.watch.join(format!("a{i}")), "x").unwrap();
+    }
+    env.wait_events("_global", "60 writes", |e| e.len() >= 120);
+    let len = fs::metadata(env.log_path("_global")).unwrap().len();
+    assert!(len > 4096, "past the rotation size: {len}");
+    // Several retention ticks (a scenario length, not a wait for readiness).
+    std::thread::sleep(Duration::from_secs(3));
+    let archives = |env: &Env| -> usize {
+        fs::read_dir(&env.logs)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".jsonl.zst")
+            })
+            .count()
+    };
+    assert_eq!(archives(&env), 0, "nothing archived before it is shipped");
+    let queried = |env: &Env| -> Vec<String> {
+        let mut v: Vec<String> = env
+            .fsmon_ok(&["query", "_global"])
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.insert("host".into(), "host-rot".into());
+                o.insert("group".into(), "_global".into());
+                v.to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let _nats = Nats::new(dir.path(), "n1", port, "");
+    wait_for("an archive once shipped", LONG, || {
+        (archives(&env) > 0).then_some(())
+    });
+    for i in 0..10 {
+        fs::write(env.watch.join(format!("b{i}")), "x").unwrap();
+    }
+    let expected = wait_for("the new events logged", LONG, || {
+        let q = queried(&env);
+        (q.len() >= 140).then_some(q)
+    });
+    let msgs = wait_for("the stream to hold every event", LONG, || {
+        let m = stream_messages(&urls, "ROT");
+        (m.len() >= expected.len()).then_some(m)
+    });
+    assert_exactly_once(
+        &msgs,
+        &expected,
+        &format!("across rotation\n{}", d.stderr()),
+    );
+    drop(d);
 }

@@ -433,58 +433,20 @@ fn hostile_clients_get_errors_and_the_daemon_keeps_serving() {
     assert!(d.stop().success());
 }
 
-/// A system user for the test, deleted on drop.
-struct TempUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TempUser {
-    fn new() -> TempUser {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!("fsmon-t-{:x}{:x}", std::process::id(), nanos % 0xfff);
-        let st = Command::new("useradd")
-            .args(["-M", "-r", "-s", "/usr/sbin/nologin", &name])
-            .status()
-            .expect("useradd");
-        assert!(st.success(), "useradd {name}");
-        let id = |flag: &str| -> u32 {
-            let o = Command::new("id").arg(flag).arg(&name).output().unwrap();
-            String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        TempUser { name, uid, gid }
-    }
-
-    /// Runs a Python snippet as this user; returns its stdout.
-    fn python(&self, code: &str, socket: &Path) -> String {
-        let o = Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .args(["/usr/bin/python3", "-c", code])
-            .arg(socket)
-            .current_dir("/")
-            .output()
-            .expect("setpriv");
-        assert!(
-            o.status.success(),
-            "client as {}: {}",
-            self.name,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
+/// Runs a Python snippet as `user` with the socket path as its argument;
+/// returns its stdout.
+fn python_as(user: &TestUser, code: &str, socket: &Path) -> String {
+    let o = user.run(
+        Path::new("/usr/bin/python3"),
+        &["-c", code, socket.to_str().unwrap()],
+    );
+    assert!(
+        o.status.success(),
+        "client as {}: {}",
+        user.name,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
 }
 
 const CLIENT: &str = r#"
@@ -511,12 +473,12 @@ fn only_root_and_the_owner_may_connect() {
     // Let others reach the socket file itself (the temp dir is 0700).
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
 
-    let user = TempUser::new();
+    let user = TestUser::new("sock");
     // The file mode refuses the connection.
-    assert_eq!(user.python(CLIENT, &env.socket).trim(), "EACCES");
+    assert_eq!(python_as(&user, CLIENT, &env.socket).trim(), "EACCES");
     // Even with the mode opened, the peer-credential check refuses.
     fs::set_permissions(&env.socket, fs::Permissions::from_mode(0o666)).unwrap();
-    let out = user.python(CLIENT, &env.socket);
+    let out = python_as(&user, CLIENT, &env.socket);
     let v: Value = serde_json::from_str(out.trim()).expect(&out);
     let e = assert_error(&v);
     assert!(e.contains("permission denied"), "{e}");
@@ -538,26 +500,6 @@ fn only_root_and_the_owner_may_connect() {
 // No impersonation, no lock-out, no spin (issue #11): real users, the real
 // daemon, fake daemons where the test plays the other end.
 // ---------------------------------------------------------------------------
-
-/// Runs the daemon with `env`'s config; it must refuse to start. Returns
-/// its one `fsmon:` line.
-fn daemon_refuses(env: &Env, sudo_uid: Option<u32>) -> String {
-    let mut cmd = Command::new(fsmon_bin());
-    cmd.arg("--config")
-        .arg(&env.config)
-        .arg("daemon")
-        .env_remove("SUDO_UID")
-        .env("FSMON_LOG", "warn");
-    if let Some(uid) = sudo_uid {
-        cmd.env("SUDO_UID", uid.to_string());
-    }
-    let out = run_bounded(&mut cmd, Duration::from_secs(60));
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the daemon started:\n{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("fsmon:")).collect();
-    assert_eq!(lines.len(), 1, "one error line:\n{err}");
-    lines[0].to_string()
-}
 
 /// A failed command's stderr: exactly one line, nothing on stdout.
 #[track_caller]
@@ -587,26 +529,31 @@ fn extension(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A copy of an extension script's directory under `base` (which other
+/// A copy of extensions/ under `base` (which other
 /// users can traverse), for running it as a test user: the checkout itself
 /// may be in a directory only root can enter (CI clones into a 0700 one).
 fn extension_for_users(base: &Path, rel: &str) -> PathBuf {
-    let src = extension(rel);
-    let from = src.parent().unwrap();
-    let to = base.join("ext").join(from.file_name().unwrap());
-    fs::create_dir_all(&to).unwrap();
-    for dir in [base.join("ext"), to.clone()] {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // The whole tree: scripts import ../lib/fsmon_socket.py.
+    let to = base.join("ext");
+    copy_readable(&extension(""), &to);
+    to.join(rel)
+}
+
+/// Copies the directory `from` to `to`: directories 0755, files 0644.
+fn copy_readable(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755)).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            let dst = to.join(e.file_name());
+        let dst = to.join(e.file_name());
+        let kind = e.file_type().unwrap();
+        if kind.is_dir() {
+            copy_readable(&e.path(), &dst);
+        } else if kind.is_file() {
             fs::copy(e.path(), &dst).unwrap();
             fs::set_permissions(&dst, fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
-    to.join(src.file_name().unwrap())
 }
 
 /// A squatter's server: listens at argv[1] (open to all), answers every
@@ -740,7 +687,7 @@ fn a_squatter_at_the_socket_path_gets_no_byte_and_the_daemon_keeps_its_own_place
     // The daemon refuses that directory, naming its owner; a directory
     // others can write (the sticky /tmp, a 0777 one, a group-writable one)
     // is refused too, and nothing is created there.
-    let err = daemon_refuses(&env, Some(victim.uid));
+    let err = env.daemon_refuses(Some(victim.uid));
     assert!(
         err.contains("refusing") && err.contains(&owner) && err.contains("/run/fsmon"),
         "{err}"
@@ -764,7 +711,7 @@ fn a_squatter_at_the_socket_path_gets_no_byte_and_the_daemon_keeps_its_own_place
         (home.join("missing/s.sock"), "does not exist"),
     ] {
         config(Some(&socket));
-        let err = daemon_refuses(&env, Some(victim.uid));
+        let err = env.daemon_refuses(Some(victim.uid));
         assert!(
             err.contains("refusing") && err.contains(why),
             "{}: {err}",

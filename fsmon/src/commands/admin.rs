@@ -113,11 +113,15 @@ pub fn daemon(ctx: &mut Context, args: DaemonArgs) -> Result<()> {
     })
 }
 
-pub fn health(ctx: &Context) -> Result<()> {
+pub fn health(ctx: &Context, mode: crate::output::Mode) -> Result<()> {
     let mut c = ctx.connect()?;
     let v = c.call(&Request::Health {})?;
     // The daemon's text, made safe for the terminal.
-    println!("{}", crate::control::terminal_json(&v));
+    let out = match mode.format {
+        crate::output::Format::Json => format!("{}\n", crate::control::terminal_json(&v)),
+        crate::output::Format::Text => crate::output::render_health(&v, mode.color),
+    };
+    crate::output::print(&out)?;
     Ok(())
 }
 

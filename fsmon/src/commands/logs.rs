@@ -1,6 +1,6 @@
 //! `query`, `changes`, `clean`: reading and trimming logs (no daemon needed;
 //! `clean` asks a running daemon to do the final swap so no event is lost).
-use std::{io::Write, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use chrono::Utc;
@@ -43,6 +43,7 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let cwd = std::env::current_dir()?;
     let log = path.clone();
+    let mode = args.out.mode();
     // Everything that touches files runs as the user (also under sudo).
     let result = ctx.fs.run(move || -> crate::Result<Option<QueryStats>> {
         let path_prefix = match &args.path {
@@ -53,20 +54,28 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
         };
         match std::fs::symlink_metadata(&log) {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Only archives may be left (the live log rotated away).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !crate::archive::list(&log).is_ok_and(|files| !files.is_empty()) =>
+            {
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             // Not "does not exist" when it is "not yours to read".
             Err(e) => return Err(Error::io(&log, e)),
         }
         let range = logfile::resolve_range(&log, &filters, Utc::now())?;
         let opts = QueryOptions { range, path_prefix };
         let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        // JSON: the log's bytes as they are; text: each line rendered.
+        let mut out = crate::output::EventSink::new(stdout.lock(), mode, false);
         let result = if changes {
             logfile::changes(&log, &opts, &mut out)
         } else {
             logfile::query(&log, &opts, &mut out)
         };
-        let _ = out.flush();
+        let _ = out.finish();
         match result {
             Ok(s) => Ok(Some(s)),
             // `fsmon query | head` closing the pipe is not an error.
@@ -79,6 +88,9 @@ pub fn query(ctx: &Context, args: QueryArgs, changes: bool) -> Result<()> {
     let Some(stats) = result else {
         return no_log(&args.group, &path);
     };
+    for w in &stats.unreadable {
+        eprintln!("warning: {w}");
+    }
     if let Some(w) = stats.corrupt_warning(&path) {
         eprintln!("warning: {w}");
     }

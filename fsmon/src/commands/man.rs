@@ -31,7 +31,7 @@ reachable by root and the daemon's user only.
 \fI/etc/fsmon/fsmon.toml\fR, \fI/var/lib/fsmon/monitored.jsonl\fR, \fI/var/log/fsmon/\fR, \fI/run/fsmon/fsmon.sock\fR
 The same in system mode (\fB\-\-system\fR, the systemd unit): root's daemon for the
 machine; directories 0750, logs 0640 and the socket 0660, root's with group \fBfsmon\fR,
-whose members may read (query, changes, monitored, health, subscribe) but not change
+whose members may read (query, changes, tail, monitored, health) but not change
 what is watched.
 .PP
 \fI~\fR is the home of the user the daemon works for: the user in \fBSUDO_UID\fR when run
@@ -62,11 +62,15 @@ Log filter for the daemon's own messages (\fBerror\fR, \fBwarn\fR, \fBinfo\fR, \
 Set by sudo: the user the daemon and the CLI work for when run as root.
 .TP
 \fBNO_COLOR\fR
-Honoured by readable output on a terminal.
+Any non\-empty value: no colour in the text output (\fB\-\-color always\fR still colours).
+.TP
+\fBTERM\fR
+\fBdumb\fR (or unset): no colour in the text output unless \fB\-\-color always\fR.
 .SH EXIT STATUS
 .TP
 \fB0\fR
-Success; for \fBquery\fR and \fBchanges\fR also "the log exists but nothing matched".
+Success; for \fBquery\fR and \fBchanges\fR also "the log exists but nothing matched";
+for \fBtail\fR, stopped with Ctrl\-C or by a reader that closed the pipe.
 .TP
 \fB1\fR
 An error, reported as one line on standard error: a bad value, a missing log, no daemon
@@ -80,6 +84,8 @@ sudo fsmon daemon
 fsmon add _global \-\-path /var/www/myapp \-r
 fsmon add nginx \-\-path /var/www/myapp \-r \-\-types MODIFY \-\-types CREATE
 fsmon monitored
+fsmon tail                     # follow every group live; Ctrl\-C stops
+fsmon tail nginx \-o json | jq .path
 fsmon query _global \-\-since 1h \-\-path /var/www/myapp
 fsmon query nginx \-t '>=2026\-05\-01' \-t '<2026\-05\-02'
 fsmon changes _global \-t '>30m'

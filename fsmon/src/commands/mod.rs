@@ -5,6 +5,7 @@ mod fleet;
 mod logs;
 mod man;
 mod paths;
+mod tail;
 
 use std::path::Path;
 
@@ -87,11 +88,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => admin::daemon(&mut ctx, *args),
         Command::Add(args) => paths::add(&ctx, args),
         Command::Remove(args) => paths::remove(&ctx, args),
-        Command::Monitored => paths::monitored(&ctx),
+        Command::Monitored(out) => paths::monitored(&ctx, out.mode()),
         Command::Query(args) => logs::query(&ctx, args, false),
         Command::Changes(args) => logs::query(&ctx, args, true),
         Command::Clean(args) => logs::clean(&ctx, args),
-        Command::Health => admin::health(&ctx),
+        Command::Tail(args) => tail::tail(&ctx, args),
+        Command::Health(out) => admin::health(&ctx, out.mode()),
         Command::Fleet(cmd) => fleet::run(&ctx, cmd),
         Command::Init(args) => admin::init(&ctx, cli.config.as_deref(), args),
         Command::Cd(args) => admin::cd(&ctx, args),

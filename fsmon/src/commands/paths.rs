@@ -142,14 +142,14 @@ fn warn_unparsed(ctx: &Context, s: &Store) {
     }
 }
 
-pub fn monitored(ctx: &Context) -> Result<()> {
+pub fn monitored(ctx: &Context, mode: crate::output::Mode) -> Result<()> {
     let s = Store::load(&ctx.fs, &ctx.config.store_path)?;
     warn_unparsed(ctx, &s);
-    let mut out = String::new();
-    for line in s.lines() {
-        out.push_str(&line);
-        out.push('\n');
-    }
-    print!("{out}");
+    let lines: Vec<String> = s.lines().collect();
+    let out = match mode.format {
+        crate::output::Format::Json => lines.iter().map(|l| format!("{l}\n")).collect(),
+        crate::output::Format::Text => crate::output::render_monitored(&lines, mode.color),
+    };
+    crate::output::print(&out)?;
     Ok(())
 }

@@ -107,6 +107,10 @@ impl Process {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
+            // Between batches: finish a rotation prepared meanwhile, start
+            // one for a log past its size (cheap when there is none).
+            self.flush();
+            self.logs.retain();
             let now = Instant::now();
             if now >= next_gc {
                 let collected = self.attributor.tracker.collect_exited(self.drained_before);

@@ -13,10 +13,22 @@ use std::{
     io::Write,
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, mpsc},
 };
 
-use crate::{error::Result, userfs::UserFs};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::{
+    error::Result,
+    retention::{PreparedRotation, Retention, expire, finish_rotation, prepare_pass, ship_cap},
+    userfs::UserFs,
+};
+
+/// How long a group whose rotation failed (or was held back by the
+/// shipper) waits before its size triggers another try.
+const RETRY: Duration = Duration::from_secs(10);
 
 pub const LOG_SUFFIX: &str = "_log.jsonl";
 
@@ -198,6 +210,70 @@ pub struct LogSet {
     writers: HashMap<Arc<str>, LogWriter>,
     /// Groups whose log could not be opened (reported once).
     broken: HashMap<Arc<str>, String>,
+    retention: Option<Retention>,
+    /// When every group's log is checked next.
+    next_retention: Option<Instant>,
+    /// Groups whose last retention pass failed or could not rotate (the
+    /// shipper is behind): not tried again for their size before this.
+    retention_backoff: HashMap<String, Instant>,
+    /// The thread that prepares rotations, and the groups it has in hand.
+    rotator: Option<Rotator>,
+    rotating: std::collections::HashSet<String>,
+}
+
+/// A retention pass to prepare off the writer thread.
+struct Job {
+    group: String,
+    live: PathBuf,
+    shipped: bool,
+    policy: Retention,
+}
+
+/// What the rotator thread did: archives expired, and the rotation it
+/// prepared (if one was due) for the writer to finish.
+struct Prepared {
+    group: String,
+    result: Result<(Option<PreparedRotation>, Vec<String>)>,
+}
+
+struct Rotator {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Prepared>,
+}
+
+impl Rotator {
+    /// A thread with its own user-credentials thread, so compressing a big
+    /// log never holds up the writer's file work.
+    fn start(fs: &UserFs) -> Result<Rotator> {
+        let own = UserFs::new(fs.user())?;
+        let (jobs, jobs_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("fsmon-retention".into())
+            .spawn(move || {
+                for job in jobs_rx {
+                    let Job {
+                        group,
+                        live,
+                        shipped,
+                        policy,
+                    } = job;
+                    let result = own.run(move || {
+                        let now = Utc::now();
+                        let deleted = expire(&live, &policy, now)?;
+                        let cap = ship_cap(&live, shipped);
+                        Ok((prepare_pass(&live, &policy, cap, now)?, deleted))
+                    });
+                    if done_tx.send(Prepared { group, result }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                crate::Error::invalid(format!("cannot start the retention thread: {e}"))
+            })?;
+        Ok(Rotator { jobs, done })
+    }
 }
 
 impl LogSet {
@@ -210,7 +286,141 @@ impl LogSet {
             fs,
             writers: HashMap::new(),
             broken: HashMap::new(),
+            retention: None,
+            next_retention: None,
+            retention_backoff: HashMap::new(),
+            rotator: None,
+            rotating: Default::default(),
         })
+    }
+
+    /// Turns on retention: every log is checked one interval from now and
+    /// every interval after, and a log is rotated soon after it grows past
+    /// [`Retention::rotate_at`]. The slow part of a rotation (compressing,
+    /// copying the rest of the log) runs on a thread of its own with the
+    /// user's credentials; the writer only does the final swap.
+    pub fn set_retention(&mut self, policy: Retention) {
+        self.next_retention = Some(Instant::now() + policy.interval);
+        self.retention = Some(policy);
+        if self.rotator.is_none() {
+            match Rotator::start(&self.fs) {
+                Ok(r) => self.rotator = Some(r),
+                Err(e) => {
+                    log::error!("retention: cannot start its thread: {e}; logs are not rotated")
+                }
+            }
+        }
+    }
+
+    /// Between batches (writers flushed): finishes the rotations prepared
+    /// meanwhile, and starts the retention passes due now.
+    pub fn retain(&mut self) {
+        let (Some(policy), Some(dir)) = (self.retention.clone(), self.dir.clone()) else {
+            return;
+        };
+        let Some(rotator) = &self.rotator else { return };
+        let finished: Vec<Prepared> = rotator.done.try_iter().collect();
+        for done in finished {
+            self.finish(done, &policy);
+        }
+        let now = Instant::now();
+        let mut groups: Vec<String> = self
+            .writers
+            .iter()
+            .filter(|(g, w)| {
+                w.len > policy.rotate_at()
+                    && self
+                        .retention_backoff
+                        .get(&***g)
+                        .is_none_or(|until| now >= *until)
+            })
+            .map(|(g, _)| g.to_string())
+            .collect();
+        if self.next_retention.is_some_and(|at| now >= at) {
+            self.next_retention = Some(now + policy.interval);
+            self.retention_backoff.clear();
+            let dir = dir.clone();
+            groups = self.fs.run(move || -> Vec<String> {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    return Vec::new();
+                };
+                entries
+                    .filter_map(|e| {
+                        let name = e.ok()?.file_name().into_string().ok()?;
+                        let group = name.strip_suffix(LOG_SUFFIX)?;
+                        crate::store::validate_group(group).ok()?;
+                        Some(group.to_string())
+                    })
+                    .collect()
+            });
+        }
+        for group in groups {
+            if !self.rotating.insert(group.clone()) {
+                continue; // one pass per group at a time
+            }
+            let job = Job {
+                live: log_path(&dir, &group),
+                shipped: policy.shipped(&group),
+                policy: policy.clone(),
+                group,
+            };
+            if let Some(r) = &self.rotator
+                && r.jobs.send(job).is_err()
+            {
+                log::error!("retention: its thread is gone; logs are not rotated");
+                self.rotator = None;
+                return;
+            }
+        }
+    }
+
+    /// The writer's half of a rotation: the swap, as the user.
+    fn finish(&mut self, done: Prepared, policy: &Retention) {
+        let group = done.group;
+        self.rotating.remove(&group);
+        let (rotation, deleted) = match done.result {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("group {group}: retention: {e}; the log is left as it is");
+                self.retention_backoff.insert(group, Instant::now() + RETRY);
+                return;
+            }
+        };
+        for name in &deleted {
+            log::info!("group {group}: archive {name} deleted (keep_days / size)");
+        }
+        let Some(rotation) = rotation else {
+            // Nothing could move (small, or unshipped lines): not again
+            // every second.
+            self.retention_backoff.insert(group, Instant::now() + RETRY);
+            return;
+        };
+        // The log is swapped under the writer: close it (it is flushed);
+        // the next event reopens the new file.
+        if let Some(mut w) = self.writers.remove(group.as_str())
+            && w.has_pending()
+        {
+            w.flush();
+        }
+        let live = rotation.live().to_owned();
+        let (ship, owner) = (policy.ship.clone(), self.fs.user().clone());
+        let group2 = group.clone();
+        let result = self.fs.run(move || {
+            finish_rotation(rotation, |ino, cut, swap| match &ship {
+                Some(s) => s.around_swap(&group2, &live, ino, cut, swap),
+                None => crate::ship::cursor::around_swap(&live, &owner, ino, cut, None, swap),
+            })
+        });
+        match result {
+            Ok(name) => {
+                log::info!("group {group}: the start of its log archived as {name}");
+                self.retention_backoff.remove(&group);
+            }
+            Err(e) => {
+                log::warn!("group {group}: retention: {e}; the log is left as it is");
+                self.retention_backoff.insert(group, Instant::now() + RETRY);
+            }
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -361,5 +571,55 @@ mod tests {
         w.end_line();
         w.flush();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "kept\n2\n");
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    fn me() -> UserFs {
+        UserFs::direct(crate::user::TargetUser::from_uid(nix::unistd::geteuid().as_raw()).unwrap())
+    }
+
+    /// The writer's side of retention: the log grows past the rotation
+    /// size, the rotator thread prepares, the writer swaps; the lines
+    /// written between the two are kept, each once.
+    #[test]
+    fn writer_rotates_past_the_size_and_keeps_lines_written_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let mut set = LogSet::new(Some(d.path().to_path_buf()), me()).unwrap();
+        set.set_retention(Retention {
+            keep_days: 36500,
+            size: 40_000,
+            interval: Duration::from_secs(3600),
+            shipped_groups: None,
+            ship: None,
+        });
+        let group: Arc<str> = Arc::from("g");
+        let line = |i: u32| {
+            format!(
+                "{{\"time\":\"2026-05-07T10:00:00.{i:06}+00:00\",\"event_type\":\"CREATE\",\"path\":\"/d/{i}\",\"pid\":1,\"cmd\":\"c\",\"user\":\"u\",\"file_size\":0,\"ppid\":0,\"tgid\":1}}"
+            )
+        };
+        let mut i = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let live = log_path(d.path(), "g");
+        while crate::archive::list(&live).unwrap().len() < 3 {
+            assert!(Instant::now() < deadline, "no rotation");
+            for _ in 0..20 {
+                let w = set.writer(&group).unwrap();
+                w.line_buf().extend_from_slice(line(i).as_bytes());
+                w.end_line();
+                i += 1;
+            }
+            set.flush_all();
+            set.retain();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut out = Vec::new();
+        crate::logfile::query(&live, &Default::default(), &mut out).unwrap();
+        let want: String = (0..i).map(|i| line(i) + "\n").collect();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 }

@@ -61,6 +61,8 @@ pub struct FleetQueryArgs {
     /// Only hosts matching this pattern (* and ? wildcards)
     #[arg(long, value_name = "PATTERN")]
     pub host: Option<String>,
+    #[command(flatten)]
+    pub output: crate::output::OutputArgs,
 }
 
 /// `*` and `?` glob match.

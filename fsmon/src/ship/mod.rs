@@ -36,6 +36,14 @@
 //! - Publishing stops while the client is disconnected, so the client's
 //!   buffer does not fill with copies during an outage; memory is bounded
 //!   by `max_in_flight` lines per group and one read chunk.
+//!
+//! # Cost
+//!
+//! Shipping is deferrable, so it stays out of the way: the thread runs
+//! under `SCHED_IDLE` while it is a storm behind (see [`Sched`]), works in
+//! bursts ([`BURST_BYTES`], [`BURST_WAIT`]), sends each line as it is with
+//! the host and group spliced in, and collects acknowledgements on one
+//! subscription per group rather than a request per message.
 pub mod config;
 pub mod cursor;
 pub mod fleet;
@@ -44,10 +52,8 @@ pub mod nats;
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     fs::File,
-    future::Future,
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -55,10 +61,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, context::PublishError, publish::PublishAck};
+use async_nats::{HeaderMap, jetstream};
+use bytes::BytesMut;
 use chrono::{DateTime, FixedOffset, Utc};
 use futures_util::{FutureExt, StreamExt};
-use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
 
 pub use config::ShipConfig;
@@ -68,12 +75,29 @@ use crate::{
     error::Result, logfile::parse_line, pipeline::write::LOG_SUFFIX, safefs, user::TargetUser,
 };
 
+/// Is `text` (a line without its newline) an event to ship: a complete JSON
+/// object? Checked without building it (the line is sent as it is, with the
+/// host and group spliced in), so a crash's fragment glued to the next line
+/// is skipped, not shipped.
+fn is_event_line(text: &[u8]) -> bool {
+    text.first() == Some(&b'{')
+        && text.last() == Some(&b'}')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok()
+}
+
 /// Cursor saves while shipping.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 /// How often an idle shipper looks for new lines.
 const POLL: Duration = Duration::from_millis(20);
 /// Bytes read from a log at a time.
 const READ_CHUNK: usize = 256 * 1024;
+/// Shipping works in bursts: it waits until this many bytes of new lines
+/// are in the log (a few hundred events)...
+const BURST_BYTES: u64 = 64 * 1024;
+/// ...or the first of them has waited this long. Fewer, larger rounds cost
+/// less per event (wake-ups, reads, writes to the server); this is the
+/// latency it adds when events are few.
+const BURST_WAIT: Duration = Duration::from_millis(100);
 /// A line longer than this is not an event (and is skipped).
 const MAX_LINE: usize = 1 << 20;
 /// Time allowed for one acknowledgement.
@@ -82,8 +106,23 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// the safety net).
 const RECONCILE_MAX: usize = 1 << 20;
 
-type AckFuture =
-    Pin<Box<dyn Future<Output = std::result::Result<PublishAck, PublishError>> + Send>>;
+/// A JetStream acknowledgement, read without building it (the client's own
+/// publish path buffers it into an intermediate tree and allocates).
+#[derive(serde::Deserialize)]
+struct PubAck<'a> {
+    #[serde(default)]
+    seq: u64,
+    #[serde(borrow, default)]
+    error: Option<PubAckError<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PubAckError<'a> {
+    #[serde(default)]
+    code: u16,
+    #[serde(borrow, default)]
+    description: std::borrow::Cow<'a, str>,
+}
 
 /// The connection, as `health` shows it.
 #[derive(Debug, Clone, Default)]
@@ -183,6 +222,7 @@ struct Inner {
     conn: Mutex<ConnStatus>,
     stop: AtomicBool,
     metrics: ShipMetrics,
+    sched: Mutex<Sched>,
 }
 
 /// The running shipper.
@@ -211,13 +251,14 @@ impl Shipper {
                 ..Default::default()
             }),
             stop: AtomicBool::new(false),
+            sched: Mutex::new(Sched::default()),
             metrics: ShipMetrics::new(registry),
         });
         let run = inner.clone();
         let thread = std::thread::Builder::new()
             .name("fsmon-ship".into())
             .spawn(move || {
-                lower_priority();
+                run.sched.lock().unwrap().apply();
                 // The logs, cursors and secrets the shipper reads are the
                 // user's: it reads them with the user's credentials, like
                 // every other file work in the user's locations.
@@ -324,13 +365,79 @@ impl Drop for Shipper {
     }
 }
 
-/// The shipper thread's nice value: when the CPU is short, capture and the
-/// monitored workload come first; shipping catches up from the logs.
+/// The shipper thread's nice value when it is not idle-only.
 const SHIP_NICE: libc::c_int = 10;
+/// A group this far behind its log is in a storm (or catching up).
+const STORM_BYTES: u64 = READ_CHUNK as u64;
+/// A backlog older than this takes the shipper out of `SCHED_IDLE`...
+const STARVED_AFTER: Duration = Duration::from_secs(30);
+/// ...until its oldest unshipped event is younger than this.
+const CAUGHT_UP_BELOW: Duration = Duration::from_secs(2);
 
-/// Lowers this thread's scheduling priority (Linux keeps a nice value per
-/// thread: `setpriority` on the thread id).
-fn lower_priority() {
+/// How the shipper thread is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// `SCHED_IDLE`: only CPU time nobody else wants.
+    Idle,
+    /// An ordinary share at nice [`SHIP_NICE`].
+    Niced,
+}
+
+/// The shipper thread's scheduling. Shipping is deferrable (the logs are
+/// its buffer): while a group is a storm behind ([`STORM_BYTES`]) the
+/// thread runs under `SCHED_IDLE`, so the workload and capture come first
+/// and the storm is shipped when it ends. With few events shipping costs
+/// little and latency matters, so it runs at nice [`SHIP_NICE`] (an idle
+/// thread waits up to a second for the CPU on a busy host). And since a
+/// host whose CPUs never idle could starve it for good, a backlog older
+/// than [`STARVED_AFTER`] also gets the nice share, until it has caught up.
+/// Only the shipper thread uses this.
+#[derive(Default)]
+struct Sched {
+    /// The policy set (None: not yet).
+    current: Option<Priority>,
+    /// Groups a storm behind.
+    storming: usize,
+    /// A backlog older than [`STARVED_AFTER`], until [`CAUGHT_UP_BELOW`].
+    starved: bool,
+}
+
+impl Sched {
+    /// The policy for the current state.
+    fn wanted(&self) -> Priority {
+        if self.storming > 0 && !self.starved {
+            Priority::Idle
+        } else {
+            Priority::Niced
+        }
+    }
+
+    /// Sets the calling thread's policy for the current state.
+    fn apply(&mut self) {
+        let want = self.wanted();
+        if self.current != Some(want) {
+            set_priority(want);
+            self.current = Some(want);
+        }
+    }
+}
+
+/// Schedules the calling thread (Linux keeps the policy and the nice value
+/// per thread: pid 0 and the thread id name this one).
+fn set_priority(p: Priority) {
+    let policy = match p {
+        Priority::Idle => libc::SCHED_IDLE,
+        Priority::Niced => libc::SCHED_OTHER,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` outlives the call; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if r != 0 {
+        log::debug!(
+            "ship: cannot set the shipper's scheduling policy: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: setpriority only reads its integer arguments.
     let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, SHIP_NICE) };
@@ -339,6 +446,39 @@ fn lower_priority() {
             "ship: cannot lower the shipper's priority: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+/// Marks the shipper starved while any group's oldest unshipped event is
+/// older than [`STARVED_AFTER`], until all are younger than
+/// [`CAUGHT_UP_BELOW`].
+fn check_starved(inner: &Inner) {
+    let now = Utc::now();
+    let oldest = inner
+        .groups
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|g| g.status.lock().unwrap().oldest_unshipped)
+        .map(|t| (now - t.with_timezone(&Utc)).to_std().unwrap_or_default())
+        .max()
+        .unwrap_or_default();
+    let mut sched = inner.sched.lock().unwrap();
+    let starved = match sched.starved {
+        false => oldest > STARVED_AFTER,
+        true => oldest >= CAUGHT_UP_BELOW,
+    };
+    if starved != sched.starved {
+        if starved {
+            log::info!(
+                "ship: the oldest unshipped event is {} s old: shipping takes a share of a busy CPU (nice {SHIP_NICE}) until it catches up",
+                oldest.as_secs()
+            );
+        } else {
+            log::info!("ship: caught up");
+        }
+        sched.starved = starved;
+        sched.apply();
     }
 }
 
@@ -448,6 +588,7 @@ async fn run_shipper(inner: Arc<Inner>) {
     let mut failing = std::collections::HashSet::new();
     let mut backoff = Duration::from_millis(100);
     while !inner.stop.load(Ordering::Relaxed) {
+        check_starved(&inner);
         // Groups get their cursor at once, NATS or not: `clean` reads it to
         // keep what is not shipped, and `health` shows the backlog.
         for group in discover_groups(&inner) {
@@ -555,15 +696,25 @@ fn open_group(inner: &Inner, group: &str) -> Result<Arc<GroupState>> {
     Ok(gs)
 }
 
-/// A line published (or skipped) and not yet settled.
+/// A line published (or skipped) and not yet settled. Lines get
+/// consecutive tokens; a publish's reply subject ends in its token, so an
+/// acknowledgement finds its line by subtraction.
 struct InFlight {
+    token: u64,
     /// Logical offset just past the line.
     end: u64,
-    /// `None` for a corrupt line or one already in the stream: nothing to
-    /// wait for.
-    ack: Option<AckFuture>,
+    ack: AckState,
     /// Found in the stream by reconciliation: counts as shipped.
     already_stored: bool,
+}
+
+enum AckState {
+    /// A corrupt line or one already in the stream: nothing to wait for.
+    None,
+    /// Published at this time, not acknowledged yet.
+    Waiting(Instant),
+    /// The stream's answer: its sequence, or why it refused.
+    Done(std::result::Result<u64, String>),
 }
 
 /// Counts lines not yet read, ahead of the read position, a bounded number
@@ -604,6 +755,25 @@ struct GroupShipper {
     needs_reconcile: bool,
     /// Logical offsets of lines found in the stream past the cursor.
     stored: HashSet<u64>,
+    /// Since when fewer than [`BURST_BYTES`] of new lines wait.
+    waiting_since: Option<Instant>,
+    /// At least [`STORM_BYTES`] behind the log (counted in [`Sched`]).
+    storming: bool,
+    /// This group's `fsmon_ship_events_total`.
+    shipped_total: IntCounter,
+    /// Acknowledgements: one subscription on `<inbox>.*` for the task's
+    /// life (the client renews it after a reconnect), rather than a
+    /// request, reply channel and timer per message.
+    acks: async_nats::Subscriber,
+    /// `<inbox>.`, the head of every reply subject.
+    reply_head: String,
+    /// The next line's token (never reused, so a late acknowledgement of a
+    /// line given up after a failure matches nothing).
+    next_token: u64,
+    /// Payloads are cut from this buffer (one allocation per many messages).
+    out: BytesMut,
+    /// Read buffer for counting the lines ahead.
+    count_buf: Vec<u8>,
 }
 
 async fn ship_group(
@@ -621,6 +791,17 @@ async fn ship_group(
     )
     .into_bytes();
     let next = gs.cursor.lock().unwrap().acked;
+    let group = gs.group.clone();
+    let inbox = client.new_inbox();
+    let acks = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            log::error!(
+                "ship: group {group}: cannot subscribe for acknowledgements: {e}; events are only logged locally"
+            );
+            return;
+        }
+    };
     let mut s = GroupShipper {
         id_head: format!("{}:{}:", cfg.host, gs.group),
         inner: inner.clone(),
@@ -644,6 +825,14 @@ async fn ship_group(
         oldest_cache: None,
         needs_reconcile: true,
         stored: HashSet::new(),
+        waiting_since: None,
+        storming: false,
+        shipped_total: inner.metrics.shipped.with_label_values(&[&group]),
+        acks,
+        reply_head: format!("{inbox}."),
+        next_token: 0,
+        out: BytesMut::new(),
+        count_buf: vec![0u8; 256 * 1024],
     };
     while !inner.stop.load(Ordering::Relaxed) {
         match s.step().await {
@@ -651,7 +840,10 @@ async fn ship_group(
             Ok(false) => tokio::time::sleep(POLL).await,
             Err(e) => s.failed(e).await,
         }
-        if s.dirty && s.last_save.elapsed() >= SAVE_EVERY {
+        // Saved at least every SAVE_EVERY while shipping, and at once when
+        // everything published is settled: a `clean` run without the daemon
+        // reads the file, and should not keep lines `health` shows shipped.
+        if s.dirty && (s.in_flight.is_empty() || s.last_save.elapsed() >= SAVE_EVERY) {
             s.save();
         }
         if s.last_status.elapsed() >= Duration::from_millis(250) {
@@ -670,6 +862,17 @@ impl GroupShipper {
             return Ok(false);
         };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let storming = len.saturating_sub(self.next - base) >= STORM_BYTES;
+        if storming != self.storming {
+            self.storming = storming;
+            let mut sched = self.inner.sched.lock().unwrap();
+            if storming {
+                sched.storming += 1;
+            } else {
+                sched.storming -= 1;
+            }
+            sched.apply();
+        }
         let mut did = false;
         let connected = self.client.connection_state() == async_nats::connection::State::Connected
             && self.inner.conn.lock().unwrap().stream_ok;
@@ -680,12 +883,25 @@ impl GroupShipper {
         if connected && !self.needs_reconcile && self.in_flight.len() < self.inner.cfg.max_in_flight
         {
             let phys = self.next - base;
-            if phys < len {
+            if phys < len && self.burst_ready(len - phys) {
                 did |= self.publish_from(phys, len, base).await?;
+                self.waiting_since = None;
             }
         }
         did |= self.settle().await?;
         Ok(did)
+    }
+
+    /// Whether `available` bytes of new lines are worth a round now (see
+    /// [`BURST_BYTES`]).
+    fn burst_ready(&mut self, available: u64) -> bool {
+        if available >= BURST_BYTES || self.inner.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.waiting_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= BURST_WAIT
     }
 
     /// Makes `self.file` the log the cursor is for. Returns the cursor's
@@ -893,31 +1109,46 @@ impl GroupShipper {
             let text = &self.buf[start..start + nl];
             start += nl + 1;
             let already_stored = !self.stored.is_empty() && self.stored.remove(&line_start);
+            let token = self.next_token;
+            self.next_token += 1;
             let ack = if already_stored {
-                None
-            } else if parse_line(text).is_some() && text.first() == Some(&b'{') {
-                let mut payload = Vec::with_capacity(self.payload_head.len() + text.len());
-                payload.extend_from_slice(&self.payload_head);
-                payload.extend_from_slice(&text[1..]);
+                AckState::None
+            } else if is_event_line(text) {
+                // The line as it is, with the host and group spliced in.
+                let size = self.payload_head.len() + text.len() - 1;
+                if self.out.capacity() < size {
+                    self.out.reserve(size.max(READ_CHUNK));
+                }
+                self.out.extend_from_slice(&self.payload_head);
+                self.out.extend_from_slice(&text[1..]);
+                let payload = self.out.split().freeze();
                 let mut id = String::with_capacity(id_head.len() + 20);
                 id.push_str(&id_head);
                 id.push_str(itoa::Buffer::new().format(line_start));
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(payload.into())
-                    .message_id(id);
-                let sent = tokio::time::timeout(
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+                let mut reply = String::with_capacity(self.reply_head.len() + 20);
+                reply.push_str(&self.reply_head);
+                reply.push_str(itoa::Buffer::new().format(token));
+                tokio::time::timeout(
                     ACK_TIMEOUT,
-                    self.js.send_publish(self.subject.clone(), publish),
+                    self.client.publish_with_reply_and_headers(
+                        self.subject.clone(),
+                        reply,
+                        headers,
+                        payload,
+                    ),
                 )
                 .await
                 .map_err(|_| "publish timed out".to_string())?
                 .map_err(|e| format!("publish: {e}"))?;
-                Some(Box::pin(std::future::IntoFuture::into_future(sent)) as AckFuture)
+                AckState::Waiting(Instant::now())
             } else {
                 self.gs.status.lock().unwrap().skipped_corrupt += 1;
-                None
+                AckState::None
             };
             self.in_flight.push_back(InFlight {
+                token,
                 end,
                 ack,
                 already_stored,
@@ -935,9 +1166,12 @@ impl GroupShipper {
             // its newline, or MAX_LINE.
             let skip_to = skip_long_line(file, phys, len).map_err(|e| e.to_string())?;
             if skip_to > phys {
+                let token = self.next_token;
+                self.next_token += 1;
                 self.in_flight.push_back(InFlight {
+                    token,
                     end: base + skip_to,
-                    ack: None,
+                    ack: AckState::None,
                     already_stored: false,
                 });
                 self.next = base + skip_to;
@@ -948,61 +1182,88 @@ impl GroupShipper {
         Ok(published)
     }
 
+    /// Records an acknowledgement (or the server's "no responders") for
+    /// the line its reply subject names; one for a line no longer in flight
+    /// (given up after a failure) is dropped.
+    fn take_ack(&mut self, msg: async_nats::Message) {
+        let token = msg
+            .subject
+            .as_str()
+            .strip_prefix(self.reply_head.as_str())
+            .and_then(|t| t.parse::<u64>().ok());
+        let Some(front) = self.in_flight.front() else {
+            return;
+        };
+        let Some(entry) = token
+            .and_then(|t| t.checked_sub(front.token))
+            .and_then(|i| self.in_flight.get_mut(i as usize))
+        else {
+            return;
+        };
+        if !matches!(entry.ack, AckState::Waiting(_)) {
+            return;
+        }
+        let result = if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            Err(format!(
+                "publish: no responders (no stream captures {})",
+                self.subject
+            ))
+        } else {
+            match serde_json::from_slice::<PubAck>(&msg.payload) {
+                Ok(PubAck { error: None, seq }) => Ok(seq),
+                Ok(PubAck { error: Some(e), .. }) => {
+                    Err(format!("publish: {} (code {})", e.description, e.code))
+                }
+                Err(e) => Err(format!("publish: unreadable acknowledgement: {e}")),
+            }
+        };
+        entry.ack = AckState::Done(result);
+    }
+
     /// Settles acknowledgements in order. Waits (briefly) for the oldest
-    /// when the window is full or nothing else is to be done.
+    /// when nothing else was settled.
     async fn settle(&mut self) -> std::result::Result<bool, String> {
+        // Take every acknowledgement that has arrived.
+        while let Some(next) = self.acks.next().now_or_never() {
+            match next {
+                Some(msg) => self.take_ack(msg),
+                None => return Err("the acknowledgement subscription ended".into()),
+            }
+        }
         let mut did = false;
-        loop {
-            let full = self.in_flight.len() >= self.inner.cfg.max_in_flight;
-            let Some(front) = self.in_flight.front_mut() else {
-                break;
-            };
-            let result = match &mut front.ack {
-                None => None,
-                Some(fut) if full => match tokio::time::timeout(POLL, fut).await {
-                    Ok(r) => Some(r),
-                    Err(_) => return Ok(did),
-                },
-                Some(fut) => match fut.now_or_never() {
-                    Some(r) => Some(r),
-                    None => {
-                        if did {
-                            break;
-                        }
-                        match tokio::time::timeout(POLL, fut).await {
-                            Ok(r) => Some(r),
-                            Err(_) => break,
-                        }
+        while let Some(front) = self.in_flight.front() {
+            let (shipped, seq) = match &front.ack {
+                AckState::None => (front.already_stored, 0),
+                AckState::Done(Ok(seq)) => (true, *seq),
+                AckState::Done(Err(e)) => return Err(e.clone()),
+                AckState::Waiting(sent) => {
+                    if sent.elapsed() >= ACK_TIMEOUT {
+                        return Err("publish: no acknowledgement within 10 s".into());
                     }
-                },
+                    if did {
+                        break;
+                    }
+                    match tokio::time::timeout(POLL, self.acks.next()).await {
+                        Ok(Some(msg)) => {
+                            self.take_ack(msg);
+                            continue;
+                        }
+                        Ok(None) => {
+                            return Err("the acknowledgement subscription ended".into());
+                        }
+                        Err(_) => break,
+                    }
+                }
             };
             let end = front.end;
-            let already_stored = front.already_stored;
-            match result {
-                None if already_stored => {
-                    self.gs.cursor.lock().unwrap().shipped += 1;
-                    self.inner
-                        .metrics
-                        .shipped
-                        .with_label_values(&[&self.gs.group])
-                        .inc();
-                }
-                None => {}
-                Some(Ok(ack)) => {
-                    let mut c = self.gs.cursor.lock().unwrap();
-                    c.shipped += 1;
-                    c.stream_seq = c.stream_seq.max(ack.sequence);
-                    self.inner
-                        .metrics
-                        .shipped
-                        .with_label_values(&[&self.gs.group])
-                        .inc();
-                }
-                Some(Err(e)) => return Err(format!("publish: {e}")),
-            }
             {
                 let mut c = self.gs.cursor.lock().unwrap();
+                c.shipped += u64::from(shipped);
+                c.stream_seq = c.stream_seq.max(seq);
                 c.acked = c.acked.max(end);
+            }
+            if shipped {
+                self.shipped_total.inc();
             }
             self.in_flight.pop_front();
             self.dirty = true;
@@ -1078,7 +1339,7 @@ impl GroupShipper {
         // Count newlines ahead of the read position, at most 4 MiB a round.
         let end = base + len;
         let mut budget = 4usize << 20;
-        let mut chunk = vec![0u8; 256 * 1024];
+        let chunk = &mut self.count_buf;
         while self.ahead.counted_to < end && budget > 0 {
             let at = self.ahead.counted_to.max(self.next);
             self.ahead.counted_to = at;
@@ -1194,4 +1455,53 @@ fn first_line_time(file: &File, offset: u64) -> Option<DateTime<FixedOffset>> {
     let got = read_full_at(file, &mut buf, offset).ok()?;
     let nl = buf[..got].iter().position(|&b| b == b'\n')?;
     parse_line(&buf[..nl]).map(|(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_complete_json_objects() {
+        assert!(is_event_line(br#"{"time":"t","path":"/a\"b}"}"#));
+        assert!(!is_event_line(br#"{"time":"t","path":"/a"#));
+        // A crash's fragment glued to the next line.
+        assert!(!is_event_line(
+            br#"{"time":"t","pa{"time":"u","path":"/b"}"#
+        ));
+        assert!(!is_event_line(b"[1]"));
+        assert!(!is_event_line(b""));
+    }
+
+    #[test]
+    fn acknowledgements_are_read_without_building_them() {
+        let ok: PubAck = serde_json::from_slice(br#"{"stream":"S","seq":42}"#).unwrap();
+        assert_eq!((ok.seq, ok.error.is_none()), (42, true));
+        let dup: PubAck =
+            serde_json::from_slice(br#"{"stream":"S","seq":7,"duplicate":true}"#).unwrap();
+        assert_eq!(dup.seq, 7);
+        let err: PubAck = serde_json::from_slice(
+            br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        )
+        .unwrap();
+        let e = err.error.unwrap();
+        assert_eq!(
+            (e.code, e.description.as_ref()),
+            (503, "maximum messages exceeded")
+        );
+    }
+
+    #[test]
+    fn the_shipper_idles_only_while_a_storm_behind_and_not_starved() {
+        let s = |storming, starved| Sched {
+            current: None,
+            storming,
+            starved,
+        };
+        assert_eq!(s(0, false).wanted(), Priority::Niced);
+        assert_eq!(s(1, false).wanted(), Priority::Idle);
+        assert_eq!(s(2, false).wanted(), Priority::Idle);
+        assert_eq!(s(1, true).wanted(), Priority::Niced);
+        assert_eq!(s(0, true).wanted(), Priority::Niced);
+    }
 }

@@ -39,12 +39,6 @@ fn read_secret(path: &Path, user: &TargetUser) -> Result<String, String> {
     Ok(text)
 }
 
-/// Checks that a file named in the config is the user's (or root's) and
-/// readable, before the client library opens it by path.
-fn check_file(path: &Path, user: &TargetUser) -> Result<(), String> {
-    read_secret(path, user).map(|_| ())
-}
-
 /// The TLS configuration, from files read here (as [`read_secret`] does:
 /// the user's or root's only), never by path in the client library, so
 /// the daemon cannot be pointed at another user's key through a symlink
@@ -118,12 +112,12 @@ pub async fn connect_options(
             }
             o.nkey(seed.to_string())
         }
-        NatsAuth::CredsFile(path) => {
-            check_file(path, user)?;
-            o.credentials_file(path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        // Read here, on the calling thread (the shipper's has the user's
+        // credentials), not by path in the client library, which reads on
+        // a blocking-pool thread that would still be root's.
+        NatsAuth::CredsFile(path) => o
+            .credentials(&read_secret(path, user)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
     };
     if cfg.tls_ca.is_some() || cfg.tls_client.is_some() {
         o = o

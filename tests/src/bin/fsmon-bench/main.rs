@@ -9,7 +9,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::{Read, Seek, SeekFrom},
+    io::{Read, Seek, SeekFrom, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -1138,7 +1138,7 @@ fn bench_query(o: &Opts) -> String {
     let prefix = &cut_s[..19]; // to the second
     let grep_pattern = format!("\"time\":\"({}|{})", regex_after(prefix, &cut_s), "^$");
     let (gr_t, gr_n) = time_cmd(Command::new("grep").args(["-E", &grep_pattern]).arg(&log));
-    format!(
+    let mut report = format!(
         "## Query: last 1% of a {n}-event log ({size_mb:.0} MB), page cache warm, best of 3\n\n\
          | tool | lines | time | fsmon is faster by |\n|---|---|---|---|\n\
          | `fsmon query -t '>=…'` | {fs_n} (expected {expected}) | {:.1} ms | — |\n\
@@ -1149,7 +1149,115 @@ fn bench_query(o: &Opts) -> String {
         jq_t / fs_t,
         gr_t * 1000.0,
         gr_t / fs_t
-    )
+    );
+
+    // Full scans with a path filter: fsmon's byte search before parsing,
+    // against grep -F and jq on the same log.
+    let dir = "/var/www/myapp/src/components/module42";
+    let fsmon_cmd = |sub: &str, log_config: &Path, extra: &[&str]| {
+        let mut c = Command::new(fsmon_tests::fsmon_bin());
+        c.args(["--config", log_config.to_str().unwrap(), sub, "_global"])
+            .args(extra);
+        c
+    };
+    let (q_t, q_n) = time_cmd(&mut fsmon_cmd("query", &env.config, &["--path", dir]));
+    let (c_t, c_n) = time_cmd(&mut fsmon_cmd("changes", &env.config, &["--path", dir]));
+    let (g_t, g_n) = time_cmd(
+        Command::new("grep")
+            .arg("-F")
+            .arg(format!("\"path\":\"{dir}/"))
+            .arg(&log),
+    );
+    let (j_t, j_n) = time_cmd(
+        Command::new("jq")
+            .args(["-c", &format!("select(.path | startswith(\"{dir}/\"))")])
+            .arg(&log),
+    );
+    let _ = write!(
+        report,
+        "## Query: a path filter over the whole {n}-event log, page cache warm, best of 3\n\n\
+         | tool | lines | time | against `grep -F` (target ≤ 2×) |\n|---|---|---|---|\n\
+         | `fsmon query --path {dir}` | {q_n} | {:.0} ms | {:.2}× |\n\
+         | `fsmon changes --path {dir}` | {c_n} | {:.0} ms | {:.2}× |\n\
+         | `grep -F '\"path\":\"{dir}/'` | {g_n} | {:.0} ms | 1× |\n\
+         | `jq -c 'select(.path \\| startswith(…))'` | {j_n} | {:.0} ms | {:.1}× |\n\n",
+        q_t * 1000.0,
+        q_t / g_t,
+        c_t * 1000.0,
+        c_t / g_t,
+        g_t * 1000.0,
+        j_t * 1000.0,
+        j_t / g_t,
+    );
+
+    // The same events in 10 zstd archives and a live log.
+    let env2 = Env::new();
+    fs::create_dir_all(&env2.logs).unwrap();
+    let log2 = env2.log_path("_global");
+    {
+        let text = fs::read(&log).unwrap();
+        let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+        let per = lines.len().div_ceil(11);
+        for (k, chunk) in lines.chunks(per).enumerate() {
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log2)
+                .unwrap();
+            for l in chunk {
+                f.write_all(l).unwrap();
+            }
+            drop(f);
+            if k < 10 {
+                fsmon::retention::rotate_now(&log2, chrono::Utc::now()).unwrap();
+            }
+        }
+    }
+    let on_disk: u64 = fs::read_dir(&env2.logs)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let mid_a = (t0 + chrono::TimeDelta::milliseconds((n / 11 * 5 - n / 200) as i64 * 10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let mid_b = (t0 + chrono::TimeDelta::milliseconds((n / 11 * 5 + n / 200) as i64 * 10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let window = |c: &Path| {
+        let mut cmd = fsmon_cmd("query", c, &[]);
+        cmd.args(["-t", &format!(">={mid_a}"), "-t", &format!("<{mid_b}")]);
+        cmd
+    };
+    let recent = |c: &Path| {
+        let mut cmd = fsmon_cmd("query", c, &[]);
+        cmd.args(["-t", &format!(">={cut_s}")]);
+        cmd
+    };
+    let (full1, full1_n) = time_cmd(&mut fsmon_cmd("query", &env.config, &[]));
+    let (full2, full2_n) = time_cmd(&mut fsmon_cmd("query", &env2.config, &[]));
+    let (rec1, rec1_n) = time_cmd(&mut recent(&env.config));
+    let (rec2, rec2_n) = time_cmd(&mut recent(&env2.config));
+    let (win1, win1_n) = time_cmd(&mut window(&env.config));
+    let (win2, win2_n) = time_cmd(&mut window(&env2.config));
+    let (path2, path2_n) = time_cmd(&mut fsmon_cmd("query", &env2.config, &["--path", dir]));
+    let _ = write!(
+        report,
+        "## Query: one plain log against 10 zstd archives + the live log (same {n} events; {size_mb:.0} MB plain; archives + live log {:.1} MB on disk), best of 3\n\n\
+         | query | one plain log | 10 archives + live log |\n|---|---|---|\n\
+         | everything | {:.0} ms ({full1_n} lines) | {:.0} ms ({full2_n} lines) |\n\
+         | last 1% (`-t '>=…'`, in the live log) | {:.1} ms ({rec1_n}) | {:.1} ms ({rec2_n}) |\n\
+         | 1% across an archive boundary (`-t '>=…' -t '<…'`) | {:.1} ms ({win1_n}) | {:.1} ms ({win2_n}) |\n\
+         | `--path` (full scan) | {:.0} ms ({q_n}) | {:.0} ms ({path2_n}) |\n\n",
+        on_disk as f64 / 1e6,
+        full1 * 1000.0,
+        full2 * 1000.0,
+        rec1 * 1000.0,
+        rec2 * 1000.0,
+        win1 * 1000.0,
+        win2 * 1000.0,
+        q_t * 1000.0,
+        path2 * 1000.0,
+    );
+    report
 }
 
 /// A grep -E alternative matching RFC 3339 times from `cut` to the end of
