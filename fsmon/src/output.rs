@@ -391,10 +391,10 @@ fn types_text(types: &[Value]) -> String {
     }
 }
 
-/// `monitored`'s lines (`{"cmd":..,"paths":{path:{recursive,types,size?}}}`)
+/// `monitored`'s lines (`{"cmd":..,"paths":{path:{recursive,types,size?,mark?}}}`)
 /// as a table: one row per group and path.
 pub fn render_monitored(lines: &[String], color: bool) -> String {
-    let header = ["GROUP", "PATH", "RECURSIVE", "TYPES", "SIZE"].map(String::from);
+    let header = ["GROUP", "PATH", "RECURSIVE", "TYPES", "SIZE", "MARK"].map(String::from);
     let mut rows = vec![header];
     for line in lines {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -418,6 +418,10 @@ pub fn render_monitored(lines: &[String], color: bool) -> String {
                 o.get("size")
                     .and_then(Value::as_str)
                     .map_or("-".into(), |s| terminal_text(s).into_owned()),
+                // Omitted from the line when it is the default.
+                o.get("mark")
+                    .and_then(Value::as_str)
+                    .map_or("auto".into(), |s| terminal_text(s).into_owned()),
             ]);
         }
     }
@@ -755,14 +759,14 @@ mod tests {
     fn monitored_as_a_table_and_health_as_key_value_lines() {
         let lines = vec![
             r#"{"cmd":"_global","paths":{"/var/www":{"recursive":true,"types":["CLOSE_WRITE","ATTRIB","CREATE","DELETE","DELETE_SELF","MOVED_FROM","MOVED_TO","MOVE_SELF"]}}}"#.to_string(),
-            r#"{"cmd":"nginx","paths":{"/srv/a\u001b":{"recursive":false,"types":["MODIFY","CREATE"],"size":">=1MB"}}}"#.to_string(),
+            r#"{"cmd":"nginx","paths":{"/srv/a\u001b":{"recursive":false,"types":["MODIFY","CREATE"],"size":">=1MB","mark":"inode"}}}"#.to_string(),
         ];
         let t = render_monitored(&lines, false);
         assert_eq!(
             t,
-            "GROUP    PATH          RECURSIVE  TYPES          SIZE\n\
-             _global  /var/www      yes        default        -\n\
-             nginx    /srv/a\\u001b  no         MODIFY,CREATE  >=1MB\n"
+            "GROUP    PATH          RECURSIVE  TYPES          SIZE   MARK\n\
+             _global  /var/www      yes        default        -      auto\n\
+             nginx    /srv/a\\u001b  no         MODIFY,CREATE  >=1MB  inode\n"
         );
         let h: Value = serde_json::from_str(
             r#"{"ok":true,"version":"0.5.0","uptime_secs":3725,"ready":true,"paths":[{"group":"g","path":"/x","pending":false}],"watch_errors":[],"tracker_losses":{"map_full":0},"ship":null}"#,
