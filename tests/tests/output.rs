@@ -468,7 +468,14 @@ fn monitored_and_health_are_readable_on_a_terminal() {
     env.add(
         "nginx",
         &env.watch,
-        &["--types", "MODIFY,CREATE", "--size", ">=1MB"],
+        &[
+            "--types",
+            "MODIFY,CREATE",
+            "--size",
+            ">=1MB",
+            "--mark",
+            "inode",
+        ],
     );
     let mut cmd = fsmon_cmd(&env, &["monitored"]);
     cmd.env("NO_COLOR", "1");
@@ -480,13 +487,16 @@ fn monitored_and_health_are_readable_on_a_terminal() {
     let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     assert_eq!(
         cells(lines[0]),
-        ["GROUP", "PATH", "RECURSIVE", "TYPES", "SIZE"]
+        ["GROUP", "PATH", "RECURSIVE", "TYPES", "SIZE", "MARK"]
     );
     let w = env.watch.to_str().unwrap();
-    assert_eq!(cells(lines[1]), ["_global", w, "yes", "default", "-"]);
+    assert_eq!(
+        cells(lines[1]),
+        ["_global", w, "yes", "default", "-", "auto"]
+    );
     assert_eq!(
         cells(lines[2]),
-        ["nginx", w, "no", "MODIFY,CREATE", ">=1MB"]
+        ["nginx", w, "no", "MODIFY,CREATE", ">=1MB", "inode"]
     );
     // Not a terminal: the JSON lines, as before.
     let json = env.fsmon_ok(&["monitored"]);
