@@ -521,8 +521,11 @@ fn monitored_and_health_are_readable_on_a_terminal() {
     ] {
         assert!(shown.contains(want), "no {want:?} in:\n{shown}");
     }
+    // Keys in order: the mark fields (mark=, marked_dirs=) come between.
     assert!(
-        shown.contains(&format!("  - group=_global path={w} ")),
+        shown
+            .lines()
+            .any(|l| l.starts_with("  - group=_global ") && l.contains(&format!(" path={w} "))),
         "{shown}"
     );
     let (status, json, _) = run_on_pty(fsmon_cmd(&env, &["health", "-o", "json"]));
