@@ -55,7 +55,29 @@ else
     fail "the eBPF tracker did not load under the unit: $health $warnings"
 fi
 
-systemctl reload fsmon
+# journald parsed the daemon's <N> priority prefixes: none left in the text,
+# the info line is info (shown at -p info, hidden at -p warning).
+all=$(journalctl -u fsmon -o cat --no-pager)
+if echo "$all" | grep -q '^<[0-7]>'; then
+    fail "priority prefixes left in the journal: $(echo "$all" | grep '^<[0-7]>' | head -3 | tr '\n' '|')"
+elif journalctl -u fsmon -p info -o cat --no-pager | grep -q 'system mode' &&
+    ! echo "$warnings" | grep -q 'system mode'; then
+    ok "journal priorities parsed by journald"
+else
+    fail "journal priorities: the 'system mode' info line is not at info: $(echo "$all" | head -5 | tr '\n' '|')"
+fi
+info "systemd-analyze security: $(systemd-analyze security fsmon 2>&1 | tail -1)"
+
+# Reload with a store line the daemon cannot read: it warns (a <4> line,
+# so journald files it at warning) and keeps running.
+echo 'not json' >>/var/lib/fsmon/monitored.jsonl
+if o=$(systemctl reload fsmon 2>&1); then ok "systemctl reload succeeds"; else fail "systemctl reload: $o $(journalctl -u fsmon -o cat --no-pager | tail -4 | tr '\n' '|')"; fi
+store_warned() { journalctl -u fsmon -p warning -o cat --no-pager | grep -q 'monitored.jsonl'; }
+if wait_for 60 store_warned; then
+    ok "reload: the unreadable store line is a warning in the journal"
+else
+    fail "reload: no warning about monitored.jsonl at -p warning: $(journalctl -u fsmon -o cat --no-pager | tail -5 | tr '\n' '|')"
+fi
 if wait_for 30 active && [ "$(systemctl show -p MainPID --value fsmon)" = "$pid" ]; then
     ok "systemctl reload: still active, same pid $pid"
 else

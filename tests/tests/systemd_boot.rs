@@ -67,6 +67,11 @@ fn the_deb() -> PathBuf {
         .expect("cargo xtask deb made no .deb")
 }
 
+/// Installed into the guest's minbase root: systemd as init, and the
+/// package's dependencies (the guest has no network for apt; a real
+/// `apt install ./fsmon.deb` fetches them).
+const GUEST_PACKAGES: &str = "systemd,systemd-sysv,dbus,procps";
+
 /// Why the guest cannot be built for a reason outside our control.
 struct Unreachable(String);
 
@@ -74,7 +79,8 @@ struct Unreachable(String);
 /// kept): target/systemd-guest/rootfs.cpio. Built in a private directory
 /// and renamed into place, so concurrent runs never see half of it.
 fn rootfs() -> Result<PathBuf, Unreachable> {
-    let archive = cache().join("rootfs.cpio");
+    // The archive's name follows GUEST_PACKAGES: a changed list makes a new one.
+    let archive = cache().join(format!("rootfs-{}.cpio", GUEST_PACKAGES.replace(',', "-")));
     if archive.exists() {
         return Ok(archive);
     }
@@ -85,7 +91,7 @@ fn rootfs() -> Result<PathBuf, Unreachable> {
     let out = run(Command::new("debootstrap")
         .args([
             "--variant=minbase",
-            "--include=systemd,systemd-sysv,dbus",
+            &format!("--include={GUEST_PACKAGES}"),
             "bookworm",
         ])
         .arg(&tree)
@@ -319,6 +325,9 @@ fn package_unit_runs_under_real_systemd() {
         "OK fsmon --system health",
         "OK event logged in /var/log/fsmon",
         "OK eBPF tracker loaded",
+        "OK journal priorities parsed by journald",
+        "OK systemctl reload succeeds",
+        "OK reload: the unreadable store line is a warning in the journal",
         "OK systemctl reload: still active",
         "OK systemctl stop: inactive, exit status 0",
         "OK dpkg --purge",
