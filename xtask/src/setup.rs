@@ -51,6 +51,11 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // tests/systemd_boot.rs: the package's unit under a real systemd, in a
+    // qemu guest whose root debootstrap makes (cached in target/).
+    "qemu-system-x86",
+    "debootstrap",
+    "cpio",
 ];
 /// Python packages the extensions tests import, installed into
 /// `.tools/python` (the tests put it on PYTHONPATH). None at present: the
