@@ -148,7 +148,13 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
             .iter()
             .position(|t| t.naive_utc() > last_t)
             .unwrap_or(times.len() - 1);
-        let (lo, hi) = (i.saturating_sub(30), (i + 30).min(times.len() - 1));
+        let (lo, mut hi) = (i.saturating_sub(30), (i + 30).min(times.len() - 1));
+        // Lines of one batch share a stamp: the window must not be empty
+        // (`>=X` with `<X` is refused as an empty range).
+        while hi < times.len() - 1 && times[hi] <= times[lo] {
+            hi += 1;
+        }
+        assert!(times[hi] > times[lo], "every line has the same time");
         let since = format!(">={}", stamp(&times[lo]));
         let until = format!("<{}", stamp(&times[hi]));
         let got = query(&env, &["-t", &since, "-t", &until]);
