@@ -202,6 +202,15 @@ pub const OVERFLOW_TYPE: &str = "Q_OVERFLOW";
 /// missing or wrong.
 pub const TRACKER_LOSS_TYPE: &str = "TRACKER_LOSS";
 
+/// The name of an errno value as the kernel's headers spell it (`EIO`,
+/// `EUCLEAN`), or the number when it has none.
+pub fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
+    match nix::errno::Errno::from_raw(errno.abs()) {
+        nix::errno::Errno::UnknownErrno => errno.abs().to_string().into(),
+        e => format!("{e:?}").into(),
+    }
+}
+
 /// One log line, borrowed: what the daemon serializes and what readers
 /// (`query`, `changes`, `clean`, subscribers) parse back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +252,14 @@ pub struct FileEvent<'a> {
     /// reported by the kernel: no process is known (`pid` 0).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub scan: bool,
+    /// FS_ERROR only: the error the filesystem reported (`EUCLEAN`, `EIO`,
+    /// ...; a number when it has no name).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<std::borrow::Cow<'a, str>>,
+    /// FS_ERROR only: how many errors the kernel merged into this event
+    /// (it queues one per filesystem until it is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_count: Option<u32>,
     /// On a `Q_OVERFLOW` record: events were lost (count unknown to the
     /// kernel interface, so this is a flag, not a number). On a
     /// `TRACKER_LOSS` record: processes were lost.

@@ -1643,6 +1643,8 @@ mod tests {
             container: None,
             unresolved: false,
             scan: false,
+            error: None,
+            error_count: None,
             lost: false,
         };
         serde_json::to_string(&event).unwrap() + "\n"

@@ -366,6 +366,8 @@ mod tests {
             unresolved: false,
             lost: false,
             scan: false,
+            error: None,
+            error_count: None,
         };
         serde_json::to_string(&event).unwrap() + "\n"
     }

@@ -444,6 +444,13 @@ impl LoopFs {
     }
 }
 
+impl LoopFs {
+    /// The loop device (`/dev/loopN`).
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+}
+
 impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount")

@@ -809,3 +809,45 @@ fn delete_reports_the_last_size_seen_at_close_write() {
     });
     assert_eq!(find(&evs, "DELETE", &f)[0]["file_size"], 1234);
 }
+
+/// FS_ERROR names a filesystem, not a file: it is logged at the watched
+/// root on that filesystem with the error and the kernel's count (it used
+/// to be read and dropped). ext4 reports one on demand through sysfs.
+#[test]
+fn fs_error_is_logged_at_the_watched_root_with_its_error() {
+    let fs_ = LoopFs::new("ext4", 64);
+    let tree = fs_.mountpoint.join("tree");
+    fs::create_dir(&tree).unwrap();
+    let env = Env::new();
+    env.add("_global", &tree, &["-r", "--types", "all"]);
+    let d = env.start(&[]);
+    let dev = Path::new(fs_.device())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    fs::write(
+        format!("/sys/fs/ext4/{dev}/trigger_fs_error"),
+        "fsmon test: an error on purpose\n",
+    )
+    .unwrap();
+    let evs = env.wait_events("_global", "an FS_ERROR record", |e| {
+        e.iter().any(|v| v["event_type"] == "FS_ERROR")
+    });
+    let e = evs.iter().find(|v| v["event_type"] == "FS_ERROR").unwrap();
+    assert_eq!(e["path"], tree.to_str().unwrap(), "{e}");
+    // ext4_error() without an errno reports EFSCORRUPTED, which is EUCLEAN.
+    assert_eq!(e["error"], "EUCLEAN", "{e}");
+    assert!(e["error_count"].as_u64().unwrap() >= 1, "{e}");
+    // Other events have neither field.
+    fs::write(tree.join("after"), "x").unwrap();
+    let evs = env.wait_events("_global", "the write after it", |e| {
+        !find(e, "CLOSE_WRITE", &tree.join("after")).is_empty()
+    });
+    let w = find(&evs, "CLOSE_WRITE", &tree.join("after"))[0];
+    assert!(
+        w.get("error").is_none() && w.get("error_count").is_none(),
+        "{w}"
+    );
+    assert!(d.stop().success());
+}

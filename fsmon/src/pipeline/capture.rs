@@ -332,6 +332,10 @@ impl Capture {
                     batch.items.push(Item::Overflow);
                     continue;
                 }
+                if let Some((errno, count)) = ev.error {
+                    self.capture_fs_error(&ev, errno, count, batch, queued_before);
+                    continue;
+                }
                 if !self.marks.follows_trees() {
                     self.capture_event(&ev, batch, queued_before, false);
                     continue;
@@ -443,7 +447,46 @@ impl Capture {
             unresolved,
             queued_before,
             scan,
+            fs_error: None,
         }));
+    }
+
+    /// FS_ERROR names a filesystem, not a file: it is reported at each
+    /// watched root on that filesystem (so every group watching there sees
+    /// it), with the error and the kernel's count. At every root when the
+    /// filesystem cannot be matched to one: never dropped.
+    fn capture_fs_error(
+        &mut self,
+        ev: &RawEvent<'_>,
+        errno: i32,
+        count: u32,
+        batch: &mut Batch,
+        queued_before: u64,
+    ) {
+        let types = ev.mask & self.kernel_types & EventType::FsError.mask();
+        if types == 0 {
+            return;
+        }
+        let fsid = ev.object.or(ev.dir).map(|f| f.fsid);
+        let roots = &self.resolver.scope().roots;
+        let on_fs = |path: &str| {
+            fsid.is_some() && crate::fanotify::fsid_of(std::path::Path::new(path)).ok() == fsid
+        };
+        let any_on_fs = roots.iter().any(|r| on_fs(&r.path));
+        for root in roots.iter().filter(|r| !any_on_fs || on_fs(&r.path)) {
+            let start = batch.paths.len();
+            batch.paths.push_str(&root.path);
+            batch.items.push(Item::Event(Captured {
+                types,
+                pid: ev.pid,
+                path: (start as u32, batch.paths.len() as u32),
+                size: 0,
+                unresolved: false,
+                queued_before,
+                scan: false,
+                fs_error: Some((errno, count)),
+            }));
+        }
     }
 
     fn send(&mut self, batch: &mut Batch) {

@@ -68,6 +68,9 @@ pub struct Captured {
     /// Found by the scan of a new directory (inode marks), not reported by
     /// the kernel: `pid` is 0, the process is not known.
     pub scan: bool,
+    /// FS_ERROR: the filesystem's error (errno) and how many errors the
+    /// kernel merged into this event.
+    pub fs_error: Option<(i32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy)]

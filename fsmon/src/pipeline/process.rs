@@ -240,6 +240,8 @@ impl Process {
                 container: None,
                 unresolved: false,
                 scan: false,
+                error: None,
+                error_count: None,
                 lost: true,
             };
             emit(
@@ -306,6 +308,8 @@ impl Process {
                         .map(Cow::Borrowed),
                     unresolved: c.unresolved,
                     scan: c.scan,
+                    error: c.fs_error.map(|(e, _)| crate::event::errno_name(e)),
+                    error_count: c.fs_error.map(|(_, n)| n),
                     lost: false,
                 };
                 emit(
@@ -420,6 +424,8 @@ mod tests {
                 unresolved: false,
                 queued_before: boot_ns(),
                 scan: false,
+                error: None,
+                error_count: None,
             }));
         }
         b

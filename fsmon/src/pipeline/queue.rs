@@ -83,6 +83,7 @@ mod tests {
                 unresolved: false,
                 queued_before: 0,
                 scan: false,
+                fs_error: None,
             }));
         }
         b
