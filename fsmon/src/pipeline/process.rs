@@ -424,8 +424,7 @@ mod tests {
                 unresolved: false,
                 queued_before: boot_ns(),
                 scan: false,
-                error: None,
-                error_count: None,
+                fs_error: None,
             }));
         }
         b
