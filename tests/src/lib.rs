@@ -267,6 +267,45 @@ impl Env {
     }
 }
 
+impl Env {
+    /// One request on the daemon's control socket; the first response line.
+    pub fn request(&self, req: &str) -> Value {
+        use std::io::{BufRead, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(&self.socket).expect("connect to the daemon");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(format!("{req}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
+    }
+
+    /// The daemon's `health`, over the socket.
+    pub fn health(&self) -> Value {
+        let h = self.request(r#"{"op":"health"}"#);
+        assert_eq!(h["ok"], true, "{h}");
+        h
+    }
+
+    /// Sum of a Prometheus metric's samples (any labels; `name` may include
+    /// some); 0 when the daemon has no such sample.
+    pub fn metric(&self, name: &str) -> f64 {
+        let m = self.request(r#"{"op":"metrics"}"#);
+        let text = m["text"].as_str().expect("metrics text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            .map(|rest| {
+                rest.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("bad metric sample {name}{rest}"))
+            })
+            .sum()
+    }
+}
+
 impl Default for Env {
     fn default() -> Self {
         Self::new()

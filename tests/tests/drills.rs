@@ -31,46 +31,6 @@ use serde_json::Value;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// One request on the control socket; the first response line.
-fn request(env: &Env, req: &str) -> Value {
-    let mut s = UnixStream::connect(&env.socket).expect("connect to the daemon");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(format!("{req}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
-}
-
-fn health(env: &Env) -> Value {
-    let h = request(env, r#"{"op":"health"}"#);
-    assert_eq!(h["ok"], true, "{h}");
-    h
-}
-
-/// Sum of all samples of a Prometheus metric (any labels).
-fn metric(env: &Env, name: &str) -> f64 {
-    let m = request(env, r#"{"op":"metrics"}"#);
-    let text = m["text"].as_str().expect("metrics text");
-    let mut found = false;
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        found = true;
-        sum += rest
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("bad metric line {line}"));
-    }
-    assert!(found, "metric {name} missing:\n{text}");
-    sum
-}
-
 fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -248,7 +208,7 @@ fn wait_unwritten(env: &Env, what: &str, more_events: impl Fn(usize)) -> u64 {
     wait_for(what, Duration::from_secs(30), || {
         more_events(round);
         round += 1;
-        let n = health(env)["events_unwritten"].as_u64().unwrap();
+        let n = env.health()["events_unwritten"].as_u64().unwrap();
         (n > 0).then_some(n)
     })
 }
@@ -384,7 +344,7 @@ fn full_log_filesystem_is_survived_counted_and_recovered() {
         }
     });
     println!("phase 1: {unwritten} events unwritten");
-    assert!(metric(&env, "fsmon_events_unwritten_total") >= 1.0);
+    assert!(env.metric("fsmon_events_unwritten_total") >= 1.0);
     // Logged before the count grows, but read from the daemon's stderr by
     // another thread: wait for it.
     wait_for(
@@ -418,7 +378,7 @@ fn full_log_filesystem_is_survived_counted_and_recovered() {
     env.wait_events("_global", "a new event after recovery", |e| {
         !find(e, "CREATE", &env.watch.join("after-recovery")).is_empty()
     });
-    assert!(health(&env)["ok"] == true);
+    assert!(env.health()["ok"] == true);
     assert!(d.stop().success());
     let c = check_log(&log);
     assert!(c.fragments.is_empty(), "broken lines: {:?}", c.fragments);
@@ -446,7 +406,7 @@ fn full_log_filesystem_is_survived_counted_and_recovered() {
             fs::write(env.watch.join(format!("full2-{round}-{i}")), b"").unwrap();
         }
     });
-    assert!(health(&env)["ok"] == true, "still answering");
+    assert!(env.health()["ok"] == true, "still answering");
     fs::remove_file(&filler).unwrap();
     let mut i = 0;
     wait_for(
@@ -561,13 +521,13 @@ fn provoked_queue_overflows_are_recorded_counted_and_survived() {
             assert_eq!(rec["pid"], 0, "{rec}");
         }
     }
-    let h = health(&env);
+    let h = env.health();
     assert!(
         h["queue_overflows"].as_u64().unwrap() >= rounds as u64,
         "{h}"
     );
-    assert!(metric(&env, "fsmon_queue_overflows_total") >= rounds as f64);
-    assert!(metric(&env, "fsmon_overflow_records_total") >= 2.0 * rounds as f64);
+    assert!(env.metric("fsmon_queue_overflows_total") >= rounds as f64);
+    assert!(env.metric("fsmon_overflow_records_total") >= 2.0 * rounds as f64);
     assert!(d.stderr().contains("overflowed"), "{}", d.stderr());
     assert!(d.stop().success());
     for group in ["_global", "second"] {
@@ -619,7 +579,7 @@ impl StracedDaemon {
             panic!("daemon under strace exited ({st}):\n{}", self.stderr());
         }
         UnixStream::connect(&env.socket).ok()?;
-        health(env)["pid"].as_i64().map(|p| p as i32)
+        env.health()["pid"].as_i64().map(|p| p as i32)
     }
 }
 
@@ -947,7 +907,7 @@ fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
     env.add("_global", &churn_dir, &["-r", "--types", "CREATE"]);
     env.add("accspawn", &acc_dir, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
-    let h = health(&env);
+    let h = env.health();
     assert_eq!(
         h["tracker"],
         "ebpf",
@@ -971,7 +931,7 @@ fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
     let mut max_live = 0u64;
     let mut writers: Vec<(u32, String)> = Vec::new();
     wait_for("the churn", Duration::from_secs(1200), || {
-        let h = health(&env);
+        let h = env.health();
         max_live = max_live.max(h["ebpf_live_entries"].as_u64().unwrap());
         let done = kids.iter_mut().all(|c| c.try_wait().unwrap().is_some());
         done.then_some(())
@@ -1059,13 +1019,13 @@ fn ebpf_churn_keeps_the_tracked_command_and_attribution() {
         writers.len()
     );
 
-    let h = health(&env);
+    let h = env.health();
     let losses = tracker_losses(&h);
     println!("churn: tracker losses {losses:?}; {h}");
     assert_losses_explained(&losses, forks, &h);
     // The metric says the same (it only grows: read after health).
     assert!(
-        metric(&env, "fsmon_tracker_losses_total") >= losses.values().sum::<u64>() as f64,
+        env.metric("fsmon_tracker_losses_total") >= losses.values().sum::<u64>() as f64,
         "{h}"
     );
     // The map's size is counted, not clamped: it never reached the capacity.
@@ -1088,10 +1048,10 @@ fn ebpf_burst_of_sleepers_returns_to_idle() {
     let env = Env::with_config("[process]\nexit_grace_secs = 1\n");
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
-    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    assert_eq!(env.health()["tracker"], "ebpf", "{}", d.stderr());
     // The size is published once a second: wait for the first.
     let idle = wait_for("the live map's size", Duration::from_secs(30), || {
-        let live = health(&env)["ebpf_live_entries"].as_u64().unwrap();
+        let live = env.health()["ebpf_live_entries"].as_u64().unwrap();
         (live > 0).then_some(live)
     });
     let mut sleepers = Command::new(testkit_bin())
@@ -1109,7 +1069,7 @@ fn ebpf_burst_of_sleepers_returns_to_idle() {
         "the sleepers in the live map",
         Duration::from_secs(60),
         || {
-            let live = health(&env)["ebpf_live_entries"].as_u64().unwrap();
+            let live = env.health()["ebpf_live_entries"].as_u64().unwrap();
             (live >= idle + n * 9 / 10).then_some(live)
         },
     );
@@ -1119,7 +1079,7 @@ fn ebpf_burst_of_sleepers_returns_to_idle() {
     // them, far below the burst.
     let slack = 1000 + n / 20;
     let h = wait_for("the maps back to idle", Duration::from_secs(120), || {
-        let h = health(&env);
+        let h = env.health();
         let live = h["ebpf_live_entries"].as_u64().unwrap();
         let exited = h["ebpf_exited_entries"].as_u64().unwrap();
         (live <= idle + slack && exited <= slack).then_some(h)
@@ -1140,7 +1100,7 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
     let env = Env::new();
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
-    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    assert_eq!(env.health()["tracker"], "ebpf", "{}", d.stderr());
     let pid = d.pid();
     let forked = Arc::new(AtomicU64::new(0));
     let load: Vec<Background> = (0..2)
@@ -1165,7 +1125,7 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
     let mut forks_at: Vec<u64> = vec![machine_forks()];
     while t0.elapsed() < Duration::from_secs(secs) {
         thread::sleep(Duration::from_secs(5));
-        let h = health(&env);
+        let h = env.health();
         forks_at.push(machine_forks());
         let recent = forks_at[forks_at.len() - 1] - forks_at[forks_at.len().saturating_sub(3)];
         samples.push((
@@ -1180,7 +1140,7 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
         b.finish();
     }
     let n = forked.load(Ordering::Relaxed);
-    let h = health(&env);
+    let h = env.health();
     let losses = tracker_losses(&h);
     println!(
         "fork soak: {n} forks in {secs}s ({:.0}/s); (s, RSS KiB, live, exited, machine forks in 10 s): {samples:?}; losses {losses:?}",
@@ -1267,7 +1227,7 @@ fn soak_ten_minutes_at_a_steady_rate_keeps_rss_flat() {
     for _ in 0..10 {
         thread::sleep(Duration::from_secs(1));
         idle.push(rss_kib(pid));
-        assert!(health(&env)["ok"] == true);
+        assert!(env.health()["ok"] == true);
     }
     let idle_max = *idle.iter().max().unwrap();
     println!(
@@ -1308,7 +1268,7 @@ fn soak_ten_minutes_at_a_steady_rate_keeps_rss_flat() {
         next += SAMPLE;
         samples.push((t0.elapsed(), rss_kib(pid)));
         own_max = own_max.max(own_rss_kib(pid));
-        assert!(health(&env)["ok"] == true);
+        assert!(env.health()["ok"] == true);
     }
     load.finish();
     let n = writes.load(Ordering::Relaxed);
@@ -1316,7 +1276,7 @@ fn soak_ten_minutes_at_a_steady_rate_keeps_rss_flat() {
     // kernel merges none: a name comes back only every 1000 writes).
     let expected = n + n.min(1000);
     let h = wait_for("every write logged", Duration::from_secs(30), || {
-        let h = health(&env);
+        let h = env.health();
         (h["events_logged"].as_u64().unwrap() >= expected).then_some(h)
     });
     assert!(d.stop().success());

@@ -7,7 +7,7 @@ use std::{
     collections::HashSet,
     ffi::{CString, OsStr},
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::{ffi::OsStrExt, fs::PermissionsExt},
@@ -22,28 +22,6 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
-
-/// One request on the daemon's socket; the first response line.
-fn request(env: &Env, req: &str) -> Value {
-    let mut s = std::os::unix::net::UnixStream::connect(&env.socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
-}
-
-/// Sum of a Prometheus metric's samples (any labels).
-fn metric(env: &Env, name: &str) -> f64 {
-    let m = request(env, r#"{"op":"metrics"}"#);
-    let text = m["text"].as_str().expect("metrics text");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(name))
-        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        .map(|rest| rest.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
 
 /// A path's text form as fsmon logs it (`\xHH` for bytes that are not
 /// UTF-8, `\\` for a backslash), written out independently of fsmon's code.
@@ -318,7 +296,7 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     wait_resolved(&env, &format!("{watch}/{}/after-overflow", level(28)), 3);
     // Nothing in the tree was taken for outside and dropped.
     assert_eq!(
-        metric(&env, "fsmon_unresolved_paths_total{scope=\"outside\"}"),
+        env.metric("fsmon_unresolved_paths_total{scope=\"outside\"}"),
         0.0
     );
     assert!(d.stop().success());
@@ -375,11 +353,11 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     // At least one event per file (the kernel may merge CREATE and
     // CLOSE_WRITE of one file into one event).
     let hidden = wait_for("the hidden count", Duration::from_secs(60), || {
-        let n = metric(&env, "fsmon_events_hidden_total");
+        let n = env.metric("fsmon_events_hidden_total");
         (n >= 2.0).then_some(n)
     });
     assert!(hidden >= 2.0);
-    let h = request(&env, r#"{"op":"health"}"#);
+    let h = env.request(r#"{"op":"health"}"#);
     assert!(h["events_hidden"].as_u64().unwrap() >= 2, "{h}");
 
     // Opened up: later writes there are logged.

@@ -8,7 +8,6 @@ use std::{
 
 use fsmon::process::{ProcessTracker, TrackerConfig, TrackerKind, procfs};
 use fsmon_tests::{Env, find, fsmon_bin, testkit_bin, wait_for};
-use serde_json::Value;
 
 fn ebpf_tracker(grace: Duration) -> ProcessTracker {
     let cfg = TrackerConfig {
@@ -56,7 +55,7 @@ fn short_lived_touch_is_attributed_after_exit() {
     let env = Env::new();
     env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
-    assert_eq!(health(&env)["tracker"], "ebpf", "{}", d.stderr());
+    assert_eq!(env.health()["tracker"], "ebpf", "{}", d.stderr());
     let (sh_pid, touch_pid) = sh_touch(&env.watch);
     assert!(
         procfs::read_process(touch_pid).is_none(),
@@ -295,23 +294,6 @@ fn procfs_fallback_gives_the_same_chain() {
     assert!(cp.split(';').count() >= 7, "{cp}");
 }
 
-/// One request on the control socket; the first response line.
-fn request(env: &Env, req: &str) -> Value {
-    use std::os::unix::net::UnixStream;
-    let mut s = UnixStream::connect(&env.socket).expect("connect to the daemon");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(format!("{req}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
-}
-
-fn health(env: &Env) -> Value {
-    let h = request(env, r#"{"op":"health"}"#);
-    assert_eq!(h["ok"], true, "{h}");
-    h
-}
-
 /// The /proc tracker chosen through the real daemon, by `FSMON_TRACKER`
 /// and by `--tracker`: health says so, and a live writer is attributed.
 #[test]
@@ -323,7 +305,7 @@ fn procfs_fallback_via_environment_and_flag() {
             "env" => env.start_with_env(&[], &[("FSMON_TRACKER", "procfs")]),
             _ => env.start(&["--tracker", "procfs"]),
         };
-        let h = health(&env);
+        let h = env.health();
         assert_eq!(h["tracker"], "procfs", "{how}: {h}");
         assert!(
             h["tracker_fallback"]
