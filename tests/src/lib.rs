@@ -288,11 +288,24 @@ impl Env {
     }
 
     /// Sum of a Prometheus metric's samples (any labels; `name` may include
-    /// some); 0 when the daemon has no such sample.
+    /// some). Panics when the daemon exports no such sample: a renamed
+    /// metric must not make a check pass with 0.
     pub fn metric(&self, name: &str) -> f64 {
+        self.metric_samples(name)
+            .unwrap_or_else(|text| panic!("metric {name} missing:\n{text}"))
+    }
+
+    /// As [`metric`](Self::metric), 0 when there is no sample yet (a
+    /// labelled series appears with its first increment).
+    pub fn metric_or_zero(&self, name: &str) -> f64 {
+        self.metric_samples(name).unwrap_or(0.0)
+    }
+
+    fn metric_samples(&self, name: &str) -> Result<f64, String> {
         let m = self.request(r#"{"op":"metrics"}"#);
         let text = m["text"].as_str().expect("metrics text");
-        text.lines()
+        let samples: Vec<f64> = text
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.strip_prefix(name))
             .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
@@ -302,7 +315,11 @@ impl Env {
                     .and_then(|v| v.parse::<f64>().ok())
                     .unwrap_or_else(|| panic!("bad metric sample {name}{rest}"))
             })
-            .sum()
+            .collect();
+        if samples.is_empty() {
+            return Err(text.to_string());
+        }
+        Ok(samples.iter().sum())
     }
 }
 
@@ -673,4 +690,96 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
             panic!("{cmd:?} hung for more than {timeout:?}");
         }
     }
+}
+
+/// A mount made for the test; lazily unmounted on drop, even on failure.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn new(args: &[&str], target: &Path) -> Mount {
+        fs::create_dir_all(target).unwrap();
+        let out = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mount {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(target.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Create, write, rename a directory, rm -rf: full paths and the process,
+/// on the filesystem at `watch` (already watched). With inode marks, what
+/// was made before a new directory was marked may come from its scan.
+pub fn assert_tree_captured(env: &Env, watch: &Path) {
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p {0}/n/b && touch {0}/n/b/f",
+            watch.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fs::rename(watch.join("n"), watch.join("m")).unwrap();
+    fs::write(watch.join("m/b/g"), b"12345").unwrap();
+    // The size is read when the event is processed: before the rm -rf.
+    // With inode marks, a file written in a directory fsmon has not
+    // marked yet (it was created an instant before) is found by the scan
+    // of that directory: a CREATE with `scan`, and no CLOSE_WRITE.
+    let written_or_found = |evs: &[Value]| {
+        !find(evs, "CLOSE_WRITE", &watch.join("m/b/g")).is_empty()
+            || evs.iter().any(|e| {
+                e["scan"] == true && e["path"].as_str().is_some_and(|p| p.ends_with("/b/g"))
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !written_or_found(&env.events("_global")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CLOSE_WRITE of m/b/g after 30 s: {:#?}",
+            env.events("_global")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (_, rm) = sh_bg(&format!("rm -rf {}", watch.join("m").display()));
+    let evs = env.wait_events("_global", "the rm -rf", |e| {
+        !find(e, "DELETE", &watch.join("m")).is_empty()
+    });
+    let create = find(&evs, "CREATE", &watch.join("n/b/f"));
+    assert_eq!(create.len(), 1, "{evs:#?}");
+    // With inode marks, a file made in a directory before fsmon marked it
+    // is found by the scan of that directory: no process then.
+    assert!(
+        create[0]["cmd"] == "touch" || create[0]["scan"] == true,
+        "{evs:#?}"
+    );
+    let write = find(&evs, "CLOSE_WRITE", &watch.join("m/b/g"));
+    if write.is_empty() {
+        let found: Vec<_> = evs
+            .iter()
+            .filter(|e| e["scan"] == true && e["path"].as_str().unwrap().ends_with("/b/g"))
+            .collect();
+        assert_eq!(found.len(), 1, "found by a scan: {evs:#?}");
+    } else {
+        assert_eq!(write.len(), 1, "new path after the rename: {evs:#?}");
+        assert_eq!(write[0]["file_size"], 5);
+    }
+    for p in ["m/b/g", "m/b", "m"] {
+        let d = find(&evs, "DELETE", &watch.join(p));
+        assert_eq!(d.len(), 1, "DELETE {p}: {evs:#?}");
+        assert_eq!(d[0]["pid"], rm, "{p}");
+        assert_eq!(d[0]["cmd"], "rm", "{p}");
+    }
+    assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
 }

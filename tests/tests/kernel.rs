@@ -4,100 +4,10 @@
 //! where the kernel can report its file handles, refused in one clear line
 //! where it cannot), what the daemon says about the kernel at start, and the
 //! /proc tracker that replaces the eBPF one where a kernel cannot load it.
-use std::{fs, path::Path, process::Command};
+use std::fs;
 
-use fsmon_tests::{Env, find, sh_bg};
+use fsmon_tests::{Env, Mount, assert_tree_captured, find};
 use serde_json::Value;
-
-/// A mount made for the test; lazily unmounted on drop, even on failure.
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn new(args: &[&str], target: &Path) -> Mount {
-        fs::create_dir_all(target).unwrap();
-        let out = Command::new("mount")
-            .args(args)
-            .arg(target)
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mount(target.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Create, write, rename a directory, rm -rf: full paths and the process.
-fn assert_tree_captured(env: &Env, watch: &Path) {
-    let made = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "mkdir -p {0}/n/b && touch {0}/n/b/f",
-            watch.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(made.success());
-    fs::rename(watch.join("n"), watch.join("m")).unwrap();
-    fs::write(watch.join("m/b/g"), b"12345").unwrap();
-    // The size is read when the event is processed: before the rm -rf.
-    // With inode marks, a file written in a directory fsmon has not
-    // marked yet (it was created an instant before) is found by the scan
-    // of that directory: a CREATE with `scan`, and no CLOSE_WRITE.
-    let written_or_found = |evs: &[Value]| {
-        !find(evs, "CLOSE_WRITE", &watch.join("m/b/g")).is_empty()
-            || evs.iter().any(|e| {
-                e["scan"] == true && e["path"].as_str().is_some_and(|p| p.ends_with("/b/g"))
-            })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !written_or_found(&env.events("_global")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no CLOSE_WRITE of m/b/g after 30 s: {:#?}",
-            env.events("_global")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let (_, rm) = sh_bg(&format!("rm -rf {}", watch.join("m").display()));
-    let evs = env.wait_events("_global", "the rm -rf", |e| {
-        !find(e, "DELETE", &watch.join("m")).is_empty()
-    });
-    let create = find(&evs, "CREATE", &watch.join("n/b/f"));
-    assert_eq!(create.len(), 1, "{evs:#?}");
-    // With inode marks, a file made in a directory before fsmon marked it
-    // is found by the scan of that directory: no process then.
-    assert!(
-        create[0]["cmd"] == "touch" || create[0]["scan"] == true,
-        "{evs:#?}"
-    );
-    let write = find(&evs, "CLOSE_WRITE", &watch.join("m/b/g"));
-    if write.is_empty() {
-        let found: Vec<_> = evs
-            .iter()
-            .filter(|e| e["scan"] == true && e["path"].as_str().unwrap().ends_with("/b/g"))
-            .collect();
-        assert_eq!(found.len(), 1, "found by a scan: {evs:#?}");
-    } else {
-        assert_eq!(write.len(), 1, "new path after the rename: {evs:#?}");
-        assert_eq!(write[0]["file_size"], 5);
-    }
-    for p in ["m/b/g", "m/b", "m"] {
-        let d = find(&evs, "DELETE", &watch.join(p));
-        assert_eq!(d.len(), 1, "DELETE {p}: {evs:#?}");
-        assert_eq!(d[0]["pid"], rm, "{p}");
-        assert_eq!(d[0]["cmd"], "rm", "{p}");
-    }
-    assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
-}
 
 #[test]
 fn tree_on_tmpfs_is_captured_with_full_paths() {

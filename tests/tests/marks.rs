@@ -4,48 +4,14 @@
 //! tree reaches the daemon, `auto` falls back to inode marks where the
 //! kernel refuses a filesystem mark (a btrfs subvolume), and every
 //! filesystem the issue names is captured with the mark it gets.
-use std::{
-    collections::HashSet,
-    fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{collections::HashSet, fs, path::Path, process::Command, time::Duration};
 
-use fsmon_tests::{Env, LoopFs, find, sh_bg, wait_for};
+use fsmon_tests::{Env, LoopFs, Mount, assert_tree_captured, find, sh_bg, wait_for};
 use serde_json::Value;
-
-/// One request on the control socket; the first response line.
-fn request(env: &Env, req: &str) -> Value {
-    let mut s = UnixStream::connect(&env.socket).expect("connect to the daemon");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(format!("{req}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad response {line:?}: {e}"))
-}
-
-fn health(env: &Env) -> Value {
-    let h = request(env, r#"{"op":"health"}"#);
-    assert_eq!(h["ok"], true, "{h}");
-    h
-}
-
-/// A Prometheus counter without labels.
-fn metric(env: &Env, name: &str) -> f64 {
-    let m = request(env, r#"{"op":"metrics"}"#);
-    let text = m["text"].as_str().expect("metrics text");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
-}
 
 /// The health entry of a watched path.
 fn path_health(env: &Env, path: &Path) -> Value {
-    let h = health(env);
+    let h = env.health();
     h["paths"]
         .as_array()
         .unwrap()
@@ -65,32 +31,6 @@ fn creates(evs: &[Value]) -> HashSet<String> {
         .filter(|e| e["event_type"] == "CREATE")
         .filter_map(|e| e["path"].as_str().map(str::to_string))
         .collect()
-}
-
-/// A mount made for the test; lazily unmounted on drop, even on failure.
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn new(args: &[&str], target: &Path) -> Mount {
-        fs::create_dir_all(target).unwrap();
-        let out = Command::new("mount")
-            .args(args)
-            .arg(target)
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Mount(target.to_path_buf())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// `mkdir -p a/b/c && touch a/b/c/f` at full speed, 300 times, with inode
@@ -164,7 +104,7 @@ fn inode_marks_read_nothing_outside_the_tree() {
         env.wait_events("_global", "the first write", |e| {
             !find(e, "CLOSE_WRITE", &inside.join("first")).is_empty()
         });
-        let before = metric(&env, "fsmon_kernel_events_total");
+        let before = env.metric("fsmon_kernel_events_total");
         for i in 0..1000 {
             fs::write(outside.join(format!("f{i}")), b"x").unwrap();
         }
@@ -172,7 +112,7 @@ fn inode_marks_read_nothing_outside_the_tree() {
         env.wait_events("_global", "the last write", |e| {
             !find(e, "CLOSE_WRITE", &inside.join("last")).is_empty()
         });
-        let read = metric(&env, "fsmon_kernel_events_total") - before;
+        let read = env.metric("fsmon_kernel_events_total") - before;
         println!("{kind}: {read} kernel events read for 1,000 files outside and one inside");
         if outside_reads {
             assert!(read >= 1000.0, "{kind}: {read}");
@@ -199,7 +139,7 @@ fn inode_marks_follow_renames_and_moves_in_and_out() {
     fs::create_dir_all(outside.join("z/s")).unwrap();
     env.add("_global", &inside, &["-r", "--mark", "inode"]);
     let _d = env.start(&[]);
-    let marks = || health(&env)["inode_marks"].as_u64().unwrap();
+    let marks = || env.health()["inode_marks"].as_u64().unwrap();
     assert_eq!(marks(), 3, "in, in/d, in/d/sub");
     // Renamed inside: kept, events carry the new path.
     fs::rename(inside.join("d"), inside.join("e")).unwrap();
@@ -222,7 +162,7 @@ fn inode_marks_follow_renames_and_moves_in_and_out() {
     wait_for("e and e/sub unmarked", Duration::from_secs(30), || {
         (marks() == 3).then_some(())
     });
-    let before = metric(&env, "fsmon_kernel_events_total");
+    let before = env.metric("fsmon_kernel_events_total");
     for i in 0..200 {
         fs::write(outside.join(format!("e/sub/y{i}")), b"x").unwrap();
     }
@@ -230,7 +170,7 @@ fn inode_marks_follow_renames_and_moves_in_and_out() {
     env.wait_events("_global", "the write after the move out", |e| {
         !find(e, "CLOSE_WRITE", &inside.join("after")).is_empty()
     });
-    let read = metric(&env, "fsmon_kernel_events_total") - before;
+    let read = env.metric("fsmon_kernel_events_total") - before;
     assert!(read < 10.0, "{read} events read from a moved-out tree");
     // Deleted: the kernel drops the marks with the inodes.
     let (_, _) = sh_bg(&format!("rm -rf {}", inside.join("z").display()));
@@ -313,7 +253,7 @@ fn inode_marks_with_every_type_asked() {
     let _d = env.start(&[]);
     let ha = path_health(&env, &a);
     assert_eq!(ha["mark"], "inode", "{ha}");
-    assert_eq!(health(&env)["watch_errors"], serde_json::json!([]));
+    assert_eq!(env.health()["watch_errors"], serde_json::json!([]));
     sh(&format!("mkdir {0}/d && echo x > {0}/d/f", a.display()));
     let f = a.join("d/f");
     env.wait_events("_global", "CLOSE_WRITE of a/d/f", |evs| {
@@ -323,63 +263,6 @@ fn inode_marks_with_every_type_asked() {
     env.wait_events("_global", "CLOSE_WRITE of b/g", |evs| {
         !find(evs, "CLOSE_WRITE", &b.join("g")).is_empty()
     });
-}
-
-/// Create, write, rename a directory, delete: full paths and the process,
-/// on the filesystem at `watch` (already watched).
-fn assert_tree_captured(env: &Env, watch: &Path) {
-    sh(&format!(
-        "mkdir -p {0}/n/b && touch {0}/n/b/f",
-        watch.display()
-    ));
-    fs::rename(watch.join("n"), watch.join("m")).unwrap();
-    fs::write(watch.join("m/b/g"), b"12345").unwrap();
-    // With inode marks, a file written in a directory fsmon has not
-    // marked yet (it was created an instant before) is found by the scan
-    // of that directory: a CREATE with `scan`, and no CLOSE_WRITE.
-    let written_or_found = |evs: &[Value]| {
-        !find(evs, "CLOSE_WRITE", &watch.join("m/b/g")).is_empty()
-            || evs.iter().any(|e| {
-                e["scan"] == true && e["path"].as_str().is_some_and(|p| p.ends_with("/b/g"))
-            })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !written_or_found(&env.events("_global")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no CLOSE_WRITE of m/b/g after 30 s: {:#?}",
-            env.events("_global")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let (_, rm) = sh_bg(&format!("rm -rf {}", watch.join("m").display()));
-    let evs = env.wait_events("_global", "the rm -rf", |e| {
-        !find(e, "DELETE", &watch.join("m")).is_empty()
-    });
-    let f = find(&evs, "CREATE", &watch.join("n/b/f"));
-    assert_eq!(f.len(), 1, "{evs:#?}");
-    assert!(
-        f[0]["cmd"] == "touch" || f[0]["scan"] == true,
-        "by touch or by a scan: {evs:#?}"
-    );
-    let write = find(&evs, "CLOSE_WRITE", &watch.join("m/b/g"));
-    if write.is_empty() {
-        let found: Vec<_> = evs
-            .iter()
-            .filter(|e| e["scan"] == true && e["path"].as_str().unwrap().ends_with("/b/g"))
-            .collect();
-        assert_eq!(found.len(), 1, "found by a scan: {evs:#?}");
-    } else {
-        assert_eq!(write.len(), 1, "new path after the rename: {evs:#?}");
-        assert_eq!(write[0]["file_size"], 5);
-    }
-    for p in ["m/b/g", "m/b", "m"] {
-        let d = find(&evs, "DELETE", &watch.join(p));
-        assert_eq!(d.len(), 1, "DELETE {p}: {evs:#?}");
-        assert_eq!(d[0]["pid"], rm, "{p}");
-        assert_eq!(d[0]["cmd"], "rm", "{p}");
-    }
-    assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
 }
 
 /// One filesystem with each kind of mark.
