@@ -783,3 +783,70 @@ pub fn assert_tree_captured(env: &Env, watch: &Path) {
     }
     assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
 }
+
+/// A group made for the test (unique name), deleted on drop.
+pub struct TestGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl TestGroup {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("fsmt{tag}{:x}", std::process::id() & 0xffffff);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // groupadd takes the lock on /etc/group: other tests may hold it.
+        while !Command::new("groupadd")
+            .args(["--system", &name])
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(std::time::Instant::now() < deadline, "groupadd {name}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let gid = nix::unistd::Group::from_name(&name)
+            .unwrap()
+            .expect("the group exists")
+            .gid
+            .as_raw();
+        TestGroup { name, gid }
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !Command::new("groupdel")
+            .arg(&self.name)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// What bash completion offers for the last word of `words` (the protocol
+/// the code from `fsmon completions bash` speaks).
+pub fn complete(env: &Env, words: &[&str]) -> Vec<String> {
+    let out = Command::new(fsmon_bin())
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_IFS", "\n")
+        .env("FSMON_CONFIG", &env.config)
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

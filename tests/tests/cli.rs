@@ -16,7 +16,7 @@ use std::{
 };
 
 use chrono::{SecondsFormat, TimeDelta, Utc};
-use fsmon_tests::{Env, find, fsmon_bin, wait_for};
+use fsmon_tests::{Env, complete, find, fsmon_bin, wait_for};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -610,23 +610,6 @@ fn since_and_until_are_spellings_of_time_filters() {
         &env.fsmon(&["query", "_global", "--since", "yesterday-ish"]),
         "a bad --since",
     );
-}
-
-/// What bash completion offers for the last word of `words` (the protocol
-/// the code from `fsmon completions bash` speaks).
-fn complete(env: &Env, words: &[&str]) -> Vec<String> {
-    let out = Command::new(fsmon_bin())
-        .env("COMPLETE", "bash")
-        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
-        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
-        .env("_CLAP_IFS", "\n")
-        .env("FSMON_CONFIG", &env.config)
-        .arg("--")
-        .args(words)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).lines().map(str::to_string).collect()
 }
 
 #[test]

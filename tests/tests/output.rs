@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, TestUser, fsmon_bin, run_bounded, wait_for};
+use fsmon_tests::{Env, TestGroup, TestUser, complete, fsmon_bin, run_bounded, wait_for};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -535,49 +535,6 @@ fn monitored_and_health_are_readable_on_a_terminal() {
     assert!(d.stop().success());
 }
 
-/// A group made for the test (unique name), deleted on drop.
-struct TestGroup {
-    name: String,
-    gid: u32,
-}
-
-impl TestGroup {
-    fn new(tag: &str) -> Self {
-        let name = format!("fsmt{tag}{:x}", std::process::id() & 0xffffff);
-        let deadline = std::time::Instant::now() + LONG;
-        // groupadd takes the lock on /etc/group: other tests may hold it.
-        while !Command::new("groupadd")
-            .args(["--system", &name])
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(std::time::Instant::now() < deadline, "groupadd {name}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let gid = nix::unistd::Group::from_name(&name)
-            .unwrap()
-            .expect("the group exists")
-            .gid
-            .as_raw();
-        TestGroup { name, gid }
-    }
-}
-
-impl Drop for TestGroup {
-    fn drop(&mut self) {
-        let deadline = std::time::Instant::now() + LONG;
-        while !Command::new("groupdel")
-            .arg(&self.name)
-            .status()
-            .is_ok_and(|s| s.success())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// `fsmon --system --config <env> tail` as `user` with `groups`.
 fn tail_as(user: &TestUser, groups: &[u32], env: &Env) -> Command {
     let groups = if groups.is_empty() {
@@ -704,22 +661,6 @@ fn a_reader_that_falls_behind_is_told_how_many_it_missed() {
         "{err}"
     );
     assert!(d.stop().success());
-}
-
-/// What bash completion offers for the last word of `words`.
-fn complete(env: &Env, words: &[&str]) -> Vec<String> {
-    let out = Command::new(fsmon_bin())
-        .env("COMPLETE", "bash")
-        .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
-        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
-        .env("_CLAP_IFS", "\n")
-        .env("FSMON_CONFIG", &env.config)
-        .arg("--")
-        .args(words)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).lines().map(str::to_string).collect()
 }
 
 #[test]

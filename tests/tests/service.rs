@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, TestUser, fsmon_bin, wait_for};
+use fsmon_tests::{Env, TestGroup, TestUser, fsmon_bin, wait_for};
 use serde_json::Value;
 
 fn text(b: &[u8]) -> String {
@@ -24,49 +24,6 @@ fn request(socket: &Path, req: &str) -> Value {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap()
-}
-
-/// A group made for the test (unique name), deleted on drop.
-struct TestGroup {
-    name: String,
-    gid: u32,
-}
-
-impl TestGroup {
-    fn new(tag: &str) -> Self {
-        let name = format!("fsmt{tag}{:x}", std::process::id() & 0xffffff);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        // groupadd takes the lock on /etc/group: other tests may hold it.
-        while !Command::new("groupadd")
-            .args(["--system", &name])
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(std::time::Instant::now() < deadline, "groupadd {name}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let gid = nix::unistd::Group::from_name(&name)
-            .unwrap()
-            .expect("the group exists")
-            .gid
-            .as_raw();
-        TestGroup { name, gid }
-    }
-}
-
-impl Drop for TestGroup {
-    fn drop(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !Command::new("groupdel")
-            .arg(&self.name)
-            .status()
-            .is_ok_and(|s| s.success())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// Runs `fsmon --system --config <env> args` as `user`, with `groups` as
