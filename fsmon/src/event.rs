@@ -267,6 +267,33 @@ pub struct FileEvent<'a> {
     pub lost: bool,
 }
 
+impl<'a> FileEvent<'a> {
+    /// A line with its time, type and path only: no process known (pid 0,
+    /// empty names), every optional field absent, every flag off.
+    pub fn bare(time: &'a str, event_type: &'a str, path: &'a str) -> Self {
+        use std::borrow::Cow::Borrowed;
+        FileEvent {
+            time: Borrowed(time),
+            event_type: Borrowed(event_type),
+            path: Borrowed(path),
+            pid: 0,
+            cmd: Borrowed(""),
+            user: Borrowed(""),
+            file_size: 0,
+            ppid: 0,
+            tgid: 0,
+            chain: None,
+            cgroup: None,
+            container: None,
+            unresolved: false,
+            scan: false,
+            error: None,
+            error_count: None,
+            lost: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

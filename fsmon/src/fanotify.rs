@@ -161,23 +161,7 @@ impl Fanotify {
     }
 
     fn mark(&self, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fd.as_raw_fd(),
-                flags | FAN_MARK_DONT_FOLLOW,
-                mask,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        mark_path(self.fd.as_fd(), flags, mask, path)
     }
 
     /// Adds `mask` to the mark on the whole filesystem holding `path`.
@@ -221,6 +205,27 @@ impl AsFd for Fanotify {
 /// `open_by_handle_at`: opens the object a file handle names, on the
 /// filesystem of `mount_fd`. `handle` is `struct file_handle` as fanotify
 /// reports it (handle_bytes, handle_type, f_handle).
+/// `fanotify_mark` on `path` (never following a final symlink).
+pub fn mark_path(fan: BorrowedFd<'_>, flags: u32, mask: u64, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid fd and NUL-terminated path.
+    let r = unsafe {
+        libc::fanotify_mark(
+            fan.as_raw_fd(),
+            flags | FAN_MARK_DONT_FOLLOW,
+            mask,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &[u8], flags: i32) -> io::Result<OwnedFd> {
     if handle.len() < 8 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));

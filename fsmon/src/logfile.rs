@@ -1629,23 +1629,12 @@ mod tests {
     /// A log line as the daemon writes it.
     fn line(time: &str, event_type: &str, path: &str) -> String {
         let event = FileEvent {
-            time: Cow::Borrowed(time),
-            event_type: Cow::Borrowed(event_type),
-            path: Cow::Borrowed(path),
             pid: 42,
             cmd: Cow::Borrowed("touch"),
             user: Cow::Borrowed("root"),
-            file_size: 0,
             ppid: 1,
             tgid: 42,
-            chain: None,
-            cgroup: None,
-            container: None,
-            unresolved: false,
-            scan: false,
-            error: None,
-            error_count: None,
-            lost: false,
+            ..FileEvent::bare(time, event_type, path)
         };
         serde_json::to_string(&event).unwrap() + "\n"
     }

@@ -252,42 +252,21 @@ impl Marks {
     }
 
     fn add_filesystem(&self, path: &Path, mask: u64) -> io::Result<()> {
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let r = unsafe {
-            libc::fanotify_mark(
-                self.fan.as_raw_fd(),
-                fanotify::FAN_MARK_ADD
-                    | fanotify::FAN_MARK_FILESYSTEM
-                    | fanotify::FAN_MARK_DONT_FOLLOW,
-                mask | FAN_ONDIR,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        fanotify::mark_path(
+            self.fan.as_fd(),
+            fanotify::FAN_MARK_ADD | fanotify::FAN_MARK_FILESYSTEM,
+            mask | FAN_ONDIR,
+            path,
+        )
     }
 
     fn remove_filesystem(&self, path: &Path, mask: u64) {
-        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
-            // SAFETY: valid fd and NUL-terminated path.
-            unsafe {
-                libc::fanotify_mark(
-                    self.fan.as_raw_fd(),
-                    fanotify::FAN_MARK_REMOVE
-                        | fanotify::FAN_MARK_FILESYSTEM
-                        | fanotify::FAN_MARK_DONT_FOLLOW,
-                    mask | FAN_ONDIR,
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                )
-            };
-        }
+        let _ = fanotify::mark_path(
+            self.fan.as_fd(),
+            fanotify::FAN_MARK_REMOVE | fanotify::FAN_MARK_FILESYSTEM,
+            mask | FAN_ONDIR,
+            path,
+        );
     }
 
     fn mark_dir(&self, dir: BorrowedFd<'_>) -> io::Result<()> {

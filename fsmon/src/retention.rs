@@ -351,23 +351,13 @@ mod tests {
             .to_rfc3339_opts(SecondsFormat::Micros, false);
         let path = format!("/data/f{}", i % 17);
         let event = FileEvent {
-            time: Cow::Borrowed(&time),
-            event_type: Cow::Borrowed("CLOSE_WRITE"),
-            path: Cow::Borrowed(&path),
             pid: 42,
             cmd: Cow::Borrowed("writer"),
             user: Cow::Borrowed("root"),
             file_size: i as u64,
             ppid: 1,
             tgid: 42,
-            chain: None,
-            cgroup: None,
-            container: None,
-            unresolved: false,
-            lost: false,
-            scan: false,
-            error: None,
-            error_count: None,
+            ..FileEvent::bare(&time, "CLOSE_WRITE", &path)
         };
         serde_json::to_string(&event).unwrap() + "\n"
     }

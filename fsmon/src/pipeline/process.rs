@@ -226,23 +226,8 @@ impl Process {
         let groups = self.groups.clone();
         for g in &groups.groups {
             let ev = FileEvent {
-                time: Cow::Borrowed(self.clock.text()),
-                event_type: Cow::Borrowed(event_type),
-                path: Cow::Borrowed(""),
-                pid: 0,
-                cmd: Cow::Borrowed(""),
-                user: Cow::Borrowed(""),
-                file_size: 0,
-                ppid: 0,
-                tgid: 0,
-                chain: None,
-                cgroup: None,
-                container: None,
-                unresolved: false,
-                scan: false,
-                error: None,
-                error_count: None,
                 lost: true,
+                ..FileEvent::bare(self.clock.text(), event_type, "")
             };
             emit(
                 &mut self.logs,
