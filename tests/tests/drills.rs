@@ -1156,9 +1156,16 @@ fn ebpf_fork_soak_keeps_rss_and_map_flat() {
     let warm = samples.len() / 3;
     let rss0 = samples[warm].1;
     let rss_end = samples.last().unwrap().1;
+    // When the machine forks faster than at warm-up (other work on it),
+    // the exit queue holds more exits: up to 64 bytes each (32-byte
+    // entries in a buffer that doubles). That much more is allowed.
+    let exited0 = samples[warm].3;
+    let exited_max = samples[warm..].iter().map(|s| s.3).max().unwrap();
+    let queue_growth_kib = exited_max.saturating_sub(exited0) * 64 / 1024;
     assert!(
-        rss_end <= rss0 + 2048,
-        "RSS grew {rss0} -> {rss_end} KiB: {samples:?}"
+        rss_end <= rss0 + 2048 + queue_growth_kib,
+        "RSS grew {rss0} -> {rss_end} KiB (allowed: 2048 + {queue_growth_kib} for \
+         {exited0} -> {exited_max} exits queued): {samples:?}"
     );
     // The live map: flat (what other processes on the machine do moves it
     // a little). Exited records awaiting collection: what the last grace
