@@ -566,20 +566,34 @@ impl TestUser {
         }
     }
 
-    /// Runs `program args` as this user (no supplementary groups).
-    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
-        Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
+    /// `program` as this user with `groups` as its supplementary groups
+    /// (none when empty), in a clean environment: no SUDO_UID or
+    /// FSMON_CONFIG, HOME=/, in /, stdin null.
+    pub fn command(&self, groups: &[u32], program: &Path) -> Command {
+        let groups = if groups.is_empty() {
+            "--clear-groups".to_string()
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", list.join(","))
+        };
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
+            .arg(groups)
             .arg("--")
             .arg(program)
-            .args(args)
             .env_remove("SUDO_UID")
             .env_remove("FSMON_CONFIG")
             .env("HOME", "/")
             .current_dir("/")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `program args` as this user (no supplementary groups).
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        self.command(&[], program)
+            .args(args)
             .output()
             .expect("setpriv")
     }
@@ -849,4 +863,46 @@ pub fn complete(env: &Env, words: &[&str]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The repository's root (the workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The Debian package under test: `$FSMON_DEB`, else the one `cargo xtask
+/// deb` builds into target/debian for this version. Built every time
+/// (incremental: seconds when nothing changed), so the package tested is
+/// the one the source makes now.
+pub fn built_deb() -> PathBuf {
+    if let Some(p) = std::env::var_os("FSMON_DEB") {
+        return PathBuf::from(p);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(repo_root())
+        .args(["xtask", "deb"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo xtask deb");
+    assert!(
+        out.status.success(),
+        "cargo xtask deb: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("fsmon_{}-", env!("CARGO_PKG_VERSION"));
+    fs::read_dir(repo_root().join("target/debian"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .expect("cargo xtask deb made no .deb")
 }

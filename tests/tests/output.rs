@@ -537,24 +537,8 @@ fn monitored_and_health_are_readable_on_a_terminal() {
 
 /// `fsmon --system --config <env> tail` as `user` with `groups`.
 fn tail_as(user: &TestUser, groups: &[u32], env: &Env) -> Command {
-    let groups = if groups.is_empty() {
-        "--clear-groups".to_string()
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        format!("--groups={}", list.join(","))
-    };
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg(groups)
-        .arg("--")
-        .arg(fsmon_bin())
-        .args(["--system", "--config", env.config.to_str().unwrap(), "tail"])
-        .env_remove("SUDO_UID")
-        .env_remove("FSMON_CONFIG")
-        .env("HOME", "/")
-        .current_dir("/")
-        .stdin(Stdio::null());
+    let mut c = user.command(groups, &fsmon_bin());
+    c.args(["--system", "--config", env.config.to_str().unwrap(), "tail"]);
     c
 }
 

@@ -11,47 +11,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The .deb: `$FSMON_DEB`, else the one `cargo xtask deb` builds into
-/// target/debian for this version.
-fn the_deb() -> PathBuf {
-    if let Some(p) = std::env::var_os("FSMON_DEB") {
-        return PathBuf::from(p);
-    }
-    let version = env!("CARGO_PKG_VERSION");
-    let find = || {
-        std::fs::read_dir(root().join("target/debian"))
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(&format!("fsmon_{version}-")) && n.ends_with(".deb")
-                })
-            })
-    };
-    // Built every time (incremental: seconds when nothing changed), so the
-    // package tested is the one the source makes now.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root())
-        .args(["xtask", "deb"])
-        .output()
-        .expect("cargo xtask deb");
-    assert!(
-        out.status.success(),
-        "cargo xtask deb: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    find().expect("cargo xtask deb made no .deb")
-}
-
 /// dpkg, retried while another process holds its lock (apt elsewhere).
 fn dpkg(args: &[&str]) -> Output {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -71,7 +30,7 @@ fn group_exists(name: &str) -> bool {
 
 #[test]
 fn deb_installs_runs_and_purges_cleanly() {
-    let deb = the_deb();
+    let deb = fsmon_tests::built_deb();
     let installed_before = Command::new("dpkg")
         .args(["-s", "fsmon"])
         .output()

@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::MetadataExt, net::UnixStream},
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::Duration,
 };
 
@@ -29,31 +29,9 @@ fn request(socket: &Path, req: &str) -> Value {
 /// Runs `fsmon --system --config <env> args` as `user`, with `groups` as
 /// its supplementary groups.
 fn fsmon_as(user: &TestUser, groups: &[u32], env: &Env, args: &[&str]) -> Output {
-    let groups = if groups.is_empty() {
-        "--clear-groups".to_string()
-    } else {
-        format!(
-            "--groups={}",
-            groups
-                .iter()
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    };
-    Command::new("setpriv")
-        .arg(format!("--reuid={}", user.uid))
-        .arg(format!("--regid={}", user.gid))
-        .arg(groups)
-        .arg("--")
-        .arg(fsmon_bin())
+    user.command(groups, &fsmon_bin())
         .args(["--system", "--config", env.config.to_str().unwrap()])
         .args(args)
-        .env_remove("SUDO_UID")
-        .env_remove("FSMON_CONFIG")
-        .env("HOME", "/")
-        .current_dir("/")
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }

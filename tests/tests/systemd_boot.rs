@@ -23,48 +23,14 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn cache() -> PathBuf {
-    root().join("target/systemd-guest")
+    fsmon_tests::repo_root().join("target/systemd-guest")
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-/// The .deb `cargo xtask deb` builds now (as tests/package.rs does).
-fn the_deb() -> PathBuf {
-    if let Some(p) = std::env::var_os("FSMON_DEB") {
-        return PathBuf::from(p);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = run(Command::new(cargo)
-        .current_dir(root())
-        .args(["xtask", "deb"]));
-    assert!(
-        out.status.success(),
-        "cargo xtask deb: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let version = env!("CARGO_PKG_VERSION");
-    fs::read_dir(root().join("target/debian"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("fsmon_{version}-")) && n.ends_with(".deb"))
-        })
-        .expect("cargo xtask deb made no .deb")
 }
 
 /// Installed into the guest's minbase root: systemd as init, and the
@@ -195,7 +161,7 @@ fn kernel() -> Result<PathBuf, Unreachable> {
 /// (the kernel unpacks concatenated archives in order).
 fn guest_files(dir: &Path, deb: &Path) -> PathBuf {
     let stage = dir.join("stage");
-    let guest = root().join("tests/systemd-guest");
+    let guest = fsmon_tests::repo_root().join("tests/systemd-guest");
     fs::create_dir_all(stage.join("usr/local/bin")).unwrap();
     fs::create_dir_all(stage.join("etc/systemd/system")).unwrap();
     fs::copy(deb, stage.join("fsmon.deb")).unwrap();
@@ -222,7 +188,7 @@ fn guest_files(dir: &Path, deb: &Path) -> PathBuf {
 
 #[test]
 fn package_unit_runs_under_real_systemd() {
-    let deb = the_deb();
+    let deb = fsmon_tests::built_deb();
     let (rootfs, vmlinuz) = match rootfs().and_then(|r| Ok((r, kernel()?))) {
         Ok(x) => x,
         Err(Unreachable(why)) => {

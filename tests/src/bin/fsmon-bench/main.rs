@@ -722,6 +722,42 @@ fn run_once(w: &dyn Workload, monitor: Monitor, base: &Path, rep: usize) -> Run 
     }
 }
 
+/// The capture table's columns about what was logged: events expected,
+/// captured (the fewest of the runs), loss, pid+cmd correct (the worst).
+fn capture_columns(runs: &[Run], expected: u64, correct_note: &str) -> String {
+    let captured = runs.iter().map(|r| r.captured).min().unwrap();
+    let correct = runs
+        .iter()
+        .map(|r| r.correct as f64 / r.captured.max(1) as f64)
+        .fold(1.0, f64::min);
+    let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
+    format!(
+        "{expected} | {captured} | {loss:.2}% | {:.1}%{correct_note}",
+        correct * 100.0
+    )
+}
+
+/// The capture table's columns about what it cost: CPU per event (the
+/// worst run), own memory, VmRSS and VmHWM (the highest), drain time.
+fn cost_columns(runs: &[Run]) -> String {
+    let cpu_us = runs
+        .iter()
+        .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
+        .fold(0.0, f64::max);
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let rss = runs.iter().map(|r| r.mem.rss_kb).max().unwrap();
+    let own = runs.iter().map(|r| r.mem.own_kb).max().unwrap();
+    let hwm = runs.iter().map(|r| r.hwm_kb).max().unwrap();
+    let mut drains: Vec<f64> = runs.iter().map(|r| r.drain_ms).collect();
+    format!(
+        "{cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} ms",
+        mib(own),
+        mib(rss),
+        mib(hwm),
+        median(&mut drains)
+    )
+}
+
 fn bench_capture(o: &Opts) -> String {
     // A fresh ext4 on a loop device backed by memory: the same filesystem
     // code as on disk, without the disk's noise (run-to-run spread on this
@@ -772,65 +808,29 @@ fn bench_capture(o: &Opts) -> String {
         let (min_ratio, med_ratio) = ratios_of(&with);
         let (floor_min, floor_med) = ratios_of(&floor);
         let expected = w.expected();
-        let captured = with.iter().map(|r| r.captured).min().unwrap();
-        let correct = with
-            .iter()
-            .map(|r| r.correct as f64 / r.captured.max(1) as f64)
-            .fold(1.0, f64::min);
-        let cpu_us = with
-            .iter()
-            .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
-            .fold(0.0, f64::max);
-        let rss = with.iter().map(|r| r.mem.rss_kb).max().unwrap();
-        let own = with.iter().map(|r| r.mem.own_kb).max().unwrap();
-        let hwm = with.iter().map(|r| r.hwm_kb).max().unwrap();
-        let mut drains: Vec<f64> = with.iter().map(|r| r.drain_ms).collect();
-        let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
         let _ = writeln!(
             out,
-            "| {} | {expected} | {captured} | {loss:.2}% | {:.1}% | {min_ratio:.3} / {med_ratio:.3} (≤ {target:.2}) | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} ms |",
+            "| {} | {} | {min_ratio:.3} / {med_ratio:.3} (≤ {target:.2}) | {} |",
             w.name(),
-            correct * 100.0,
-            own as f64 / 1024.0,
-            rss as f64 / 1024.0,
-            hwm as f64 / 1024.0,
-            median(&mut drains)
+            capture_columns(&with, expected, ""),
+            cost_columns(&with)
         );
         let _ = writeln!(
             out,
             "| ↳ kernel floor: a no-op fanotify reader, same marks | | | | | {floor_min:.3} / {floor_med:.3} | | | | | |"
         );
-        {
-            let (imin, imed) = ratios_of(&inode);
-            let captured = inode.iter().map(|r| r.captured).min().unwrap();
-            let correct = inode
-                .iter()
-                .map(|r| r.correct as f64 / r.captured.max(1) as f64)
-                .fold(1.0, f64::min);
-            let cpu_us = inode
-                .iter()
-                .map(|r| r.cpu / r.captured.max(1) as f64 * 1e6)
-                .fold(0.0, f64::max);
-            let rss = inode.iter().map(|r| r.mem.rss_kb).max().unwrap();
-            let own = inode.iter().map(|r| r.mem.own_kb).max().unwrap();
-            let hwm = inode.iter().map(|r| r.hwm_kb).max().unwrap();
-            let mut drains: Vec<f64> = inode.iter().map(|r| r.drain_ms).collect();
-            let loss = 100.0 * (expected.saturating_sub(captured)) as f64 / expected as f64;
-            let _ = writeln!(
-                out,
-                "| ↳ fsmon with `--mark inode` | {expected} | {captured} | {loss:.2}% | {:.1}% (scan finds have no process) | {imin:.3} / {imed:.3} | {cpu_us:.2} µs | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.0} ms |",
-                correct * 100.0,
-                own as f64 / 1024.0,
-                rss as f64 / 1024.0,
-                hwm as f64 / 1024.0,
-                median(&mut drains)
-            );
-            let (fmin, fmed) = ratios_of(&floor_inode);
-            let _ = writeln!(
-                out,
-                "| ↳ kernel floor for inode marks: a no-op reader marking new directories as their events are read | | | | | {fmin:.3} / {fmed:.3} | | | | | |"
-            );
-        }
+        let (imin, imed) = ratios_of(&inode);
+        let _ = writeln!(
+            out,
+            "| ↳ fsmon with `--mark inode` | {} | {imin:.3} / {imed:.3} | {} |",
+            capture_columns(&inode, expected, " (scan finds have no process)"),
+            cost_columns(&inode)
+        );
+        let (fmin, fmed) = ratios_of(&floor_inode);
+        let _ = writeln!(
+            out,
+            "| ↳ kernel floor for inode marks: a no-op reader marking new directories as their events are read | | | | | {fmin:.3} / {fmed:.3} | | | | | |"
+        );
         let secs = |v: &[Run]| {
             v.iter()
                 .map(|r| format!("{:.3}", r.secs))
