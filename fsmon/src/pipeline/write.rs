@@ -315,15 +315,29 @@ impl LogSet {
     /// Between batches (writers flushed): finishes the rotations prepared
     /// meanwhile, and starts the retention passes due now.
     pub fn retain(&mut self) {
+        // Called between every two batches: nothing is cloned or allocated
+        // unless a rotation finished, a log is past its size, or the
+        // periodic check is due.
+        let (Some(rotator), Some(rotate_at)) = (
+            &self.rotator,
+            self.retention.as_ref().map(Retention::rotate_at),
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        let finished: Vec<Prepared> = rotator.done.try_iter().collect();
+        if finished.is_empty()
+            && self.next_retention.is_none_or(|at| now < at)
+            && !self.writers.values().any(|w| w.len > rotate_at)
+        {
+            return;
+        }
         let (Some(policy), Some(dir)) = (self.retention.clone(), self.dir.clone()) else {
             return;
         };
-        let Some(rotator) = &self.rotator else { return };
-        let finished: Vec<Prepared> = rotator.done.try_iter().collect();
         for done in finished {
             self.finish(done, &policy);
         }
-        let now = Instant::now();
         let mut groups: Vec<String> = self
             .writers
             .iter()
