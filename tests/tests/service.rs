@@ -363,11 +363,13 @@ fn metrics_build_process_and_state_gauges() {
     wait_for("the event logged", Duration::from_secs(60), || {
         (!env.events("_global").is_empty()).then_some(())
     });
-    let log_len = fs::metadata(env.log_path("_global")).unwrap().len() as f64;
-    // The gauges are refreshed every 2 s: wait for the log's size.
+    // The gauges are refreshed every 2 s: wait for the log's size. The size
+    // is read again on each try: the write's CREATE may be logged before its
+    // CLOSE_WRITE, so the log can still grow after the first event is seen.
     let text = wait_for("the log size gauge", Duration::from_secs(60), || {
         let m = request(&env.socket, r#"{"op":"metrics"}"#);
         let text = m["text"].as_str().unwrap().to_string();
+        let log_len = fs::metadata(env.log_path("_global")).unwrap().len() as f64;
         (metric(&text, "fsmon_log_size_bytes{group=\"_global\"}") == Some(log_len)).then_some(text)
     });
     let version = env!("CARGO_PKG_VERSION");
