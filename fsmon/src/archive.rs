@@ -7,8 +7,10 @@
 //!   times of its first and last lines, `20260507T100000.000000Z`, so a
 //!   query picks archives by name without opening them. When that name is
 //!   taken (by anything), `-1` .. `-9` follow `<last>`.
-//! - `<group>_log.jsonl.<N>` and `<group>_log.jsonl.<N>.zst`: what
-//!   logrotate leaves (`copytruncate` off), read the same way.
+//! - `<group>_log.jsonl.<N>`, `<group>_log.jsonl.<N>.gz` and
+//!   `<group>_log.jsonl.<N>.zst`: what logrotate leaves (`copytruncate`
+//!   off; `compress` gives `.gz`, `compresscmd zstd` `.zst`), read the same
+//!   way.
 //!
 //! Order: by the time of each file's first line (from the name, or read
 //! from the file for logrotate's), the live log last.
@@ -52,6 +54,15 @@ pub enum Kind {
     Plain,
     /// zstd: the daemon's archives and logrotate's `.<N>.zst`, streamed.
     Zstd,
+    /// gzip: logrotate's `.<N>.gz` (its default `compress`), streamed.
+    Gzip,
+}
+
+impl Kind {
+    /// A compressed file: streamed whole, not binary-searched.
+    pub fn compressed(self) -> bool {
+        matches!(self, Kind::Zstd | Kind::Gzip)
+    }
 }
 
 /// One file of a group's log.
@@ -105,6 +116,9 @@ pub fn classify(live_name: &str, name: &str) -> Option<(Kind, Option<Span>)> {
         }
         if rest.strip_suffix(".zst").is_some_and(digits) {
             return Some((Kind::Zstd, None));
+        }
+        if rest.strip_suffix(".gz").is_some_and(digits) {
+            return Some((Kind::Gzip, None));
         }
         return None;
     }
@@ -282,9 +296,27 @@ fn first_time(source: &Source) -> Option<DateTime<Utc>> {
 
 /// A streaming zstd decoder over a file (O_NOFOLLOW, regular files only).
 /// Memory stays bounded: the decoder's window plus the reader's buffer.
-pub fn open_zstd(path: &Path) -> Result<impl Read> {
+pub fn open_zstd(path: &Path) -> Result<impl Read + use<>> {
     let file = safefs::open_read(path)?;
     zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))
+}
+
+/// A streaming gzip decoder over a file (O_NOFOLLOW, regular files only).
+/// Multi-member: `gzip` appends a member per `cat a.gz b.gz`, and logrotate
+/// with `delaycompress` off may leave such files.
+pub fn open_gzip(path: &Path) -> Result<impl Read + use<>> {
+    let file = safefs::open_read(path)?;
+    Ok(flate2::read::MultiGzDecoder::new(
+        io::BufReader::with_capacity(64 * 1024, file),
+    ))
+}
+
+/// A streaming decoder for a compressed file of the log.
+pub fn open_compressed(source: &Source) -> Result<Box<dyn Read>> {
+    Ok(match source.kind {
+        Kind::Gzip => Box::new(open_gzip(&source.path)?),
+        _ => Box::new(open_zstd(&source.path)?),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -511,10 +543,15 @@ mod tests {
             classify(live, "web_log.jsonl.12.zst"),
             Some((Kind::Zstd, None))
         );
+        assert_eq!(
+            classify(live, "web_log.jsonl.1.gz"),
+            Some((Kind::Gzip, None))
+        );
         for other in [
             "web_log.jsonl.ship-cursor",
             ".web_log.jsonl.rotating",
-            "web_log.jsonl.1.gz",
+            "web_log.jsonl.1.gz.zst",
+            "web_log.jsonl.x.gz",
             "web_log.jsonl.x",
             "web2_log.jsonl",
             "web_log.garbage_x.jsonl.zst",

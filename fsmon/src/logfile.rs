@@ -824,8 +824,8 @@ pub(crate) fn scan_source(
                 bytes_read: log.bytes_read(),
             })
         }
-        Kind::Zstd => {
-            let mut reader = archive::open_zstd(&source.path)?;
+        Kind::Zstd | Kind::Gzip => {
+            let mut reader = archive::open_compressed(source)?;
             let mut corrupt = 0;
             let mut bytes_read = 0u64;
             let path = &source.path;
@@ -910,7 +910,7 @@ fn scan_all(
             }
             Err(e) => stats
                 .unreadable
-                .push(format!("{e}; its lines are left out")),
+                .push(format!("{e}; its lines from there on are left out")),
         }
     }
     if let Some(log) = live {

@@ -556,24 +556,45 @@ mod tests {
     fn logrotate_files_are_read() {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("g_log.jsonl");
-        let all: Vec<String> = (0..90).map(line).collect();
-        append(&live.with_file_name("g_log.jsonl.2"), &all[..30]);
+        let all: Vec<String> = (0..120).map(line).collect();
+        append(&live.with_file_name("g_log.jsonl.3"), &all[..30]);
+        // gzip (logrotate's default `compress`), two members as `cat a.gz
+        // b.gz` leaves them: both are read.
+        let mut gz = Vec::new();
+        for part in [&all[30..45], &all[45..60]] {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(part.concat().as_bytes()).unwrap();
+            gz.extend(enc.finish().unwrap());
+        }
+        fs::write(live.with_file_name("g_log.jsonl.2.gz"), gz).unwrap();
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        enc.write_all(all[30..60].concat().as_bytes()).unwrap();
+        enc.write_all(all[60..90].concat().as_bytes()).unwrap();
         fs::write(
             live.with_file_name("g_log.jsonl.1.zst"),
             enc.finish().unwrap(),
         )
         .unwrap();
-        append(&live, &all[60..]);
+        append(&live, &all[90..]);
         assert_eq!(query(&live, TimeRange::ALL).0, all.concat());
         let range = TimeRange {
             since: Some(at(20)),
-            until: Some(at(65)),
+            until: Some(at(95)),
         };
-        assert_eq!(query(&live, range).0, all[20..=65].concat());
+        assert_eq!(query(&live, range).0, all[20..=95].concat());
         // Only rotated files left.
         fs::remove_file(&live).unwrap();
-        assert_eq!(query(&live, TimeRange::ALL).0, all[..60].concat());
+        assert_eq!(query(&live, TimeRange::ALL).0, all[..90].concat());
+        // A truncated gzip file: its readable lines, and the reader says so.
+        let gz = fs::read(live.with_file_name("g_log.jsonl.2.gz")).unwrap();
+        fs::write(live.with_file_name("g_log.jsonl.2.gz"), &gz[..gz.len() / 3]).unwrap();
+        let (out, stats) = query(&live, TimeRange::ALL);
+        assert!(out.starts_with(&all[..30].concat()), "{out}");
+        assert!(out.ends_with(&all[60..90].concat()), "{out}");
+        assert_eq!(stats.unreadable.len(), 1, "{:?}", stats.unreadable);
+        assert!(
+            stats.unreadable[0].contains("g_log.jsonl.2.gz"),
+            "{:?}",
+            stats.unreadable
+        );
     }
 }

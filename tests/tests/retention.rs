@@ -346,3 +346,93 @@ fn planted_symlink_at_the_archive_name_is_refused() {
     );
     d.stop();
 }
+
+/// A real logrotate (`compress`, `delaycompress`, `nocreate`, the stanza
+/// the README gives) rotates the live log three times while the daemon
+/// runs: the daemon follows each rename, gzip compresses the older files,
+/// and `query` reads `.3.gz`, `.2.gz`, `.1` and the live log as one log,
+/// each event once, in order, with nothing reported unreadable.
+#[test]
+fn a_real_logrotate_with_gzip_loses_nothing() {
+    let logrotate = ["/usr/sbin/logrotate", "/sbin/logrotate"]
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok())
+        .expect("logrotate is not installed (cargo xtask test installs it)");
+    let env = Env::new();
+    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
+    let d = env.start(&[]);
+    let live = env.log_path("_global");
+    let conf = env.dir.path().join("logrotate.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 10\n    compress\n    delaycompress\n    missingok\n    nocreate\n}}\n",
+            live.display()
+        ),
+    )
+    .unwrap();
+    let state = env.dir.path().join("logrotate.state");
+    let paths_logged = || -> Vec<String> {
+        query(&env, &[])
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["path"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let mut written = Vec::new();
+    for round in 0..4 {
+        for i in 0..40 {
+            let p = env.watch.join(format!("r{round}_{i}"));
+            fs::write(&p, b"x").unwrap();
+            written.push(p.to_str().unwrap().to_string());
+        }
+        wait_for("the round's events logged", LONG, || {
+            (paths_logged().len() >= written.len()).then_some(())
+        });
+        if round == 3 {
+            break;
+        }
+        let out = run_bounded(
+            Command::new(logrotate)
+                .arg("-f")
+                .arg("-s")
+                .arg(&state)
+                .arg(&conf),
+            SHORT,
+        );
+        assert!(
+            out.status.success(),
+            "logrotate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // nocreate: only the daemon makes a new live log, once it has seen
+        // the rename (and so no longer writes to `.1`).
+        wait_for("the daemon's new live log", SHORT, || {
+            fs::symlink_metadata(&live).is_ok().then_some(())
+        });
+    }
+    let name = |s: &str| env.logs.join(format!("_global_log.jsonl{s}"));
+    for rotated in [".1", ".2.gz", ".3.gz"] {
+        assert!(
+            name(rotated).is_file(),
+            "{} missing",
+            name(rotated).display()
+        );
+    }
+    let out = env.fsmon(&["query", "_global"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "nothing unreadable"
+    );
+    assert_eq!(paths_logged(), written);
+    // A window that starts inside the oldest, gzipped file.
+    let all = query(&env, &[]);
+    let t = time_of(&all[20]);
+    let want: Vec<String> = all.iter().filter(|l| time_of(l) >= t).cloned().collect();
+    assert_eq!(query(&env, &["-t", &format!(">={}", t.to_rfc3339())]), want);
+    d.stop();
+}

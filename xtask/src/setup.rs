@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[&str] = &[
     "strace",
     // The man pages are checked with man(1).
     "man-db",
+    // tests/retention.rs rotates a live log with a real logrotate (gzip).
+    "logrotate",
     // Peers for `cargo xtask bench`, and stdbuf for fatrace's output.
     "fatrace",
     "auditd",
