@@ -367,12 +367,28 @@ async fn refresh_gauges(state: Arc<State>) {
             m.watch_errors.set(errors as i64);
             if let Some(dir) = &st.cfg.log_dir {
                 m.log_size_bytes.reset();
+                m.log_archive_bytes.reset();
                 for g in groups {
                     let path = crate::pipeline::write::log_path(dir, &g);
                     if let Ok(meta) = std::fs::symlink_metadata(&path) {
                         m.log_size_bytes
                             .with_label_values(&[g.as_str()])
                             .set(meta.len() as i64);
+                    }
+                    // The daemon's archives (times in their names), regular
+                    // files only: what `size` counts.
+                    let archived: u64 = crate::archive::list(&path)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|s| s.range.is_some())
+                        .filter_map(|s| std::fs::symlink_metadata(&s.path).ok())
+                        .filter(|meta| meta.file_type().is_file())
+                        .map(|meta| meta.len())
+                        .sum();
+                    if archived > 0 {
+                        m.log_archive_bytes
+                            .with_label_values(&[g.as_str()])
+                            .set(archived as i64);
                     }
                 }
             }

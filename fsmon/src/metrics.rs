@@ -66,6 +66,14 @@ pub struct Metrics {
     pub socket_refused: IntCounterVec,
     /// Size of each group's live log, in bytes.
     pub log_size_bytes: IntGaugeVec,
+    /// Compressed bytes of each group's archives (the daemon's own).
+    pub log_archive_bytes: IntGaugeVec,
+    /// Rotations done (the start of a live log moved to an archive).
+    pub log_rotations: IntCounter,
+    /// Archives deleted by `keep_days` / `size`.
+    pub log_archives_deleted: IntCounter,
+    /// Retention passes that failed (the log was left as it was).
+    pub log_retention_failures: IntCounter,
     /// Watched paths that do not exist yet.
     pub pending_paths: IntGauge,
     /// Watched paths the kernel refused to watch (health lists them).
@@ -154,6 +162,15 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(log_size_bytes.clone())).unwrap();
+        let log_archive_bytes = IntGaugeVec::new(
+            Opts::new(
+                "fsmon_log_archive_bytes",
+                "Compressed bytes of each group's archives",
+            ),
+            &["group"],
+        )
+        .unwrap();
+        r.register(Box::new(log_archive_bytes.clone())).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -272,6 +289,22 @@ impl Metrics {
             ),
             socket_refused,
             log_size_bytes,
+            log_archive_bytes,
+            log_rotations: counter(
+                &r,
+                "fsmon_log_rotations_total",
+                "Rotations of a live log into a zstd archive",
+            ),
+            log_archives_deleted: counter(
+                &r,
+                "fsmon_log_archives_deleted_total",
+                "Archives deleted by keep_days or size",
+            ),
+            log_retention_failures: counter(
+                &r,
+                "fsmon_log_retention_failures_total",
+                "Retention passes that failed (the log was left as it was)",
+            ),
             pending_paths: gauge(
                 &r,
                 "fsmon_pending_paths",

@@ -132,6 +132,20 @@ fn rotation_under_a_continuous_writer_keeps_every_event_once() {
     let times: Vec<_> = lines.iter().map(|l| time_of(l)).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "time-ordered");
     assert!(d.stderr().contains("archived as"), "{}", d.stderr());
+    // The metrics say the same: rotations, the archives' bytes on disk (read
+    // again at each try: a rotation may still finish), no failure.
+    wait_for("the retention metrics", SHORT, || {
+        let now = archives(&env, "_global");
+        let on_disk: u64 = now
+            .iter()
+            .filter_map(|a| fs::metadata(a).ok())
+            .map(|m| m.len())
+            .sum();
+        (env.metric_or_zero("fsmon_log_archive_bytes{group=\"_global\"}") == on_disk as f64
+            && env.metric("fsmon_log_rotations_total") >= now.len() as f64)
+            .then_some(())
+    });
+    assert_eq!(env.metric("fsmon_log_retention_failures_total"), 0.0);
 
     // Windows around each archive's end: exactly the lines inside.
     let stamp = |t: &chrono::DateTime<chrono::FixedOffset>| {
@@ -202,6 +216,9 @@ fn keep_days_deletes_old_archives_and_rotated_files_are_read() {
     let d = env.start(&[]);
     wait_for("the old lines gone", LONG, || {
         (query(&env, &[]).len() == 5 && archives(&env, "_global").is_empty()).then_some(())
+    });
+    wait_for("the deletion counted", SHORT, || {
+        (env.metric("fsmon_log_archives_deleted_total") >= 1.0).then_some(())
     });
     let fresh = env.watch.join("fresh");
     fs::write(&fresh, b"x").unwrap();

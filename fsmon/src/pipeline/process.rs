@@ -123,6 +123,7 @@ impl Process {
                     .tracker_misses
                     .inc_by(misses.saturating_sub(self.metrics.tracker_misses.get()));
                 self.publish_tracker_state();
+                self.publish_retention_counts();
                 self.logs.maintain();
                 next_gc = now + Duration::from_secs(1);
             }
@@ -139,6 +140,20 @@ impl Process {
     /// Map sizes and losses to the metrics; when a loss counter grew, one
     /// in-band record in every group's log (the tracker cannot tell whose
     /// processes it missed).
+    /// The writer's retention totals into the counters (by difference:
+    /// the counters only go up, and the writer owns the totals).
+    fn publish_retention_counts(&self) {
+        let c = self.logs.retention_counts;
+        let m = &self.metrics;
+        for (counter, total) in [
+            (&m.log_rotations, c.rotations),
+            (&m.log_archives_deleted, c.archives_deleted),
+            (&m.log_retention_failures, c.failures),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
     fn publish_tracker_state(&mut self) {
         let t = &self.attributor.tracker;
         let sizes = t.sizes();

@@ -219,6 +219,16 @@ pub struct LogSet {
     /// The thread that prepares rotations, and the groups it has in hand.
     rotator: Option<Rotator>,
     rotating: std::collections::HashSet<String>,
+    /// What retention did, for the metrics (published by the caller).
+    pub retention_counts: RetentionCounts,
+}
+
+/// Running totals of retention's work since start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RetentionCounts {
+    pub rotations: u64,
+    pub archives_deleted: u64,
+    pub failures: u64,
 }
 
 /// A retention pass to prepare off the writer thread.
@@ -291,6 +301,7 @@ impl LogSet {
             retention_backoff: HashMap::new(),
             rotator: None,
             rotating: Default::default(),
+            retention_counts: RetentionCounts::default(),
         })
     }
 
@@ -396,6 +407,7 @@ impl LogSet {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("group {group}: retention: {e}; the log is left as it is");
+                self.retention_counts.failures += 1;
                 self.retention_backoff.insert(group, Instant::now() + RETRY);
                 return;
             }
@@ -403,6 +415,7 @@ impl LogSet {
         for name in &deleted {
             log::info!("group {group}: archive {name} deleted (keep_days / size)");
         }
+        self.retention_counts.archives_deleted += deleted.len() as u64;
         let Some(rotation) = rotation else {
             // Nothing could move (small, or unshipped lines): not again
             // every second.
@@ -428,10 +441,12 @@ impl LogSet {
         match result {
             Ok(name) => {
                 log::info!("group {group}: the start of its log archived as {name}");
+                self.retention_counts.rotations += 1;
                 self.retention_backoff.remove(&group);
             }
             Err(e) => {
                 log::warn!("group {group}: retention: {e}; the log is left as it is");
+                self.retention_counts.failures += 1;
                 self.retention_backoff.insert(group, Instant::now() + RETRY);
             }
         }
