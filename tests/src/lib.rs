@@ -14,16 +14,23 @@ use std::{
 use serde_json::Value;
 
 /// Polls `cond` until it returns `Some`, or fails after `timeout` with `what`.
+/// Between tries it sleeps 10 ms, or as long as the try took when that is
+/// longer (parsing a big log): polling never takes more than half a core
+/// from the daemons under test on a 2-core machine.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
+        let t0 = Instant::now();
         if let Some(v) = cond() {
             return v;
         }
         if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(
+            t0.elapsed()
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        );
     }
 }
 
@@ -238,7 +245,7 @@ impl Env {
         what: &str,
         pred: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        wait_for(what, Duration::from_secs(30), || {
+        wait_for(what, Duration::from_secs(60), || {
             let evs = self.events(group);
             pred(&evs).then_some(evs)
         })

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, TestUser, find, read_events, sh_bg, wait_for, wait_stopped};
+use fsmon_tests::{Env, LoopFs, Mount, TestUser, find, read_events, sh_bg, wait_for, wait_stopped};
 use serde_json::Value;
 
 fn paths_of<'a>(evs: &'a [Value], kind: &str) -> HashSet<&'a str> {
@@ -572,8 +572,12 @@ fn partial_last_line_from_a_crash_is_closed_and_kept() {
 #[test]
 fn kernel_queue_overflow_is_recorded_and_counted() {
     let env = Env::new();
-    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
-    env.add("second", &env.watch, &["-r", "--types", "CREATE"]);
+    // A filesystem of its own: the burst overflows this daemon's queue, not
+    // the queues of other tests' daemons watching /tmp's filesystem.
+    let watch = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "fsmon-test"], &watch);
+    env.add("_global", &watch, &["-r", "--types", "CREATE"]);
+    env.add("second", &watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
     // Freeze the daemon, then queue more events than the kernel holds.
     let queue: u64 = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
@@ -586,7 +590,7 @@ fn kernel_queue_overflow_is_recorded_and_counted() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     wait_stopped(d.pid());
     for i in 0..burst {
-        fs::write(env.watch.join(format!("burst{i}")), b"").unwrap();
+        fs::write(watch.join(format!("burst{i}")), b"").unwrap();
     }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     for group in ["_global", "second"] {
@@ -609,9 +613,9 @@ fn kernel_queue_overflow_is_recorded_and_counted() {
     let health: Value = serde_json::from_str(&env.fsmon_ok(&["health"])).unwrap();
     assert!(health["queue_overflows"].as_u64().unwrap() >= 1, "{health}");
     // And it keeps working.
-    fs::write(env.watch.join("after-overflow"), b"").unwrap();
+    fs::write(watch.join("after-overflow"), b"").unwrap();
     env.wait_events("_global", "event after overflow", |e| {
-        !find(e, "CREATE", &env.watch.join("after-overflow")).is_empty()
+        !find(e, "CREATE", &watch.join("after-overflow")).is_empty()
     });
 }
 

@@ -1926,14 +1926,17 @@ impl Drop for Strace {
 #[test]
 fn daemon_metrics_listen_serves_prometheus_text() {
     use std::io::{Read, Write};
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let env = Env::new();
-    let d = env.start(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
-    let body = wait_for("metrics endpoint", Duration::from_secs(15), || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    // Port 0: the daemon binds a free port and says which (no race with
+    // another test for a port picked beforehand).
+    let d = env.start(&["--metrics-listen", "127.0.0.1:0"]);
+    let addr = wait_for("the metrics address", Duration::from_secs(60), || {
+        let log = d.stderr();
+        let rest = log.split("serving Prometheus metrics at http://").nth(1)?;
+        Some(rest.split("/metrics").next()?.to_string())
+    });
+    let body = wait_for("metrics endpoint", Duration::from_secs(60), || {
+        let mut s = std::net::TcpStream::connect(addr.as_str()).ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             .ok()?;
         let mut r = String::new();

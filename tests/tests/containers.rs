@@ -42,7 +42,10 @@ struct CgroupTree {
 
 impl CgroupTree {
     fn new() -> Self {
-        let root = cgroup2_mount().join(format!("fsmon-test-{}", std::process::id()));
+        // One tree per test: the tests of this binary run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = cgroup2_mount().join(format!("fsmon-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir(&root);
         fs::create_dir(&root).unwrap();
         Self { root }

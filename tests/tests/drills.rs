@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, find, testkit_bin, wait_for, wait_stopped};
+use fsmon_tests::{Env, LoopFs, Mount, find, testkit_bin, wait_for, wait_stopped};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -454,9 +454,13 @@ fn max_queued_events() -> u64 {
 #[test]
 fn provoked_queue_overflows_are_recorded_counted_and_survived() {
     let env = Env::new();
-    env.add("_global", &env.watch, &["-r", "--types", "CREATE"]);
-    env.add("second", &env.watch, &["-r", "--types", "CREATE"]);
-    fs::create_dir_all(env.watch.join("sub/deeper")).unwrap();
+    // A filesystem of its own: the burst overflows this daemon's queue, not
+    // the queues of other tests' daemons watching /tmp's filesystem.
+    let watch = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "fsmon-test"], &watch);
+    env.add("_global", &watch, &["-r", "--types", "CREATE"]);
+    env.add("second", &watch, &["-r", "--types", "CREATE"]);
+    fs::create_dir_all(watch.join("sub/deeper")).unwrap();
     let d = env.start(&[]);
     // More than the queue the daemon got holds (read after its start: no
     // fsmon daemon makes its group while another changes the sysctl).
@@ -469,7 +473,7 @@ fn provoked_queue_overflows_are_recorded_counted_and_survived() {
             kill(pid, Signal::SIGSTOP).unwrap();
             wait_stopped(pid.as_raw() as u32);
             for i in 0..burst {
-                fs::write(env.watch.join(format!("burst{r}-{i}")), b"").unwrap();
+                fs::write(watch.join(format!("burst{r}-{i}")), b"").unwrap();
             }
         }
         for group in ["_global", "second"] {
@@ -488,7 +492,7 @@ fn provoked_queue_overflows_are_recorded_counted_and_survived() {
                 },
             );
         }
-        let marker = env.watch.join(format!("sub/deeper/after-{r}"));
+        let marker = watch.join(format!("sub/deeper/after-{r}"));
         fs::write(&marker, b"").unwrap();
         let evs = env.wait_events("_global", "an event after the overflow", |e| {
             !find(e, "CREATE", &marker).is_empty()

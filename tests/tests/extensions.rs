@@ -857,6 +857,14 @@ impl Receiver {
                 let mut body = vec![0u8; len];
                 let _ = r.read_exact(&mut body);
                 let status = if to_fail.remove(&path) { 503 } else { 204 };
+                // Recorded before the answer: the script may exit, and the
+                // test look, as soon as it has its answer.
+                reqs.lock().unwrap().push(Received {
+                    path,
+                    headers,
+                    body,
+                    status,
+                });
                 let _ = write!(
                     conn,
                     "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -866,12 +874,6 @@ impl Receiver {
                         "No Content"
                     }
                 );
-                reqs.lock().unwrap().push(Received {
-                    path,
-                    headers,
-                    body,
-                    status,
-                });
             }
         });
         Receiver {
@@ -1610,7 +1612,7 @@ fn grafana_dashboard_and_alerts_use_only_exported_metrics() {
             );
         }
     }
-    assert_eq!(n, 8);
+    assert_eq!(n, 9);
 }
 
 #[test]
@@ -1750,7 +1752,7 @@ fn prometheus_config_rules_and_a_real_scrape() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 8, "{rules}");
+    assert_eq!(names.len(), 9, "{rules}");
     assert!(
         names.contains("FsmonDown") && names.contains("FsmonLogDiskLow"),
         "{names:?}"

@@ -369,9 +369,13 @@ fn btrfs_subvolume_gets_inode_marks_with_auto() {
 fn inode_marks_after_a_queue_overflow_cover_directories_made_meanwhile() {
     use nix::{sys::signal, unistd::Pid};
     let env = Env::new();
+    // A filesystem of its own: the burst overflows this daemon's queue, not
+    // the queues of other tests' daemons watching /tmp's filesystem.
+    let watch = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "fsmon-test"], &watch);
     env.add(
         "_global",
-        &env.watch,
+        &watch,
         &["-r", "--types", "CREATE", "--mark", "inode"],
     );
     let d = env.start(&[]);
@@ -383,18 +387,11 @@ fn inode_marks_after_a_queue_overflow_cover_directories_made_meanwhile() {
     let pid = Pid::from_raw(d.pid() as i32);
     signal::kill(pid, signal::Signal::SIGSTOP).unwrap();
     // Stopped (every thread): nothing is read meanwhile.
-    wait_for("the daemon stopped", Duration::from_secs(30), || {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", d.pid())).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .trim_start()
-            .starts_with('T')
-            .then_some(())
-    });
+    fsmon_tests::wait_stopped(d.pid());
     for i in 0..queue + 2000 {
-        fs::write(env.watch.join(format!("burst{i}")), b"").unwrap();
+        fs::write(watch.join(format!("burst{i}")), b"").unwrap();
     }
-    fs::create_dir_all(env.watch.join("made-meanwhile/deeper")).unwrap();
+    fs::create_dir_all(watch.join("made-meanwhile/deeper")).unwrap();
     signal::kill(pid, signal::Signal::SIGCONT).unwrap();
     wait_for("the overflow record", Duration::from_secs(120), || {
         env.events("_global")
@@ -402,7 +399,7 @@ fn inode_marks_after_a_queue_overflow_cover_directories_made_meanwhile() {
             .any(|e| e["event_type"] == "Q_OVERFLOW")
             .then_some(())
     });
-    let f = env.watch.join("made-meanwhile/deeper/after");
+    let f = watch.join("made-meanwhile/deeper/after");
     // The walk after the overflow may still be running: write until seen.
     wait_for(
         "a write in a directory made during the overflow",

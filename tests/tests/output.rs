@@ -311,11 +311,12 @@ fn tail_on_a_terminal_is_readable_and_stops_with_exit_0() {
             .then_some(())
     });
     let shown = text(&crlf_to_lf(&got));
-    let ev = env
-        .events("_global")
-        .into_iter()
-        .find(|e| e["event_type"] == "CREATE")
-        .unwrap();
+    // Subscribers get a line before the batch is written to the log.
+    let ev = wait_for("the CREATE logged", LONG, || {
+        env.events("_global")
+            .into_iter()
+            .find(|e| e["event_type"] == "CREATE")
+    });
     let line = shown.lines().find(|l| l.contains("CREATE")).unwrap();
     let path = env.watch.join("seen.txt");
     assert_eq!(

@@ -302,14 +302,32 @@ fn wait_child(mut c: Child) {
 /// Waits until everything logged is acknowledged and the stream holds as
 /// many events as the log; returns the stream's messages.
 fn wait_all_shipped(env: &Env, urls: &[String], stream: &str, group: &str) -> Vec<(String, Value)> {
+    wait_host_shipped(env, urls, stream, group, None)
+}
+
+/// As [`wait_all_shipped`], counting only `host`'s messages when the stream
+/// is shared. The log is read again at each try (`pending_events` is
+/// refreshed at most every 250 ms, so it can still say 0 just after a line
+/// was logged).
+fn wait_host_shipped(
+    env: &Env,
+    urls: &[String],
+    stream: &str,
+    group: &str,
+    host: Option<&str>,
+) -> Vec<(String, Value)> {
     wait_for("every logged event shipped", LONG, || {
         let g = ship_group(env, group)?;
         (g["pending_events"] == 0 && g["shipped"].as_u64()? > 0).then_some(())
     });
-    let lines = expected_lines(env, "", group).len();
     wait_for("the stream to hold every event", LONG, || {
+        let lines = expected_lines(env, "", group).len();
         let m = stream_messages(urls, stream);
-        (m.len() >= lines).then_some(m)
+        let n = m
+            .iter()
+            .filter(|(_, v)| host.is_none_or(|h| v["host"] == h))
+            .count();
+        (n >= lines).then_some(m)
     })
 }
 
@@ -484,8 +502,15 @@ fn fleet_query_merges_two_hosts_in_time_order_and_filters() {
     }
     fs::create_dir_all(a.watch.join("sub")).unwrap();
     fs::write(a.watch.join("sub/deep"), "y").unwrap();
-    wait_all_shipped(&a, &urls, "FLEET", "_global");
-    wait_all_shipped(&b, &urls, "FLEET", "_global");
+    let deep = a.watch.join("sub/deep");
+    wait_for("sub/deep logged", LONG, || {
+        fsmon_tests::read_events(&a.log_path("_global"))
+            .iter()
+            .any(|e| e["event_type"] == "CLOSE_WRITE" && e["path"] == deep.to_str().unwrap())
+            .then_some(())
+    });
+    wait_host_shipped(&a, &urls, "FLEET", "_global", Some("alpha"));
+    wait_host_shipped(&b, &urls, "FLEET", "_global", Some("beta.example"));
     let total = expected_lines(&a, "", "_global").len() + expected_lines(&b, "", "_global").len();
 
     let parse = |out: String| -> Vec<Value> {

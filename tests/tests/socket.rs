@@ -372,9 +372,11 @@ fn hostile_clients_get_errors_and_the_daemon_keeps_serving() {
     let mut silent = Conn::open(&env.socket);
     let t0 = Instant::now();
     health(&env);
+    // Blocked would mean waiting out the silent client's 5 s timeout.
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "blocked by a silent client"
+        t0.elapsed() < Duration::from_secs(4),
+        "blocked by a silent client: {:?}",
+        t0.elapsed()
     );
 
     // Garbage: an error line, and the connection still serves requests.
@@ -1017,8 +1019,10 @@ fn out_of_descriptors_the_daemon_keeps_logging_and_does_not_spin() {
         "{} refused while exhausted in {window:?}, daemon CPU {cpu:?}",
         waiting.len()
     );
+    // CPU time comes in 10 ms ticks, and the daemon also tracks every
+    // fork on the machine meanwhile: a margin over half the window.
     assert!(
-        cpu < window / 2,
+        cpu < window / 2 + Duration::from_millis(100),
         "the daemon spun: {cpu:?} of CPU in {window:?}"
     );
     drop(waiting);
