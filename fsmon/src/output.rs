@@ -22,6 +22,7 @@ use std::{
 use anstyle::{AnsiColor, Effects, Style};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use unicode_width::UnicodeWidthStr;
 
 /// `-o json|text`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -434,10 +435,12 @@ pub fn render_monitored(lines: &[String], color: bool) -> String {
 /// Rows as columns, the first row a bold header; the last column unpadded.
 fn table<const N: usize>(rows: &[[String; N]], color: bool) -> String {
     let p = Palette { color };
+    // Columns on a terminal: a CJK character or an emoji in a path takes
+    // two cells, a combining accent none.
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     let mut out = String::new();
@@ -445,7 +448,9 @@ fn table<const N: usize>(rows: &[[String; N]], color: bool) -> String {
         let mut line = String::new();
         for (j, cell) in row.iter().enumerate() {
             if j + 1 < N {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[j]));
+                line.push_str(cell);
+                let pad = widths[j] - cell.width() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             } else {
                 line.push_str(cell);
             }
@@ -768,6 +773,22 @@ mod tests {
              _global  /var/www      yes        default        -      auto\n\
              nginx    /srv/a\\u001b  no         MODIFY,CREATE  >=1MB  inode\n"
         );
+        // Wide characters take two columns, a combining accent none: the
+        // next column still lines up on a terminal.
+        let wide = vec![
+            r#"{"cmd":"_global","paths":{"/数据":{"recursive":true}}}"#.to_string(),
+            r#"{"cmd":"_global","paths":{"/cafe\u0301s":{"recursive":true}}}"#.to_string(),
+            r#"{"cmd":"_global","paths":{"/abcdef":{"recursive":true}}}"#.to_string(),
+        ];
+        let t = render_monitored(&wide, false);
+        let columns: Vec<usize> = t
+            .lines()
+            .map(|l| {
+                let at = l.find(" yes").or_else(|| l.find(" RECURSIVE")).unwrap();
+                l[..at].width()
+            })
+            .collect();
+        assert!(columns.windows(2).all(|w| w[0] == w[1]), "{t}\n{columns:?}");
         let h: Value = serde_json::from_str(
             r#"{"ok":true,"version":"0.5.0","uptime_secs":3725,"ready":true,"paths":[{"group":"g","path":"/x","pending":false}],"watch_errors":[],"tracker_losses":{"map_full":0},"ship":null}"#,
         )
