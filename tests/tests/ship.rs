@@ -1072,15 +1072,19 @@ fn rotation_keeps_unshipped_lines_and_ids() {
         ship_config(&urls, "host-rot", "ROT", "")
     ));
     env.add("_global", &env.watch, &["-r"]);
-    let d = env.start(&[]);
+    let d = env.start(&["--debug"]);
     for i in 0..60 {
         fs::write(env.watch.join(format!("a{i}")), "x").unwrap();
     }
     env.wait_events("_global", "60 writes", |e| e.len() >= 120);
     let len = fs::metadata(env.log_path("_global")).unwrap().len();
     assert!(len > 4096, "past the rotation size: {len}");
-    // Several retention ticks (a scenario length, not a wait for readiness).
-    std::thread::sleep(Duration::from_secs(3));
+    // Retention passes ran and declined (the daemon says so at debug level).
+    let declined = "retention: nothing to archive now";
+    let before = d.stderr().matches(declined).count();
+    wait_for("two retention passes past the size", LONG, || {
+        (d.stderr().matches(declined).count() >= before + 2).then_some(())
+    });
     let archives = |env: &Env| -> usize {
         fs::read_dir(&env.logs)
             .unwrap()

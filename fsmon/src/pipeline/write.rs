@@ -417,6 +417,9 @@ impl LogSet {
         }
         self.retention_counts.archives_deleted += deleted.len() as u64;
         let Some(rotation) = rotation else {
+            log::debug!(
+                "group {group}: retention: nothing to archive now (too little, or not yet shipped)"
+            );
             // Nothing could move (small, or unshipped lines): not again
             // every second.
             self.retention_backoff.insert(group, Instant::now() + RETRY);
