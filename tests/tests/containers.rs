@@ -275,7 +275,7 @@ fn a_real_podman_container_writing_into_a_watched_bind_mount_is_named() {
             "--events-backend",
             "file",
             "run",
-            "--rm",
+            "--detach",
             "--network",
             "none",
             "--ulimit",
@@ -287,7 +287,16 @@ fn a_real_podman_container_writing_into_a_watched_bind_mount_is_named() {
         .arg(&cidfile)
         .arg("-v")
         .arg(format!("{}:/w", env.watch.display()))
-        .args([image, "/bin/busybox", "touch", "/w/from-container"])
+        // The container (and so its cgroup) stays until the event is
+        // logged: fsmon names a cgroup by opening it when it reads the
+        // event, and a cgroup removed before that is only an id.
+        .args([
+            image,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox touch /w/from-container; exec /bin/busybox sleep 600",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -297,6 +306,18 @@ fn a_real_podman_container_writing_into_a_watched_bind_mount_is_named() {
     );
     let cid = fs::read_to_string(&cidfile).unwrap().trim().to_string();
     assert_eq!(cid.len(), 64, "{cid}");
+    /// Removes the container when the test ends, passed or failed.
+    struct Container(String);
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+                .args(["--events-backend", "file", "rm", "--force", "--time", "0"])
+                .arg(&self.0)
+                .output();
+        }
+    }
+    let _container = Container(cid.clone());
     let file = env.watch.join("from-container");
     let evs = env.wait_events("_global", "the container's CREATE", |e| {
         !find(e, "CREATE", &file).is_empty()

@@ -239,10 +239,19 @@ fn tree_started_before_the_tracker_resolves() {
         Duration::from_secs(30),
         || (t.peek(middle)?.exit_ns != 0).then_some(()),
     );
-    let reparented = procfs::read_process(tree[1]).map(|r| r.ppid);
+    // exit_ns is stamped at sched_process_exit, before exit_notify()
+    // reparents the children: wait until /proc shows level 2 reparented.
+    let reparented = wait_for(
+        "level 2 reparented in /proc",
+        Duration::from_secs(30),
+        || {
+            let ppid = procfs::read_process(tree[1])?.ppid;
+            (ppid != middle).then_some(ppid)
+        },
+    );
     let chain = t.chain(leaf);
     kill_tree(top, leaf);
-    assert_ne!(reparented, Some(middle), "/proc has reparented level 2");
+    assert_ne!(reparented, middle, "/proc has reparented level 2");
     assert_eq!(chain, expected, "fork-time parents kept after the exit");
     let parts: Vec<&str> = chain.split(';').collect();
     assert!(parts[0].contains("|sleep|"));
