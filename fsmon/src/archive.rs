@@ -159,6 +159,25 @@ pub fn list(live: &Path) -> Result<Vec<Source>> {
     Ok(out)
 }
 
+/// The daemon's own archives of the log `live` (times in their names,
+/// regular files only: never logrotate's files, never a planted link),
+/// with their sizes on disk, oldest first. What `size` counts and what
+/// expiry may delete.
+pub fn own_archives(live: &Path) -> Result<Vec<(Span, PathBuf, u64)>> {
+    let mut out: Vec<(Span, PathBuf, u64)> = list(live)?
+        .into_iter()
+        .filter_map(|s| {
+            let range = s.range?;
+            let meta = fs::symlink_metadata(&s.path).ok()?;
+            meta.file_type()
+                .is_file()
+                .then_some((range, s.path, meta.len()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 fn split(live: &Path) -> Result<(&Path, &str)> {
     let name = live
         .file_name()

@@ -375,15 +375,10 @@ async fn refresh_gauges(state: Arc<State>) {
                             .with_label_values(&[g.as_str()])
                             .set(meta.len() as i64);
                     }
-                    // The daemon's archives (times in their names), regular
-                    // files only: what `size` counts.
-                    let archived: u64 = crate::archive::list(&path)
+                    let archived: u64 = crate::archive::own_archives(&path)
                         .unwrap_or_default()
                         .iter()
-                        .filter(|s| s.range.is_some())
-                        .filter_map(|s| std::fs::symlink_metadata(&s.path).ok())
-                        .filter(|meta| meta.file_type().is_file())
-                        .map(|meta| meta.len())
+                        .map(|a| a.2)
                         .sum();
                     if archived > 0 {
                         m.log_archive_bytes

@@ -129,25 +129,14 @@ pub fn prepare_pass(
 pub fn expire(live: &Path, policy: &Retention, now: DateTime<Utc>) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     let keep_after = policy.keep_after(now);
-    // Only the daemon's archives (times in their names, regular files);
-    // logrotate's files are logrotate's to delete.
-    let mut archives: Vec<(DateTime<Utc>, DateTime<Utc>, PathBuf, u64)> = archive::list(live)?
-        .into_iter()
-        .filter_map(|s| {
-            let (first, last) = s.range?;
-            let meta = std::fs::symlink_metadata(&s.path).ok()?;
-            meta.file_type()
-                .is_file()
-                .then_some((first, last, s.path, meta.len()))
-        })
-        .collect();
-    archives.sort();
+    // Only the daemon's archives: logrotate's files are logrotate's to delete.
+    let archives = archive::own_archives(live)?;
     // The live log counts for at most the rotation size: what it holds
     // beyond that is about to be archived (a burst must not delete the
     // history it is about to join).
     let live_len = std::fs::symlink_metadata(live).map_or(0, |m| m.len().min(policy.rotate_at()));
-    let mut total = live_len + archives.iter().map(|a| a.3).sum::<u64>();
-    for (_, last, path, len) in archives {
+    let mut total = live_len + archives.iter().map(|a| a.2).sum::<u64>();
+    for ((_, last), path, len) in archives {
         if last >= keep_after && total <= policy.size {
             continue;
         }
