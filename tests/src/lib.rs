@@ -34,6 +34,16 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// fs.fanotify.max_queued_events: the kernel queue a daemon without
+/// `[fanotify] queue_size` gets.
+pub fn max_queued_events() -> u64 {
+    fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until every thread of process `pid` is stopped: SIGSTOP reaches
 /// the threads one by one, and a daemon thread still running drains the
 /// kernel queue a test means to overflow.
@@ -166,6 +176,19 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the fsmon CLI as root on behalf of `uid` (as `sudo fsmon` does:
+    /// `SUDO_UID` set), bounded to two minutes.
+    pub fn fsmon_for(&self, uid: u32, args: &[&str]) -> Output {
+        run_bounded(
+            Command::new(fsmon_bin())
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .env("SUDO_UID", uid.to_string()),
+            Duration::from_secs(120),
+        )
     }
 
     /// Adds a path through the CLI (writes the store when no daemon runs).

@@ -380,16 +380,7 @@ fn symlink_at_the_store_is_never_followed() {
     chown(&store_dir, a.uid, a.gid);
     let watch = env.watch.to_str().unwrap();
     let sudo_uid = a.uid.to_string();
-    let fsmon_as_root_for_a = |args: &[&str]| -> Output {
-        run_bounded(
-            Command::new(fsmon_bin())
-                .arg("--config")
-                .arg(&env.config)
-                .args(args)
-                .env("SUDO_UID", &sudo_uid),
-            Duration::from_secs(30),
-        )
-    };
+    let fsmon_as_root_for_a = |args: &[&str]| -> Output { env.fsmon_for(a.uid, args) };
 
     // `sudo fsmon add` with no daemon: the store is a symlink.
     std::os::unix::fs::symlink(&victim.path, &env.store).unwrap();

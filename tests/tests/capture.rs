@@ -580,11 +580,7 @@ fn kernel_queue_overflow_is_recorded_and_counted() {
     env.add("second", &watch, &["-r", "--types", "CREATE"]);
     let d = env.start(&[]);
     // Freeze the daemon, then queue more events than the kernel holds.
-    let queue: u64 = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let queue = fsmon_tests::max_queued_events();
     let burst = queue.max(16384) + 2000;
     let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();

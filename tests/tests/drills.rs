@@ -20,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, Mount, find, testkit_bin, wait_for, wait_stopped};
+use fsmon_tests::{
+    Env, LoopFs, Mount, find, max_queued_events, testkit_bin, wait_for, wait_stopped,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -440,14 +442,6 @@ fn full_log_filesystem_is_survived_counted_and_recovered() {
 /// fs.fanotify.max_queued_events: the queue a daemon without `[fanotify]
 /// queue_size` gets.
 const MAX_QUEUED_SYSCTL: &str = "/proc/sys/fs/fanotify/max_queued_events";
-
-fn max_queued_events() -> u64 {
-    fs::read_to_string(MAX_QUEUED_SYSCTL)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// The overflow comes from the system's queue size: `[fanotify] queue_size`
 /// would set the global sysctl for an instant (see the test below).

@@ -379,11 +379,7 @@ fn inode_marks_after_a_queue_overflow_cover_directories_made_meanwhile() {
         &["-r", "--types", "CREATE", "--mark", "inode"],
     );
     let d = env.start(&[]);
-    let queue: u64 = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let queue = fsmon_tests::max_queued_events();
     let pid = Pid::from_raw(d.pid() as i32);
     signal::kill(pid, signal::Signal::SIGSTOP).unwrap();
     // Stopped (every thread): nothing is read meanwhile.

@@ -266,11 +266,7 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     // of its own is an event the kernel cannot merge; the small filesystem
     // has fewer inodes than that).
     let d = env.start(&[]);
-    let queue: u64 = fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let queue = fsmon_tests::max_queued_events();
     let burst = queue.max(16384) + 2000;
     let pid = Pid::from_raw(d.pid() as i32);
     let deeper = {

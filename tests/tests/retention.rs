@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, TestUser, Victim, fsmon_bin, open_env, run_bounded, wait_for};
+use fsmon_tests::{Env, TestUser, Victim, open_env, run_bounded, wait_for};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -262,16 +262,7 @@ fn a_users_daemon_makes_archives_the_user_owns() {
     )
     .unwrap();
     let sudo_uid = user.uid.to_string();
-    let as_user = |args: &[&str]| {
-        run_bounded(
-            Command::new(fsmon_bin())
-                .arg("--config")
-                .arg(&env.config)
-                .args(args)
-                .env("SUDO_UID", &sudo_uid),
-            LONG,
-        )
-    };
+    let as_user = |args: &[&str]| env.fsmon_for(user.uid, args);
     let out = as_user(&[
         "add",
         "_global",
