@@ -369,6 +369,12 @@ impl NoopReader {
             )
         };
         assert_eq!(r, 0, "fanotify_mark");
+        Self::spawn(fd, |_| {})
+    }
+
+    /// The reading thread: waits for events, then drains the queue in 32 KiB
+    /// reads, handing each read's bytes to `on_read`; closes `fd` at stop.
+    fn spawn(fd: i32, mut on_read: impl FnMut(&[u8]) + Send + 'static) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -383,7 +389,13 @@ impl NoopReader {
                     continue;
                 }
                 std::thread::sleep(Duration::from_millis(1));
-                while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                loop {
+                    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n <= 0 {
+                        break;
+                    }
+                    on_read(&buf[..n as usize]);
+                }
             }
             unsafe { libc::close(fd) };
         });
@@ -430,48 +442,23 @@ impl NoopReader {
                 }
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32768];
-            while !s.load(Ordering::Relaxed) {
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+        Self::spawn(fd, move |bytes| {
+            let mut new_dirs = Vec::new();
+            for ev in fsmon::pipeline::parse::events(bytes).flatten() {
+                // A new directory (CREATE or MOVED_TO, with FAN_ONDIR).
+                if ev.mask & 0x4000_0000 == 0 || ev.mask & (0x100 | 0x80) == 0 {
                     continue;
                 }
-                std::thread::sleep(Duration::from_millis(1));
-                loop {
-                    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-                    if n <= 0 {
-                        break;
-                    }
-                    let mut new_dirs = Vec::new();
-                    for ev in fsmon::pipeline::parse::events(&buf[..n as usize]).flatten() {
-                        // A new directory (CREATE or MOVED_TO, with FAN_ONDIR).
-                        if ev.mask & 0x4000_0000 == 0 || ev.mask & (0x100 | 0x80) == 0 {
-                            continue;
-                        }
-                        if let (Some(d), Some(name)) = (ev.dir, ev.name)
-                            && let Some(parent) = dirs.get(d.handle)
-                        {
-                            new_dirs.push(parent.join(std::ffi::OsStr::from_bytes(name)));
-                        }
-                    }
-                    for d in new_dirs {
-                        mark(&mut dirs, &d);
-                    }
+                if let (Some(d), Some(name)) = (ev.dir, ev.name)
+                    && let Some(parent) = dirs.get(d.handle)
+                {
+                    new_dirs.push(parent.join(std::ffi::OsStr::from_bytes(name)));
                 }
             }
-            unsafe { libc::close(fd) };
-        });
-        NoopReader {
-            stop,
-            handle: Some(handle),
-        }
+            for d in new_dirs {
+                mark(&mut dirs, &d);
+            }
+        })
     }
 }
 
