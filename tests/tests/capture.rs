@@ -323,6 +323,51 @@ fn rm_rf_of_a_tree_made_after_the_daemon() {
     assert_rm_rf_logged(&env, &d, &tree, &files);
 }
 
+/// The directory cache's TTL and capacity are for directories outside the
+/// trees. With a capacity of 1, every sweep evicts what it may; directories
+/// only the start-up walk has seen, and quiet since, must stay, or their
+/// rm -rf (read after they are gone) would lose its events.
+#[test]
+fn quiet_directories_survive_cache_eviction_and_their_rm_rf_is_logged() {
+    let env = Env::with_config("[cache]\ndir_capacity = 1\n");
+    let base = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "fsmon-test"], &base);
+    let watch = base.join("watched");
+    let tree = watch.join("quiet");
+    let files = make_tree(&tree, 20, 5);
+    let outside = base.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    env.add("_global", &watch, &["-r", "--types", "DELETE"]);
+    let d = env.start(&[]);
+    // A directory outside the tree gets cached by an event in it; the next
+    // sweep evicts it: sweeps with eviction have run.
+    fs::write(outside.join("f"), b"x").unwrap();
+    wait_for("an eviction", Duration::from_secs(60), || {
+        (env.metric("fsmon_dir_cache_evictions_total") >= 1.0).then_some(())
+    });
+    // Removed while the daemon is stopped: gone when it reads the events.
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_stopped(d.pid());
+    sh(&format!("rm -rf {}", tree.display()));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let evs = env.wait_events("_global", "the tree's DELETE", |e| {
+        !find(e, "DELETE", &tree).is_empty()
+    });
+    let deleted = paths_of(&evs, "DELETE");
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !deleted.contains(f.as_str()))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "DELETEs lost: {missing:?}\ndaemon:\n{}",
+        d.stderr()
+    );
+    assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
+}
+
 /// Trees removed beside a watched tree, on the same filesystem (so on the
 /// same filesystem mark), made before the daemon started so that it has
 /// never seen their directories: most are gone before fsmon reads their

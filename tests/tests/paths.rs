@@ -298,9 +298,9 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     assert!(d.stop().success());
 }
 
-#[test]
-fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
-    let user = TestUser::new("hide");
+/// An env whose socket, store and logs belong to `user`, with a watched
+/// directory anyone may traverse.
+fn env_for_user(user: &TestUser) -> Env {
     let env = open_env();
     // The user's own directory (the socket goes only where the user could
     // put it), store and log directories.
@@ -321,6 +321,13 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     }
     fs::set_permissions(&env.config, fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(&env.watch, fs::Permissions::from_mode(0o755)).unwrap();
+    env
+}
+
+#[test]
+fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
+    let user = TestUser::new("hide");
+    let env = env_for_user(&user);
     let secret = env.watch.join("secret");
     fs::create_dir_all(secret.join("sub")).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
@@ -366,6 +373,40 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     });
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("hidden"), "earlier events stay hidden: {log}");
+    assert!(d.stop().success());
+}
+
+/// The reverse: a directory open when the daemon walked the tree, quiet
+/// since, then closed by its owner. Its first events after the chmod are
+/// already hidden (the chmod is an ATTRIB on a directory the daemon has
+/// only seen in its walk).
+#[test]
+fn a_directory_closed_after_the_walk_hides_what_follows() {
+    let user = TestUser::new("closed");
+    let env = env_for_user(&user);
+    let closing = env.watch.join("closing");
+    fs::create_dir_all(closing.join("sub")).unwrap();
+    fs::set_permissions(&closing, fs::Permissions::from_mode(0o755)).unwrap();
+    let watch = env.watch.to_str().unwrap();
+    let out = user.fsmon(&env, &["add", "_global", "--path", watch, "-r"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    fs::set_permissions(&closing, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(closing.join("late.txt"), b"root's").unwrap();
+    fs::write(closing.join("sub/late-below.txt"), b"root's").unwrap();
+    let marker = env.watch.join("readable.txt");
+    fs::write(&marker, b"x").unwrap();
+    env.wait_events("_global", "the readable write", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("late"), "{log}");
     assert!(d.stop().success());
 }
 

@@ -1066,9 +1066,33 @@ impl PathResolver {
     /// the cache within its capacity (inside nodes are never evicted).
     pub fn sweep(&mut self) {
         self.tick();
-        let now = self.now;
+        self.sweep_at(self.now);
+    }
+
+    fn sweep_at(&mut self, now: u32) {
         let ttl = self.ttl_secs;
         let over = self.dirs.len().saturating_sub(self.capacity);
+        // A node's place is computed with its path, so it is only sure
+        // while the path is fresh: a directory learned by a walk (never
+        // used since), or last placed before a rename or a scope change,
+        // may be inside a tree whatever its place says. Any such node that
+        // would go is placed again first (once: then its place is fresh).
+        let generation = self.generation;
+        let unsure: Vec<Box<[u8]>> = self
+            .dirs
+            .iter()
+            .filter(|(_, n)| {
+                n.children == 0
+                    && n.deleted_at == 0
+                    && n.place == Place::Outside
+                    && n.path_gen != generation
+                    && (over > 0 || now.saturating_sub(n.last_used) > ttl)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in unsure {
+            self.rebuild(&k); // an orphan stays outside: nothing can place it
+        }
         let mut victims: Vec<(u32, Box<[u8]>)> = self
             .dirs
             .iter()
@@ -1160,6 +1184,45 @@ mod tests {
             }
         );
         assert_eq!(out, format!("{}/a/b/c/f", root.display()));
+    }
+
+    /// A directory learned by the pre-walk and quiet since must outlive
+    /// the TTL and capacity limits (which are for directories outside the
+    /// trees): a year later its rm -rf still needs its path.
+    #[test]
+    fn quiet_prewalked_directories_are_never_expired_or_evicted() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("quiet/leaf")).unwrap();
+        // Capacity 1: every node is over capacity.
+        let mut r = PathResolver::new(1, Duration::from_secs(60), None);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: root.to_string_lossy().into(),
+            recursive: true,
+        }]));
+        assert!(r.prewalk(&root, usize::MAX));
+        let (key, fsid, handle) = fid_for(&root.join("quiet/leaf"));
+        r.sweep_at(r.now + 365 * 86400);
+        std::fs::remove_dir_all(root.join("quiet")).unwrap();
+        let ev = RawEvent {
+            mask: EventType::Delete.mask(),
+            dir: Some(Fid {
+                fsid,
+                handle: &handle,
+                key: &key[..],
+            }),
+            name: Some(b"f"),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        assert_eq!(
+            r.resolve(&ev, &mut out),
+            Resolution::Path {
+                inside: true,
+                visible: true
+            }
+        );
+        assert_eq!(out, format!("{}/quiet/leaf/f", root.display()));
     }
 
     #[test]
