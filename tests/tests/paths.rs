@@ -469,6 +469,6 @@ fn busy_directories_outside_the_trees_never_become_unresolved_records() {
                     .starts_with(env.watch.to_str().unwrap())
         })
         .collect();
-    assert!(stray.is_empty(), "{stray:?}");
+    assert!(stray.is_empty(), "{stray:?}\ndaemon:\n{}", d.stderr());
     assert!(d.stop().success());
 }

@@ -133,14 +133,15 @@ enum Miss {
     /// The directory no longer exists (or was last seen outside every
     /// watched tree).
     Gone,
-    /// It exists (or may), but its path could not be built.
-    Failed,
+    /// It exists (or may), but its path could not be built: why, and the
+    /// error number if a system call said so (0 otherwise).
+    Failed(&'static str, i32),
 }
 
 fn miss_of(e: &std::io::Error) -> Miss {
     match e.raw_os_error() {
         Some(libc::ESTALE) | Some(libc::ENOENT) => Miss::Gone,
-        _ => Miss::Failed,
+        errno => Miss::Failed("a system call failed", errno.unwrap_or(0)),
     }
 }
 
@@ -159,6 +160,10 @@ pub struct PathResolver {
     /// exists and was never seen is outside.
     complete: bool,
     over_capacity_warned: bool,
+    /// When the last "could not be found" line was logged (0: never), and
+    /// unresolved events since.
+    unresolved_said_at: u32,
+    unresolved_unsaid: u64,
     /// The daemon's user when it is not root: events are checked against
     /// what that user may see.
     access: Option<UserAccess>,
@@ -279,6 +284,8 @@ impl PathResolver {
             now: coarse_now(),
             complete: true,
             over_capacity_warned: false,
+            unresolved_said_at: 0,
+            unresolved_unsaid: 0,
             access,
             perm_gen: 1,
             path_buf: Vec::with_capacity(256),
@@ -584,7 +591,7 @@ impl PathResolver {
                     self.lookup_in_kernel(fid)?;
                 }
                 if !self.rebuild(fid.key) {
-                    return Err(Miss::Failed);
+                    return Err(Miss::Failed("an ancestor is not cached", 0));
                 }
                 self.dirs.get(fid.key).is_some_and(|n| n.long)
             }
@@ -600,10 +607,13 @@ impl PathResolver {
             return if built {
                 Ok(self.long_path.as_str())
             } else {
-                Err(Miss::Failed)
+                Err(Miss::Failed("an ancestor is not cached", 0))
             };
         }
-        let node = self.dirs.get_mut(fid.key).ok_or(Miss::Failed)?;
+        let node = self
+            .dirs
+            .get_mut(fid.key)
+            .ok_or(Miss::Failed("not cached", 0))?;
         node.last_used = now;
         Ok(node.path.as_str())
     }
@@ -706,7 +716,10 @@ impl PathResolver {
     /// Resolves an unknown directory handle through the kernel and records
     /// it (with its ancestors).
     fn lookup_in_kernel(&mut self, fid: &Fid<'_>) -> Result<(), Miss> {
-        let mount = self.mounts.get(&fid.fsid).ok_or(Miss::Failed)?;
+        let mount = self
+            .mounts
+            .get(&fid.fsid)
+            .ok_or(Miss::Failed("on a filesystem without a mark", 0))?;
         self.stats.kernel_lookups += 1;
         let fd = fanotify::open_by_handle(
             mount.fd.as_fd(),
@@ -721,7 +734,7 @@ impl PathResolver {
                     return Err(Miss::Gone);
                 }
                 if !bytes.starts_with(b"/") {
-                    return Err(Miss::Failed); // not reachable from our root
+                    return Err(Miss::Failed("not reachable from the daemon's root", 0));
                 }
                 match self.ensure_chain(fid.fsid, &link) {
                     Some(key) if *key == *fid.key => Ok(()),
@@ -733,7 +746,7 @@ impl PathResolver {
                     _ if self.scope.place_of_dir(&escape::encode(bytes)) == Place::Outside => {
                         Err(Miss::Gone)
                     }
-                    _ => Err(Miss::Failed),
+                    _ => Err(Miss::Failed("renamed or removed while looked up", 0)),
                 }
             }
             // Longer than PATH_MAX: the kernel will not print it.
@@ -755,7 +768,8 @@ impl PathResolver {
                 .map_err(|e| miss_of(&e))?;
             let pst = fstat(parent.as_fd()).map_err(|e| miss_of(&e))?;
             if pst.st_dev != st.st_dev || pst.st_ino == st.st_ino {
-                return Err(Miss::Failed); // the top, and nothing known on the way
+                // The top, and nothing known on the way.
+                return Err(Miss::Failed("too deep, and no cached ancestor", 0));
             }
             let name = entries(parent.as_fd())
                 .map_err(|e| miss_of(&e))?
@@ -779,7 +793,7 @@ impl PathResolver {
                 break;
             }
             if links.len() > 1 << 20 {
-                return Err(Miss::Failed);
+                return Err(Miss::Failed("too deep, and no cached ancestor", 0));
             }
         }
         let mut parent = cur_key;
@@ -841,6 +855,7 @@ impl PathResolver {
             Resolution::Drop
         } else {
             self.stats.unresolved += 1;
+            self.note_unresolved(miss);
             // For a non-root user the name is withheld: nothing says the
             // directory was one the user may see into.
             if self.access.is_none() {
@@ -848,6 +863,31 @@ impl PathResolver {
             }
             Resolution::Unresolved
         }
+    }
+
+    /// Says why events are logged unresolved: at most one line a minute,
+    /// with how many there were since the last line.
+    fn note_unresolved(&mut self, miss: Miss) {
+        self.unresolved_unsaid += 1;
+        if self.unresolved_said_at != 0 && self.now.saturating_sub(self.unresolved_said_at) < 60 {
+            return;
+        }
+        let why = match miss {
+            Miss::Gone => "removed before it was read, while events lost earlier keep the \
+                           directory cache incomplete"
+                .to_string(),
+            Miss::Failed(why, 0) => why.to_string(),
+            Miss::Failed(why, errno) => {
+                format!("{why}: {}", std::io::Error::from_raw_os_error(errno))
+            }
+        };
+        log::warn!(
+            "a directory's path could not be found ({why}); {} event(s) in such directories \
+             logged with \"unresolved\" since the last such line",
+            self.unresolved_unsaid
+        );
+        self.unresolved_said_at = self.now.max(1);
+        self.unresolved_unsaid = 0;
     }
 
     /// Whether events in directory `key` reach the daemon's user: it may
@@ -1184,6 +1224,27 @@ mod tests {
             }
         );
         assert_eq!(out, format!("{}/a/b/c/f", root.display()));
+    }
+
+    /// Unresolved events are explained at most once a minute, with the
+    /// count of those left unsaid in between.
+    #[test]
+    fn unresolved_events_are_explained_once_a_minute() {
+        let mut r = PathResolver::new(10, Duration::from_secs(60), None);
+        r.note_unresolved(Miss::Failed("x", libc::EIO));
+        assert_eq!(
+            (r.unresolved_said_at, r.unresolved_unsaid),
+            (r.now.max(1), 0)
+        );
+        r.note_unresolved(Miss::Gone);
+        r.note_unresolved(Miss::Gone);
+        assert_eq!(
+            r.unresolved_unsaid, 2,
+            "within the minute: counted, not said"
+        );
+        r.now += 61;
+        r.note_unresolved(Miss::Gone);
+        assert_eq!((r.unresolved_said_at, r.unresolved_unsaid), (r.now, 0));
     }
 
     /// A directory learned by the pre-walk and quiet since must outlive
