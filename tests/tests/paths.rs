@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use fsmon_tests::{Env, LoopFs, TestUser, open_env, wait_for, wait_stopped};
+use fsmon_tests::{Env, LoopFs, Mount, TestUser, open_env, wait_for, wait_stopped};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -407,6 +407,118 @@ fn a_directory_closed_after_the_walk_hides_what_follows() {
     });
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("late"), "{log}");
+    assert!(d.stop().success());
+}
+
+/// A directory above a watched root, closed by its owner while the daemon
+/// runs: the user can no longer reach the tree, so its events are hidden
+/// until the directory is opened again.
+#[test]
+fn a_closed_directory_above_the_watched_root_hides_the_tree() {
+    let user = TestUser::new("above");
+    let env = env_for_user(&user);
+    let gate = env.watch.join("gate");
+    let tree = gate.join("tree");
+    let open = env.watch.join("open");
+    fs::create_dir_all(&tree).unwrap();
+    fs::create_dir_all(&open).unwrap();
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+    for root in [&tree, &open] {
+        let out = user.fsmon(
+            &env,
+            &["add", "_global", "--path", root.to_str().unwrap(), "-r"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    let logged = |path: &Path, what: &str| {
+        env.wait_events("_global", what, |e| {
+            e.iter()
+                .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path.to_str().unwrap())
+        });
+    };
+    let before = tree.join("before.txt");
+    fs::write(&before, b"x").unwrap();
+    logged(&before, "the write while open");
+
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(tree.join("after-close.txt"), b"root's").unwrap();
+    // Events are read in order: once the marker in the other tree is
+    // logged, the chmod and the write after it have been judged.
+    let marker = open.join("marker.txt");
+    fs::write(&marker, b"x").unwrap();
+    logged(&marker, "the marker");
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("after-close"), "{log}");
+    assert!(
+        d.stderr().contains("out of the user's reach now"),
+        "{}",
+        d.stderr()
+    );
+
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+    let reopened = tree.join("reopened.txt");
+    fs::write(&reopened, b"x").unwrap();
+    logged(&reopened, "the write after reopening");
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("after-close"), "{log}");
+    assert!(d.stop().success());
+}
+
+/// The same when the closed directory is on another filesystem than the
+/// tree (no event of it reaches the daemon): the roots are checked again
+/// every second.
+#[test]
+fn a_closed_directory_on_another_filesystem_above_the_root_hides_the_tree() {
+    let user = TestUser::new("abovefs");
+    let env = env_for_user(&user);
+    let gate = env.watch.join("gate");
+    let mnt = gate.join("mnt");
+    let _fs = Mount::new(&["-t", "tmpfs", "-o", "mode=0755", "fsmon-test"], &mnt);
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+    let tree = mnt.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    let out = user.fsmon(
+        &env,
+        &["add", "_global", "--path", tree.to_str().unwrap(), "-r"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for("the root out of reach", Duration::from_secs(30), || {
+        d.stderr()
+            .contains("out of the user's reach now")
+            .then_some(())
+    });
+    fs::write(tree.join("after-close.txt"), b"root's").unwrap();
+    // Judged (hidden) before the way opens again.
+    wait_for("the hidden write counted", Duration::from_secs(60), || {
+        (env.metric("fsmon_events_hidden_total") >= 1.0).then_some(())
+    });
+    fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
+    wait_for("the root within reach", Duration::from_secs(30), || {
+        d.stderr()
+            .contains("within the user's reach again")
+            .then_some(())
+    });
+    let reopened = tree.join("reopened.txt");
+    fs::write(&reopened, b"x").unwrap();
+    env.wait_events("_global", "the write after reopening", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == reopened.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("after-close"), "{log}");
     assert!(d.stop().success());
 }
 

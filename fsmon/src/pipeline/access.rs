@@ -138,6 +138,31 @@ impl UserAccess {
     }
 }
 
+impl UserAccess {
+    /// Whether the user can reach `path` now: search permission on every
+    /// directory above it, as the kernel's own path walk decides. A path
+    /// that does not exist counts as reachable (it has no events; a
+    /// pending watch is judged again when it appears). `false` when the
+    /// credentials could not be switched (fail closed).
+    pub fn can_reach(&self, path: &std::ffi::CStr) -> bool {
+        let Some(_as_user) = AsUser::enter(self) else {
+            log::warn!("cannot switch to uid {} for an access check", self.uid);
+            return false;
+        };
+        // SAFETY: a NUL-terminated path; no descriptor involved.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_faccessat2,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::F_OK,
+                libc::AT_EACCESS | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::{fd::AsFd, unix::fs::PermissionsExt};
@@ -165,5 +190,29 @@ mod tests {
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(std::fs::read_dir(d.path()).is_ok());
         assert!(UserAccess::for_user(&TargetUser::from_uid(0).unwrap()).is_none());
+    }
+
+    #[test]
+    fn reach_needs_search_on_every_directory_above() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let nobody = TargetUser::from_uid(65534).unwrap();
+        let a = UserAccess::for_user(&nobody).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let gate = d.path().join("gate");
+        let tree = gate.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let c = |p: &std::path::Path| CString::new(p.to_str().unwrap()).unwrap();
+        std::fs::set_permissions(&gate, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert!(a.can_reach(&c(&tree)), "search alone is enough");
+        std::fs::set_permissions(&gate, std::fs::Permissions::from_mode(0o744)).unwrap();
+        assert!(!a.can_reach(&c(&tree)), "listing is not reaching");
+        assert!(a.can_reach(&c(&gate)), "the top itself needs nothing");
+        assert!(
+            a.can_reach(&c(&d.path().join("absent"))),
+            "absent: nothing to hide"
+        );
     }
 }

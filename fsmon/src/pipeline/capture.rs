@@ -183,6 +183,7 @@ impl Capture {
     pub fn run(mut self, control: mpsc::Receiver<ToCapture>) {
         let mut batch = Batch::default();
         let mut next_sweep = Instant::now() + Duration::from_secs(5);
+        let mut next_reach_check = Instant::now() + Duration::from_secs(1);
         let mut next_stats = self.stats_interval.map(|i| Instant::now() + i);
         let mut shutting_down = false;
         loop {
@@ -218,6 +219,10 @@ impl Capture {
                     emptied = self.drain(&mut batch);
                 }
                 return;
+            }
+            if self.resolver.checks_access() && Instant::now() >= next_reach_check {
+                self.resolver.check_reach();
+                next_reach_check = Instant::now() + Duration::from_secs(1);
             }
             if Instant::now() >= next_sweep {
                 self.resolver.sweep();
@@ -553,6 +558,7 @@ impl Capture {
                 self.resolver.mark_incomplete();
             }
         }
+        self.resolver.check_reach();
         self.kernel_types = types;
         self.groups = groups;
         self.metrics.watched_paths.set(scope.roots.len() as i64);

@@ -164,6 +164,9 @@ pub struct PathResolver {
     /// unresolved events since.
     unresolved_said_at: u32,
     unresolved_unsaid: u64,
+    /// Watched roots the daemon's (non-root) user cannot reach now: a
+    /// directory above one was closed. Events below them are hidden.
+    unreachable_roots: Vec<String>,
     /// The daemon's user when it is not root: events are checked against
     /// what that user may see.
     access: Option<UserAccess>,
@@ -286,6 +289,7 @@ impl PathResolver {
             over_capacity_warned: false,
             unresolved_said_at: 0,
             unresolved_unsaid: 0,
+            unreachable_roots: Vec::new(),
             access,
             perm_gen: 1,
             path_buf: Vec::with_capacity(256),
@@ -823,7 +827,8 @@ impl PathResolver {
                         let inside = self.scope.contains_event(&out[start..]);
                         Resolution::Path {
                             inside,
-                            visible: !inside || self.visible(dir.key),
+                            visible: !inside
+                                || (self.visible(dir.key) && self.reachable(&out[start..])),
                         }
                     }
                     Err(miss) => self.unresolved(miss, name, out),
@@ -836,7 +841,7 @@ impl PathResolver {
                     out.push_str(path);
                     Resolution::Path {
                         inside: true,
-                        visible: true,
+                        visible: self.reachable(&out[start..]),
                     }
                 }
                 None => Resolution::Drop,
@@ -862,6 +867,53 @@ impl PathResolver {
                 escape::encode_into(name, out);
             }
             Resolution::Unresolved
+        }
+    }
+
+    /// Whether `path` (inside a tree) is below no root the user has lost
+    /// the way to. O(1) while every root is reachable.
+    fn reachable(&self, path: &str) -> bool {
+        self.unreachable_roots.is_empty()
+            || !self
+                .unreachable_roots
+                .iter()
+                .any(|r| super::scope::under(path, r))
+    }
+
+    /// Checks again, as the daemon's user, which watched roots that user
+    /// can reach (search permission on every directory above each). The
+    /// directories above a root are outside the trees, so no verdict
+    /// covers them: this runs every second, when the roots change, and at
+    /// once when a directory above a root changes (its ATTRIB, on a
+    /// filesystem mark).
+    pub fn check_reach(&mut self) {
+        let Some(access) = &self.access else {
+            return;
+        };
+        let unreachable: Vec<String> = self
+            .scope
+            .roots
+            .iter()
+            .filter(|r| cstr(&escape::as_path(&r.path)).is_none_or(|c| !access.can_reach(&c)))
+            .map(|r| r.path.clone())
+            .collect();
+        if unreachable != self.unreachable_roots {
+            for r in unreachable
+                .iter()
+                .filter(|r| !self.unreachable_roots.contains(r))
+            {
+                log::info!(
+                    "{r}: out of the user's reach now (a directory above it is closed): its events are hidden"
+                );
+            }
+            for r in self
+                .unreachable_roots
+                .iter()
+                .filter(|r| !unreachable.contains(r))
+            {
+                log::info!("{r}: within the user's reach again: its events are shown");
+            }
+            self.unreachable_roots = unreachable;
         }
     }
 
@@ -987,6 +1039,16 @@ impl PathResolver {
                 (None, Some(b".")) | (None, None) => ev.dir.map(|d| d.key),
                 _ => None,
             };
+            // A directory above a root: the way to the root may have
+            // closed or opened.
+            if let Some(key) = target
+                && self
+                    .dirs
+                    .get(key)
+                    .is_some_and(|n| n.place == Place::Ancestor)
+            {
+                self.check_reach();
+            }
             // Only directories inside the trees take part in verdicts.
             if let Some(key) = target
                 && self.dirs.get(key).is_some_and(|n| n.place == Place::Inside)
