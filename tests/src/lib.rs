@@ -17,7 +17,18 @@ use serde_json::Value;
 /// Between tries it sleeps 10 ms, or as long as the try took when that is
 /// longer (parsing a big log): polling never takes more than half a core
 /// from the daemons under test on a 2-core machine.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, cond, String::new)
+}
+
+/// [`wait_for`], with `context()` (a daemon's log, a status) added to the
+/// failure message.
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         let t0 = Instant::now();
@@ -25,7 +36,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
             return v;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
         }
         std::thread::sleep(
             t0.elapsed()

@@ -436,9 +436,18 @@ fn three_node_cluster_r3_survives_a_node_killed_mid_stream() {
     env.add("_global", &env.watch, &["-r"]);
     let d = env.start(&[]);
     let storm = flood(&env.watch.join("storm"), 8_000, 3_000);
-    wait_for("shipping to the cluster", LONG, || {
-        (ship_group(&env, "_global")?["shipped"].as_u64()? > 500).then_some(())
-    });
+    fsmon_tests::wait_for_or(
+        "shipping to the cluster",
+        LONG,
+        || (ship_group(&env, "_global")?["shipped"].as_u64()? > 500).then_some(()),
+        || {
+            format!(
+                "ship health: {}\ndaemon:\n{}",
+                health(&env)["ship"],
+                d.stderr()
+            )
+        },
+    );
     // Kill the stream's leader: the hardest node to lose.
     let leader = rt().block_on(async {
         let client = async_nats::connect(server_addrs(&urls)).await.ok()?;
