@@ -522,6 +522,130 @@ fn a_closed_directory_on_another_filesystem_above_the_root_hides_the_tree() {
     assert!(d.stop().success());
 }
 
+/// Another user's private directories in a shared tree (1777, like /tmp):
+/// one made, used and removed before fsmon could check it (the daemon is
+/// stopped meanwhile), and one the owner lets others search but not list
+/// (0711: names there are the owner's secret). The watching user sees
+/// neither's names.
+#[test]
+fn another_users_private_directories_in_a_shared_tree_stay_hidden() {
+    let watcher = TestUser::new("watcher");
+    let other = TestUser::new("other");
+    let env = env_for_user(&watcher);
+    let shared = env.watch.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = watcher.fsmon(
+        &env,
+        &["add", "_global", "--path", shared.to_str().unwrap(), "-r"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = watcher.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    let as_other = |script: String| {
+        let out = other.run(Path::new("/bin/sh"), &["-c", &script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_stopped(d.pid());
+    as_other(format!(
+        "umask 077; mkdir {0}/tmp.q && echo x > {0}/tmp.q/QUICK-SECRET && rm -r {0}/tmp.q",
+        shared.display()
+    ));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    as_other(format!(
+        "mkdir -m 0711 {0}/xonly && echo x > {0}/xonly/UNGUESSABLE-7f3a && chmod 0644 {0}/xonly/UNGUESSABLE-7f3a",
+        shared.display()
+    ));
+    let marker = shared.join("marker.txt");
+    fs::write(&marker, b"x").unwrap();
+    env.wait_events("_global", "the marker", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("QUICK-SECRET"), "{log}");
+    assert!(!log.contains("UNGUESSABLE"), "{log}");
+    // The directories themselves are entries of the shared tree, which
+    // the watcher may list: their CREATE is shown.
+    assert!(log.contains("xonly"), "{log}");
+    assert!(d.stop().success());
+}
+
+/// On overlayfs fsmon cannot open a directory by its handle: the check of
+/// a directory made after the walk goes by its path. A new open directory
+/// shows its events, a new private one does not.
+#[test]
+fn overlayfs_new_directories_are_checked_for_a_non_root_user() {
+    let user = TestUser::new("ovl");
+    let env = env_for_user(&user);
+    let base = env.watch.join("ovl");
+    let _layers = Mount::new(&["-t", "tmpfs", "-o", "mode=0755", "fsmon-test"], &base);
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+        base.display()
+    );
+    let merged = base.join("merged");
+    let _m = Mount::new(&["-t", "overlay", "overlay", "-o", &opts], &merged);
+    fs::set_permissions(&merged, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = user.fsmon(
+        &env,
+        &["add", "_global", "--path", merged.to_str().unwrap(), "-r"],
+    );
+    if !out.status.success() {
+        // Kernels that refuse inode marks with file ids on overlayfs say so
+        // in one line (kernel.rs checks that line).
+        println!(
+            "overlayfs refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    fs::create_dir(merged.join("open")).unwrap();
+    fs::create_dir(merged.join("private")).unwrap();
+    fs::set_permissions(merged.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(merged.join("private/PRIVATE-NAME"), b"x").unwrap();
+    let shown = merged.join("open/shown.txt");
+    fs::write(&shown, b"x").unwrap();
+    fsmon_tests::wait_for_or(
+        "the write in the new open directory",
+        Duration::from_secs(60),
+        || {
+            // Its CLOSE_WRITE, or its scan record when the write came
+            // before the new directory was marked (inode marks).
+            env.events("_global")
+                .iter()
+                .any(|x| x["path"] == shown.to_str().unwrap())
+                .then_some(())
+        },
+        || {
+            format!(
+                "health: {}\nlog:\n{}\ndaemon:\n{}",
+                env.request(r#"{"op":"health"}"#),
+                fs::read_to_string(env.log_path("_global")).unwrap_or_default(),
+                d.stderr()
+            )
+        },
+    );
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("PRIVATE-NAME"), "{log}");
+    assert!(d.stop().success());
+}
+
 #[test]
 fn busy_directories_outside_the_trees_never_become_unresolved_records() {
     // Directories made and removed as fast as possible next to the watched

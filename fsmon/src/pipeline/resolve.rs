@@ -981,8 +981,10 @@ impl PathResolver {
             let own = self.own_access(&k);
             verdict = match (traversable, own) {
                 (false, _) => 0,
-                (true, own) if own & SEARCH != 0 => VISIBLE | TRAVERSABLE,
-                (true, own) if own & LIST != 0 => VISIBLE,
+                // Names and sizes in a directory are the user's to see
+                // only if the user may both list it and stat in it.
+                (true, own) if own & (SEARCH | LIST) == SEARCH | LIST => VISIBLE | TRAVERSABLE,
+                (true, own) if own & SEARCH != 0 => TRAVERSABLE,
                 _ => 0,
             };
             traversable = verdict & TRAVERSABLE != 0;
@@ -996,14 +998,16 @@ impl PathResolver {
     }
 
     /// The user's access to directory `key`, checked once. A directory that
-    /// is already gone when first checked is judged by its parent alone.
+    /// is already gone when first checked is hidden: nothing says its owner
+    /// let anyone in (a private `mktemp -d` made and removed in a shared
+    /// tree must not show its names).
     fn own_access(&mut self, key: &[u8]) -> u8 {
         match self.dirs.get(key) {
             Some(n) if n.access != ACCESS_UNKNOWN => return n.access,
             Some(_) => {}
             None => return 0,
         }
-        let bits = self.check_now(key).unwrap_or(SEARCH | LIST);
+        let bits = self.check_now(key).unwrap_or(0);
         if let Some(n) = self.dirs.get_mut(key) {
             n.access = bits;
         }
@@ -1011,18 +1015,50 @@ impl PathResolver {
     }
 
     /// Asks the kernel what the user may do in directory `key` now;
-    /// `None` if the directory cannot be opened (gone).
-    fn check_now(&self, key: &[u8]) -> Option<u8> {
-        let access = self.access.as_ref()?;
+    /// `None` if the directory cannot be opened (gone). Opened by its handle,
+    /// or where the filesystem cannot open handles (overlayfs) by its cached
+    /// path, checked to still be the same directory.
+    fn check_now(&mut self, key: &[u8]) -> Option<u8> {
+        self.access.as_ref()?;
         let fsid = u64::from_ne_bytes(key.get(..8)?.try_into().ok()?);
         let mount = self.mounts.get(&fsid)?;
-        let fd = fanotify::open_by_handle(
+        let fd = match fanotify::open_by_handle(
             mount.fd.as_fd(),
             &key[8..],
             libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .ok()?;
-        Some(access.check(fd.as_fd()))
+        ) {
+            Ok(fd) => fd,
+            // Gone, or a filesystem that opens no handles (overlayfs says
+            // ESTALE too): by its path, if that is still this directory.
+            Err(_) => {
+                if self.dirs.get(key)?.path_gen != self.generation && !self.rebuild(key) {
+                    return None;
+                }
+                let n = self.dirs.get(key)?;
+                if n.long {
+                    return None;
+                }
+                let c = cstr(&escape::as_path(&n.path))?;
+                // SAFETY: a valid path; the descriptor is owned below.
+                let raw = unsafe {
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
+                if raw < 0 {
+                    return None;
+                }
+                // SAFETY: a new descriptor.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let same = fanotify::handle_of_fd(fd.as_fd()).is_ok_and(|h| h[..] == key[8..]);
+                if !same {
+                    return None;
+                }
+                fd
+            }
+        };
+        Some(self.access.as_ref()?.check(fd.as_fd()))
     }
 
     /// Keeps the directory tree in step with creates, renames, deletes and
@@ -1053,7 +1089,7 @@ impl PathResolver {
             if let Some(key) = target
                 && self.dirs.get(key).is_some_and(|n| n.place == Place::Inside)
             {
-                let bits = self.check_now(key).unwrap_or(SEARCH | LIST);
+                let bits = self.check_now(key).unwrap_or(0);
                 if let Some(n) = self.dirs.get_mut(key) {
                     n.access = bits;
                 }
@@ -1091,7 +1127,7 @@ impl PathResolver {
                 // exists. Elsewhere: when it first matters (its permissions
                 // may have changed while nobody looked).
                 let bits = if inside {
-                    self.check_now(target.key).unwrap_or(SEARCH | LIST)
+                    self.check_now(target.key).unwrap_or(0)
                 } else {
                     ACCESS_UNKNOWN
                 };
