@@ -646,6 +646,90 @@ fn overlayfs_new_directories_are_checked_for_a_non_root_user() {
     assert!(d.stop().success());
 }
 
+/// The watching user owns a directory on the path to her watched root and
+/// swaps it for a symlink into another user's private home while the
+/// daemon (re)starts, then puts a real directory back. The daemon never
+/// follows the symlink, so the other user's tree is never filed under the
+/// watched path.
+#[test]
+fn a_symlink_swapped_into_the_watched_path_never_maps_another_users_tree() {
+    let alice = TestUser::new("swap");
+    let bob = TestUser::new("victim");
+    let env = env_for_user(&alice);
+    let own = |p: &Path, u: &TestUser| {
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap()
+    };
+    let w = env.watch.join("w");
+    let root = w.join("a/stuff");
+    fs::create_dir_all(&root).unwrap();
+    for p in [&w, &w.join("a"), &root] {
+        own(p, &alice);
+    }
+    let bobhome = env.watch.join("bobhome");
+    fs::create_dir_all(bobhome.join("stuff")).unwrap();
+    own(&bobhome, &bob);
+    own(&bobhome.join("stuff"), &bob);
+    fs::set_permissions(&bobhome, fs::Permissions::from_mode(0o700)).unwrap();
+    let out = alice.fsmon(
+        &env,
+        &["add", "_global", "--path", root.to_str().unwrap(), "-r"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let as_user = |u: &TestUser, script: String| {
+        let out = u.run(Path::new("/bin/sh"), &["-c", &script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    as_user(
+        &alice,
+        format!(
+            "rm -r {0}/a && ln -s {1} {0}/a",
+            w.display(),
+            bobhome.display()
+        ),
+    );
+    let uid = alice.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    as_user(
+        &alice,
+        format!("rm {0}/a && mkdir -p {0}/a/stuff", w.display()),
+    );
+    wait_for(
+        "the root within reach again",
+        Duration::from_secs(30),
+        || {
+            d.stderr()
+                .contains("within the user's reach again")
+                .then_some(())
+        },
+    );
+    as_user(
+        &bob,
+        format!("echo x > {}/stuff/BOB-SECRET.txt", bobhome.display()),
+    );
+    let marker = root.join("marker.txt");
+    as_user(&alice, format!("echo x > {}", marker.display()));
+    env.wait_events("_global", "alice's marker", |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
+    });
+    let log = fs::read_to_string(env.log_path("_global")).unwrap();
+    assert!(!log.contains("BOB-SECRET"), "{log}");
+    assert!(d.stop().success());
+}
+
 #[test]
 fn busy_directories_outside_the_trees_never_become_unresolved_records() {
     // Directories made and removed as fast as possible next to the watched

@@ -362,33 +362,31 @@ impl PathResolver {
     /// some directory could not be read (directories below it may be
     /// unknown).
     pub fn prewalk(&mut self, root: &Path, depth: usize) -> bool {
-        let Ok(meta) = std::fs::symlink_metadata(root) else {
+        if std::fs::symlink_metadata(root).is_err() {
             return true; // pending: learned from events when it appears
-        };
+        }
         let Ok(fsid) = self.add_mount(root) else {
             return false;
         };
-        let Some(root_key) = self.ensure_chain(fsid, root) else {
+        let Some((root_key, root_fd)) = self.ensure_chain_open(fsid, root) else {
+            log::warn!(
+                "{}: cannot be reached without following a symlink (or it changed meanwhile): not walked",
+                root.display()
+            );
             return false;
         };
-        if !meta.is_dir() {
+        let Ok(st) = fstat(root_fd.as_fd()) else {
+            return false;
+        };
+        if !is_dir(&st) {
             self.watched_files
                 .insert(root_key, escape::encode_path(root).into_owned());
             return true;
         }
-        // The top opened by its path: on a filesystem whose handles cannot
-        // be opened (overlayfs), the walk then goes by names below it.
-        let top = cstr(root).and_then(|c| {
-            // SAFETY: valid path; the descriptor is owned below.
-            let fd = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                )
-            };
-            // SAFETY: a new descriptor.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        });
+        // The top opened from the chain's descriptor (no symlink followed):
+        // on a filesystem whose handles cannot be opened (overlayfs), the
+        // walk then goes by names below it.
+        let top = open_at(root_fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY).ok();
         self.walk_below_from(fsid, root_key, top, depth)
     }
 
@@ -503,31 +501,73 @@ impl PathResolver {
     /// Makes sure `path` and all its ancestors up to the mount root are
     /// nodes; returns the key of `path`.
     fn ensure_chain(&mut self, fsid: u64, path: &Path) -> Option<Box<[u8]>> {
+        self.ensure_chain_open(fsid, path).map(|(key, _)| key)
+    }
+
+    /// [`ensure_chain`](Self::ensure_chain), also returning `path` open
+    /// (`O_PATH`). The path is walked one component at a time and no
+    /// symlink is followed: a directory on it swapped for a symlink (by
+    /// whoever owns the directory above) must not lead the root daemon
+    /// into another tree and file that tree under this path's name.
+    fn ensure_chain_open(&mut self, fsid: u64, path: &Path) -> Option<(Box<[u8]>, OwnedFd)> {
         let mount_root = self.mounts.get(&fsid)?.root.clone();
         let mut prefixes: Vec<&Path> = path.ancestors().collect();
         prefixes.reverse(); // "/" first
+        let last = prefixes.len() - 1;
+        let mut cur: Option<OwnedFd> = None;
         let mut parent: Option<Box<[u8]>> = None;
-        for p in prefixes {
+        for (i, p) in prefixes.into_iter().enumerate() {
+            let fd = match (&cur, p.file_name()) {
+                (None, _) => {
+                    // SAFETY: a valid path; the descriptor is owned below.
+                    let raw = unsafe {
+                        libc::open(
+                            c"/".as_ptr(),
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                        )
+                    };
+                    if raw < 0 {
+                        return None;
+                    }
+                    // SAFETY: a new descriptor.
+                    unsafe { OwnedFd::from_raw_fd(raw) }
+                }
+                (Some(dir), Some(name)) => {
+                    // The last one may be a watched file.
+                    let dir_only = if i < last { libc::O_DIRECTORY } else { 0 };
+                    let fd = open_at(
+                        dir.as_fd(),
+                        name.as_bytes(),
+                        libc::O_PATH | libc::O_NOFOLLOW | dir_only,
+                    )
+                    .ok()?;
+                    if fstat(fd.as_fd()).ok()?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                        return None;
+                    }
+                    fd
+                }
+                (Some(_), None) => return None, // "..": paths here are canonical
+            };
             let ps = escape::encode_path(p);
-            if ps.len() < mount_root.len() {
-                continue; // above the mount
-            }
-            let handle = fanotify::handle_of(None, p).ok()?;
-            let key = key_of(fsid, &handle);
-            if !self.dirs.contains_key(&key) {
-                if ps == mount_root {
-                    self.insert_node(key.clone(), None, mount_root.clone());
-                } else {
-                    let name = escape::encode(p.file_name()?.as_bytes()).into_owned();
-                    match &parent {
-                        Some(pk) => self.insert_node(key.clone(), Some(pk.clone()), name),
-                        None => self.insert_node(key.clone(), None, ps.into_owned()),
+            if ps.len() >= mount_root.len() {
+                let handle = fanotify::handle_of_fd(fd.as_fd()).ok()?;
+                let key = key_of(fsid, &handle);
+                if !self.dirs.contains_key(&key) {
+                    if ps == mount_root {
+                        self.insert_node(key.clone(), None, mount_root.clone());
+                    } else {
+                        let name = escape::encode(p.file_name()?.as_bytes()).into_owned();
+                        match &parent {
+                            Some(pk) => self.insert_node(key.clone(), Some(pk.clone()), name),
+                            None => self.insert_node(key.clone(), None, ps.into_owned()),
+                        }
                     }
                 }
+                parent = Some(key);
             }
-            parent = Some(key);
+            cur = Some(fd);
         }
-        parent
+        Some((parent?, cur?))
     }
 
     fn insert_node(&mut self, key: Box<[u8]>, parent: Option<Box<[u8]>>, name: String) {
