@@ -75,6 +75,11 @@ pub struct Capture {
     metrics: Arc<Metrics>,
     status: Arc<Status>,
     self_pid: u32,
+    /// The trees were walked again after lost events: the cache is complete
+    /// once every event queued before that walk has been read (a read
+    /// finds the queue empty). Until then an event in a directory that is
+    /// gone and unknown may be from one made and removed in the gap.
+    complete_when_empty: bool,
     stats_interval: Option<Duration>,
 }
 
@@ -176,6 +181,7 @@ impl Capture {
             metrics: p.metrics,
             status: p.status,
             self_pid: std::process::id(),
+            complete_when_empty: false,
             stats_interval: p.stats_interval,
         }
     }
@@ -305,6 +311,9 @@ impl Capture {
                 }
             };
             if n == 0 {
+                if std::mem::take(&mut self.complete_when_empty) {
+                    self.resolver.mark_complete();
+                }
                 if self.marks.follows_trees() {
                     // Every event made before `before` has been read: what
                     // the scans of new directories found without an event
@@ -333,6 +342,10 @@ impl Capture {
                 };
                 self.metrics.kernel_events.inc();
                 if ev.mask & FAN_Q_OVERFLOW != 0 {
+                    // At once: the events after it in this read may be in
+                    // directories made and removed while events were lost.
+                    self.resolver.mark_incomplete();
+                    self.complete_when_empty = false;
                     overflowed = true;
                     batch.items.push(Item::Overflow);
                     continue;
@@ -519,9 +532,8 @@ impl Capture {
                 .resolver
                 .prewalk(&root, if recursive { usize::MAX } else { 1 });
         }
-        if complete {
-            self.resolver.mark_complete();
-        }
+        // Complete once the events queued before this walk are read.
+        self.complete_when_empty = complete;
     }
 
     /// Applies a new set of groups: marks, scope, pre-walks.

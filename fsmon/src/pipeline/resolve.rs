@@ -444,8 +444,13 @@ impl PathResolver {
             let fd = std::rc::Rc::new(fd);
             if let Some(a) = &self.access {
                 let bits = a.check(fd.as_fd());
-                if let Some(n) = self.dirs.get_mut(&key) {
+                if let Some(n) = self.dirs.get_mut(&key)
+                    && n.access != bits
+                {
+                    // A permission change whose ATTRIB was lost: cached
+                    // verdicts below it are stale.
                     n.access = bits;
+                    self.perm_gen += 1;
                 }
             }
             if level >= depth {
@@ -574,6 +579,11 @@ impl PathResolver {
         if let Some(old) = self.dirs.get(&key) {
             if old.parent == parent && *old.name == *name && old.deleted_at == 0 {
                 return;
+            }
+            if old.parent != parent || *old.name != *name {
+                // Moved (a rename seen only by a walk after lost events):
+                // every cached path below it changes.
+                self.generation += 1;
             }
             let old_parent = old.parent.clone();
             self.unlink_child(old_parent.as_deref());
@@ -1362,6 +1372,41 @@ mod tests {
             }
         );
         assert_eq!(out, format!("{}/a/b/c/f", root.display()));
+    }
+
+    /// A rename whose events were lost (queue overflow) is learned by the
+    /// walk that follows: paths below the renamed directory follow it.
+    #[test]
+    fn a_walk_after_lost_events_repairs_paths_below_a_renamed_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: root.to_string_lossy().into(),
+            recursive: true,
+        }]));
+        assert!(r.prewalk(&root, usize::MAX));
+        let (key, fsid, handle) = fid_for(&root.join("a/b"));
+        let ev = RawEvent {
+            mask: EventType::CloseWrite.mask(),
+            dir: Some(Fid {
+                fsid,
+                handle: &handle,
+                key: &key[..],
+            }),
+            name: Some(b"f"),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        r.resolve(&ev, &mut out);
+        assert_eq!(out, format!("{}/a/b/f", root.display()));
+        std::fs::rename(root.join("a"), root.join("z")).unwrap(); // its events lost
+        r.mark_incomplete();
+        assert!(r.prewalk(&root, usize::MAX));
+        out.clear();
+        r.resolve(&ev, &mut out);
+        assert_eq!(out, format!("{}/z/b/f", root.display()));
     }
 
     /// Unresolved events are explained at most once a minute, with the
