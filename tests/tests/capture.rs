@@ -368,6 +368,60 @@ fn quiet_directories_survive_cache_eviction_and_their_rm_rf_is_logged() {
     assert!(evs.iter().all(|e| e.get("unresolved").is_none()));
 }
 
+/// A blue/green deploy above a watched root: `mv app app.old; mv app.new
+/// app` with `app/proj` watched. The tree moved in was never walked; its
+/// later `rm -rf` (read after the directories are gone) must still be
+/// logged with full paths.
+#[test]
+fn a_tree_swapped_in_above_the_watched_root_is_learned() {
+    let env = Env::new();
+    let base = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "fsmon-test"], &base);
+    let root = base.join("app/proj");
+    fs::create_dir_all(&root).unwrap();
+    let files = make_tree(&base.join("app.new/proj/a"), 5, 4);
+    env.add(
+        "_global",
+        &root,
+        &["-r", "--types", "CREATE,CLOSE_WRITE,DELETE"],
+    );
+    let d = env.start(&[]);
+    sh(&format!(
+        "cd {} && mv app app.old && mv app.new app",
+        base.display()
+    ));
+    // Once a write in the new tree is logged, the swap has been read.
+    let anchor = root.join("anchor");
+    fs::write(&anchor, b"x").unwrap();
+    env.wait_events("_global", "the anchor", |e| {
+        !find(e, "CLOSE_WRITE", &anchor).is_empty()
+    });
+    // Removed while the daemon is stopped: gone when it reads the events.
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    wait_stopped(d.pid());
+    sh(&format!("rm -rf {}", root.join("a").display()));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let evs = env.wait_events("_global", "the DELETE of a", |e| {
+        !find(e, "DELETE", &root.join("a")).is_empty()
+    });
+    let deleted = paths_of(&evs, "DELETE");
+    let want: Vec<String> = files
+        .iter()
+        .map(|f| f.replace("/app.new/", "/app/"))
+        .collect();
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|f| !deleted.contains(f.as_str()))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "DELETEs lost: {missing:?}\ndaemon:\n{}",
+        d.stderr()
+    );
+}
+
 /// Trees removed beside a watched tree, on the same filesystem (so on the
 /// same filesystem mark), made before the daemon started so that it has
 /// never seen their directories: most are gone before fsmon reads their

@@ -1172,6 +1172,9 @@ impl PathResolver {
                 // Moved in from outside: learn the subtree it brings.
                 self.mark_incomplete();
             }
+            if ev.mask & MOVED_TO != 0 && !inside {
+                self.walk_roots_brought_by(target.key);
+            }
             if self.access.is_some() {
                 // Inside a tree: checked now, while it most likely still
                 // exists. Elsewhere: when it first matters (its permissions
@@ -1190,6 +1193,40 @@ impl PathResolver {
             && let Some(n) = self.dirs.get_mut(target.key)
         {
             n.deleted_at = self.now.max(1);
+        }
+    }
+
+    /// A directory moved to a place above watched roots (a blue/green
+    /// `mv app.new app` above a watched `app/proj`, or the parent of a
+    /// pending root moved in) brings trees nobody walked: walk every root
+    /// now below it, or their directories would be unknown, and their
+    /// `rm -rf` taken for events outside.
+    fn walk_roots_brought_by(&mut self, key: &[u8]) {
+        if !self.rebuild(key) {
+            return;
+        }
+        let Some(path) = self
+            .dirs
+            .get(key)
+            .filter(|n| !n.long)
+            .map(|n| n.path.clone())
+        else {
+            return;
+        };
+        if self.scope.place_of_dir(&path) != Place::Ancestor {
+            return;
+        }
+        let roots: Vec<(PathBuf, bool)> = self
+            .scope
+            .roots
+            .iter()
+            .filter(|r| super::scope::under(&r.path, &path))
+            .map(|r| (escape::as_path(&r.path).into_owned(), r.recursive))
+            .collect();
+        for (root, recursive) in roots {
+            if !self.prewalk(&root, if recursive { usize::MAX } else { 1 }) {
+                self.mark_incomplete();
+            }
         }
     }
 
