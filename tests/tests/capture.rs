@@ -422,6 +422,49 @@ fn a_tree_swapped_in_above_the_watched_root_is_learned() {
     );
 }
 
+/// With inode marks nothing above a watched root is marked: a root moved
+/// elsewhere is seen only through its own MOVE_SELF, and a directory moved
+/// out of the tree only through its MOVED_FROM. Events in them afterwards
+/// are no longer in the tree: they must not be logged under the old paths.
+#[test]
+fn directories_moved_out_under_inode_marks_leave_the_tree() {
+    let env = Env::new();
+    let base = env.dir.path().join("own-fs");
+    let _own_fs = Mount::new(&["-t", "tmpfs", "-o", "size=64m", "fsmon-test"], &base);
+    let root = base.join("proj");
+    let other = base.join("other");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    fs::create_dir_all(base.join("away")).unwrap();
+    for r in [&root, &other] {
+        env.add("_global", r, &["-r", "--mark", "inode"]);
+    }
+    let d = env.start(&[]);
+    sh(&format!(
+        "cd {0} && mv proj/sub away/sub && echo x > away/sub/after-move-out && mv proj away/proj && echo x > away/proj/after-root-moved",
+        base.display()
+    ));
+    let anchor = other.join("anchor");
+    fs::write(&anchor, b"x").unwrap();
+    let evs = env.wait_events("_global", "the anchor", |e| {
+        !find(e, "CLOSE_WRITE", &anchor).is_empty()
+    });
+    let stale: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.contains("after-")))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "logged under old paths: {stale:?}\ndaemon:\n{}",
+        d.stderr()
+    );
+    // The moves themselves are logged, as inotify reports them.
+    assert!(
+        !find(&evs, "MOVED_FROM", &root.join("sub")).is_empty(),
+        "{evs:?}"
+    );
+}
+
 /// Trees removed beside a watched tree, on the same filesystem (so on the
 /// same filesystem mark), made before the daemon started so that it has
 /// never seen their directories: most are gone before fsmon reads their

@@ -33,10 +33,13 @@ use crate::{
 
 /// Events the resolver needs whatever the groups ask for: they keep the
 /// directory tree in step (new, renamed and deleted directories).
+// MOVE_SELF: a watched root moved away is seen only by its own mark when
+// nothing above it is marked (inode marks).
 const INTERNAL_MASK: u64 = EventType::Create.mask()
     | EventType::Delete.mask()
     | EventType::MovedFrom.mask()
-    | EventType::MovedTo.mask();
+    | EventType::MovedTo.mask()
+    | EventType::MoveSelf.mask();
 const DELETE_LIKE: u64 =
     EventType::Delete.mask() | EventType::MovedFrom.mask() | EventType::DeleteSelf.mask();
 /// A batch is handed on after this many events even if more are queued.

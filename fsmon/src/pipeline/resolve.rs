@@ -43,6 +43,8 @@ use crate::{
 const CREATE: u64 = EventType::Create.mask();
 const DELETE: u64 = EventType::Delete.mask();
 const MOVED_TO: u64 = EventType::MovedTo.mask();
+const MOVED_FROM: u64 = EventType::MovedFrom.mask();
+const MOVE_SELF: u64 = EventType::MoveSelf.mask();
 const ATTRIB: u64 = EventType::Attrib.mask();
 #[cfg(test)]
 const CLOSE_WRITE: u64 = EventType::CloseWrite.mask();
@@ -1146,6 +1148,21 @@ impl PathResolver {
                 self.perm_gen += 1;
             }
         }
+        if ev.mask & (MOVED_FROM | MOVE_SELF) != 0 && ev.mask & MOVED_TO == 0 {
+            // Moved, maybe where no mark sees it arrive (inode marks: a
+            // directory moved out of the tree, or a root moved away): place
+            // it where it is now. A MOVED_TO read later places it again.
+            let target = match (ev.object, ev.name) {
+                (Some(obj), _) => Some(obj),
+                (None, Some(b".")) | (None, None) => ev.dir,
+                _ => None,
+            };
+            if let Some(t) = target
+                && self.dirs.contains_key(t.key)
+            {
+                self.relocate(t.fsid, t.key);
+            }
+        }
         let (Some(dir), Some(name), Some(target)) = (ev.dir, ev.name, ev.object) else {
             return;
         };
@@ -1194,6 +1211,41 @@ impl PathResolver {
         {
             n.deleted_at = self.now.max(1);
         }
+    }
+
+    /// Places the known directory `key` where the kernel says it is now
+    /// (its parent and name), if it still exists and can be opened by its
+    /// handle; paths below it follow.
+    fn relocate(&mut self, fsid: u64, key: &[u8]) {
+        let Some(mount) = self.mounts.get(&fsid) else {
+            return;
+        };
+        let Ok(fd) = fanotify::open_by_handle(
+            mount.fd.as_fd(),
+            &key[8..],
+            libc::O_PATH | libc::O_DIRECTORY,
+        ) else {
+            return;
+        };
+        let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+            return;
+        };
+        let bytes = link.as_os_str().as_bytes();
+        if !bytes.starts_with(b"/") || bytes.ends_with(b" (deleted)") {
+            return;
+        }
+        let (Some(parent), Some(name)) = (link.parent(), link.file_name()) else {
+            return;
+        };
+        let Some(parent_key) = self.ensure_chain(fsid, parent) else {
+            return;
+        };
+        self.insert_node(
+            key.into(),
+            Some(parent_key),
+            escape::encode(name.as_bytes()).into_owned(),
+        );
+        self.perm_gen += 1;
     }
 
     /// A directory moved to a place above watched roots (a blue/green
