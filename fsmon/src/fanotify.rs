@@ -59,6 +59,9 @@ pub enum QueueSize {
 /// A fanotify group in FID mode.
 pub struct Fanotify {
     fd: OwnedFd,
+    /// Directory events carry the new or removed directory's own handle
+    /// (FAN_REPORT_TARGET_FID, Linux 5.17+).
+    target_fid: bool,
 }
 
 const MAX_QUEUED_SYSCTL: &str = "/proc/sys/fs/fanotify/max_queued_events";
@@ -113,6 +116,7 @@ impl Fanotify {
             _ => None,
         };
         let result = Self::init_flags(flags | FAN_REPORT_TARGET_FID)
+            .map(|fd| (fd, true))
             .or_else(|e| {
                 if e.raw_os_error() == Some(libc::EINVAL) {
                     // Before 5.17: no target fid. New and renamed directories
@@ -121,12 +125,12 @@ impl Fanotify {
                     log::warn!(
                         "this kernel has no FAN_REPORT_TARGET_FID (Linux 5.17+): directory tracking is weaker"
                     );
-                    Self::init_flags(flags)
+                    Self::init_flags(flags).map(|fd| (fd, false))
                 } else {
                     Err(e)
                 }
             })
-            .map(|fd| Fanotify { fd });
+            .map(|(fd, target_fid)| Fanotify { fd, target_fid });
         if let Some(old) = restore
             && let Err(e) = std::fs::write(MAX_QUEUED_SYSCTL, old.trim())
         {
@@ -193,6 +197,14 @@ impl Fanotify {
             return Err(e);
         }
         Ok(n as usize)
+    }
+}
+
+impl Fanotify {
+    /// Whether directory events name the directory they create, move or
+    /// remove by its own handle (Linux 5.17+).
+    pub fn reports_target_fid(&self) -> bool {
+        self.target_fid
     }
 }
 

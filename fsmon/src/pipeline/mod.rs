@@ -166,7 +166,14 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let marks = crate::marks::Marks::new(&fan)?;
+        let target_fid = fan.reports_target_fid();
         let (reader, waker) = EventReader::new(fan, cfg.buffer_size)?;
+        let mut resolver = PathResolver::new(cfg.dir_capacity, cfg.dir_ttl, cfg.user_access);
+        if !target_fid {
+            // New directories are not learned from their events: the cache
+            // can never be sure it knows every watched one.
+            resolver.never_complete();
+        }
         let (capture_tx, capture_rx) = mpsc::channel();
         let (process_tx, process_rx) = mpsc::channel();
         let (recycle_tx, recycle_rx) = mpsc::sync_channel(queue::SPARE_BATCHES);
@@ -189,7 +196,7 @@ impl Pipeline {
 
         let mut capture = Capture::new(CaptureParts {
             reader,
-            resolver: PathResolver::new(cfg.dir_capacity, cfg.dir_ttl, cfg.user_access),
+            resolver,
             sizes: FileSizes::new(cfg.file_size_capacity),
             marks,
             out: process_tx.clone(),

@@ -161,6 +161,8 @@ pub struct PathResolver {
     /// event lost since). While true, a handle of a directory that no longer
     /// exists and was never seen is outside.
     complete: bool,
+    /// False where `complete` can never be true (see `never_complete`).
+    may_complete: bool,
     over_capacity_warned: bool,
     /// When the last "could not be found" line was logged (0: never), and
     /// unresolved events since.
@@ -288,6 +290,7 @@ impl PathResolver {
             ttl_secs: dir_ttl.as_secs().min(u32::MAX as u64) as u32,
             now: coarse_now(),
             complete: true,
+            may_complete: true,
             over_capacity_warned: false,
             unresolved_said_at: 0,
             unresolved_unsaid: 0,
@@ -1335,7 +1338,16 @@ impl PathResolver {
     }
 
     pub fn mark_complete(&mut self) {
-        self.complete = true;
+        self.complete = self.may_complete;
+    }
+
+    /// Without FAN_REPORT_TARGET_FID (Linux before 5.17) directory CREATE and
+    /// MOVED_TO events do not say which directory they made, so new ones are
+    /// never learned from events: an unknown directory that is gone may
+    /// have been inside, and its events are logged unresolved.
+    pub fn never_complete(&mut self) {
+        self.may_complete = false;
+        self.complete = false;
     }
 
     /// Periodic housekeeping: forgets deleted directories once their events
@@ -1496,6 +1508,38 @@ mod tests {
         out.clear();
         r.resolve(&ev, &mut out);
         assert_eq!(out, format!("{}/z/b/f", root.display()));
+    }
+
+    /// Without target fids an unknown directory that is gone is never taken
+    /// for one outside the trees.
+    #[test]
+    fn without_target_fids_a_gone_unknown_directory_is_unresolved() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: root.to_string_lossy().into(),
+            recursive: true,
+        }]));
+        assert!(r.prewalk(&root, usize::MAX));
+        r.never_complete();
+        r.mark_complete(); // what the capture loop does after a walk
+        std::fs::create_dir(root.join("n")).unwrap(); // its CREATE unseen
+        let (key, fsid, handle) = fid_for(&root.join("n"));
+        std::fs::remove_dir(root.join("n")).unwrap();
+        let ev = RawEvent {
+            mask: EventType::Delete.mask(),
+            dir: Some(Fid {
+                fsid,
+                handle: &handle,
+                key: &key[..],
+            }),
+            name: Some(b"f"),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        assert_eq!(r.resolve(&ev, &mut out), Resolution::Unresolved);
+        assert_eq!(out, "f");
     }
 
     /// Unresolved events are explained at most once a minute, with the
