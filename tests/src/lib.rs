@@ -384,6 +384,17 @@ impl Daemon {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Runs `f` with every daemon thread stopped (SIGSTOP): what `f` does
+    /// is all queued, and nothing of it is looked at, when the daemon
+    /// resumes.
+    pub fn while_stopped(&self, f: impl FnOnce()) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        wait_stopped(self.pid());
+        f();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
     /// What the daemon printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.log.lock().unwrap().clone()

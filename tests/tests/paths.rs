@@ -298,6 +298,27 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     assert!(d.stop().success());
 }
 
+/// Waits until the CLOSE_WRITE of `path` is in the `_global` log.
+fn wait_written(env: &Env, path: &Path, what: &str) {
+    env.wait_events("_global", what, |e| {
+        e.iter()
+            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path.to_str().unwrap())
+    });
+}
+
+/// `fsmon add _global --path path -r`, run as `user`; must succeed.
+fn add_as(user: &TestUser, env: &Env, path: &Path) {
+    let out = user.fsmon(
+        env,
+        &["add", "_global", "--path", path.to_str().unwrap(), "-r"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An env whose socket, store and logs belong to `user`, with a watched
 /// directory anyone may traverse.
 fn env_for_user(user: &TestUser) -> Env {
@@ -331,13 +352,7 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     let secret = env.watch.join("secret");
     fs::create_dir_all(secret.join("sub")).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
-    let watch = env.watch.to_str().unwrap();
-    let out = user.fsmon(&env, &["add", "_global", "--path", watch, "-r"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_as(&user, &env, &env.watch);
     let uid = user.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
 
@@ -347,10 +362,7 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     fs::write(&marker, b"x").unwrap();
     // Events are read in order: once the marker is logged, the writes in
     // the secret directory were seen and judged.
-    env.wait_events("_global", "the readable write", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
-    });
+    wait_written(&env, &marker, "the readable write");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("hidden"), "{log}");
     // At least one event per file (the kernel may merge CREATE and
@@ -367,10 +379,7 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o755)).unwrap();
     let after = secret.join("sub/visible-now.txt");
     fs::write(&after, b"y").unwrap();
-    env.wait_events("_global", "the write after chmod 0755", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == after.to_str().unwrap())
-    });
+    wait_written(&env, &after, "the write after chmod 0755");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("hidden"), "earlier events stay hidden: {log}");
     assert!(d.stop().success());
@@ -387,13 +396,7 @@ fn a_directory_closed_after_the_walk_hides_what_follows() {
     let closing = env.watch.join("closing");
     fs::create_dir_all(closing.join("sub")).unwrap();
     fs::set_permissions(&closing, fs::Permissions::from_mode(0o755)).unwrap();
-    let watch = env.watch.to_str().unwrap();
-    let out = user.fsmon(&env, &["add", "_global", "--path", watch, "-r"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_as(&user, &env, &env.watch);
     let uid = user.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
     fs::set_permissions(&closing, fs::Permissions::from_mode(0o700)).unwrap();
@@ -401,10 +404,7 @@ fn a_directory_closed_after_the_walk_hides_what_follows() {
     fs::write(closing.join("sub/late-below.txt"), b"root's").unwrap();
     let marker = env.watch.join("readable.txt");
     fs::write(&marker, b"x").unwrap();
-    env.wait_events("_global", "the readable write", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
-    });
+    wait_written(&env, &marker, "the readable write");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("late"), "{log}");
     assert!(d.stop().success());
@@ -424,15 +424,7 @@ fn a_closed_directory_above_the_watched_root_hides_the_tree() {
     fs::create_dir_all(&open).unwrap();
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
     for root in [&tree, &open] {
-        let out = user.fsmon(
-            &env,
-            &["add", "_global", "--path", root.to_str().unwrap(), "-r"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_as(&user, &env, root);
     }
     let uid = user.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
@@ -483,15 +475,7 @@ fn a_closed_directory_on_another_filesystem_above_the_root_hides_the_tree() {
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
     let tree = mnt.join("tree");
     fs::create_dir_all(&tree).unwrap();
-    let out = user.fsmon(
-        &env,
-        &["add", "_global", "--path", tree.to_str().unwrap(), "-r"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_as(&user, &env, &tree);
     let uid = user.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o700)).unwrap();
@@ -513,10 +497,7 @@ fn a_closed_directory_on_another_filesystem_above_the_root_hides_the_tree() {
     });
     let reopened = tree.join("reopened.txt");
     fs::write(&reopened, b"x").unwrap();
-    env.wait_events("_global", "the write after reopening", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == reopened.to_str().unwrap())
-    });
+    wait_written(&env, &reopened, "the write after reopening");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("after-close"), "{log}");
     assert!(d.stop().success());
@@ -535,15 +516,7 @@ fn another_users_private_directories_in_a_shared_tree_stay_hidden() {
     let shared = env.watch.join("shared");
     fs::create_dir_all(&shared).unwrap();
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
-    let out = watcher.fsmon(
-        &env,
-        &["add", "_global", "--path", shared.to_str().unwrap(), "-r"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_as(&watcher, &env, &shared);
     let uid = watcher.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
     let as_other = |script: String| {
@@ -554,24 +527,19 @@ fn another_users_private_directories_in_a_shared_tree_stay_hidden() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    wait_stopped(d.pid());
-    as_other(format!(
-        "umask 077; mkdir {0}/tmp.q && echo x > {0}/tmp.q/QUICK-SECRET && rm -r {0}/tmp.q",
-        shared.display()
-    ));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    d.while_stopped(|| {
+        as_other(format!(
+            "umask 077; mkdir {0}/tmp.q && echo x > {0}/tmp.q/QUICK-SECRET && rm -r {0}/tmp.q",
+            shared.display()
+        ));
+    });
     as_other(format!(
         "mkdir -m 0711 {0}/xonly && echo x > {0}/xonly/UNGUESSABLE-7f3a && chmod 0644 {0}/xonly/UNGUESSABLE-7f3a",
         shared.display()
     ));
     let marker = shared.join("marker.txt");
     fs::write(&marker, b"x").unwrap();
-    env.wait_events("_global", "the marker", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
-    });
+    wait_written(&env, &marker, "the marker");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("QUICK-SECRET"), "{log}");
     assert!(!log.contains("UNGUESSABLE"), "{log}");
@@ -675,15 +643,7 @@ fn a_symlink_swapped_into_the_watched_path_never_maps_another_users_tree() {
     own(&bobhome, &bob);
     own(&bobhome.join("stuff"), &bob);
     fs::set_permissions(&bobhome, fs::Permissions::from_mode(0o700)).unwrap();
-    let out = alice.fsmon(
-        &env,
-        &["add", "_global", "--path", root.to_str().unwrap(), "-r"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_as(&alice, &env, &root);
     let as_user = |u: &TestUser, script: String| {
         let out = u.run(Path::new("/bin/sh"), &["-c", &script]);
         assert!(
@@ -721,10 +681,7 @@ fn a_symlink_swapped_into_the_watched_path_never_maps_another_users_tree() {
     );
     let marker = root.join("marker.txt");
     as_user(&alice, format!("echo x > {}", marker.display()));
-    env.wait_events("_global", "alice's marker", |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == marker.to_str().unwrap())
-    });
+    wait_written(&env, &marker, "alice's marker");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("BOB-SECRET"), "{log}");
     assert!(d.stop().success());

@@ -1433,6 +1433,17 @@ mod tests {
     use super::*;
     use crate::pipeline::scope::WatchRoot;
 
+    /// A resolver whose one recursive tree is `root`, walked.
+    fn walked(root: &Path, capacity: u64) -> PathResolver {
+        let mut r = PathResolver::new(capacity, Duration::from_secs(60), None);
+        r.set_scope(Scope::from_roots(vec![WatchRoot {
+            path: root.to_string_lossy().into(),
+            recursive: true,
+        }]));
+        assert!(r.prewalk(root, usize::MAX));
+        r
+    }
+
     fn fid_for(path: &Path) -> (Box<[u8]>, u64, Vec<u8>) {
         let fsid = fanotify::fsid_of(path).unwrap();
         let h = fanotify::handle_of(None, path).unwrap();
@@ -1444,12 +1455,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b/c")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        r.prewalk(&root, usize::MAX);
+        let mut r = walked(&root, 1000);
         let (key, fsid, handle) = fid_for(&root.join("a/b/c"));
         let fid = Fid {
             fsid,
@@ -1482,12 +1488,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        assert!(r.prewalk(&root, usize::MAX));
+        let mut r = walked(&root, 1000);
         let (key, fsid, handle) = fid_for(&root.join("a/b"));
         let ev = RawEvent {
             mask: EventType::CloseWrite.mask(),
@@ -1516,12 +1517,7 @@ mod tests {
     fn without_target_fids_a_gone_unknown_directory_is_unresolved() {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        assert!(r.prewalk(&root, usize::MAX));
+        let mut r = walked(&root, 1000);
         r.never_complete();
         r.mark_complete(); // what the capture loop does after a walk
         std::fs::create_dir(root.join("n")).unwrap(); // its CREATE unseen
@@ -1572,12 +1568,7 @@ mod tests {
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("quiet/leaf")).unwrap();
         // Capacity 1: every node is over capacity.
-        let mut r = PathResolver::new(1, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        assert!(r.prewalk(&root, usize::MAX));
+        let mut r = walked(&root, 1);
         let (key, fsid, handle) = fid_for(&root.join("quiet/leaf"));
         r.sweep_at(r.now + 365 * 86400);
         std::fs::remove_dir_all(root.join("quiet")).unwrap();
@@ -1607,12 +1598,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        r.prewalk(&root, usize::MAX);
+        let mut r = walked(&root, 1000);
         let (bkey, fsid, bh) = fid_for(&root.join("a/b"));
         let (akey, _, ah) = fid_for(&root.join("a"));
         let (rkey, _, rh) = fid_for(&root);
@@ -1692,12 +1678,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(d.path()).unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut r = PathResolver::new(1000, Duration::from_secs(60), None);
-        r.set_scope(Scope::from_roots(vec![WatchRoot {
-            path: root.to_string_lossy().into(),
-            recursive: true,
-        }]));
-        r.prewalk(&root, usize::MAX);
+        let mut r = walked(&root, 1000);
         let (key, fsid, h) = fid_for(&root.join("a/b"));
         let names: [(&str, &[u8]); 2] =
             [("utf-8", b"file-name.txt"), ("not utf-8", b"file\xff.txt")];
