@@ -361,12 +361,29 @@ impl Marks {
                 }
             }
         }
-        // Bits no longer wanted, and filesystems no longer watched.
+        // Bits no longer wanted, and filesystems no longer watched. Through
+        // the filesystem's own descriptor: the path it was marked by may lead
+        // elsewhere now (a disk mounted over it), and removing by that path
+        // would remove the new filesystem's mark.
         for (fsid, (path, old)) in &self.filesystems {
             let now = wanted_fs.get(fsid).map_or(0, |m| m.1);
             let dropped = old & !now;
             if dropped != 0 {
-                self.remove_filesystem(path, if now == 0 { *old } else { dropped });
+                let bits = if now == 0 { *old } else { dropped };
+                match resolver.mount_fd(*fsid) {
+                    Some(fd) => {
+                        let _ = mark_fd(
+                            self.fan.as_fd(),
+                            fanotify::FAN_MARK_REMOVE | fanotify::FAN_MARK_FILESYSTEM,
+                            bits | FAN_ONDIR,
+                            fd,
+                        );
+                    }
+                    None if fanotify::fsid_of(path).ok() == Some(*fsid) => {
+                        self.remove_filesystem(path, bits)
+                    }
+                    None => {}
+                }
             }
         }
         self.filesystems = wanted_fs;

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fsmon_tests::{Env, LoopFs, Mount, TestUser, find, read_events, sh_bg, wait_for, wait_stopped};
+use fsmon_tests::{Env, LoopFs, Mount, TestUser, find, read_events, sh_bg, wait_for};
 use serde_json::Value;
 
 fn paths_of<'a>(evs: &'a [Value], kind: &str) -> HashSet<&'a str> {
@@ -346,11 +346,9 @@ fn quiet_directories_survive_cache_eviction_and_their_rm_rf_is_logged() {
         (env.metric("fsmon_dir_cache_evictions_total") >= 1.0).then_some(())
     });
     // Removed while the daemon is stopped: gone when it reads the events.
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    wait_stopped(d.pid());
-    sh(&format!("rm -rf {}", tree.display()));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    d.while_stopped(|| {
+        sh(&format!("rm -rf {}", tree.display()));
+    });
     let evs = env.wait_events("_global", "the tree's DELETE", |e| {
         !find(e, "DELETE", &tree).is_empty()
     });
@@ -397,11 +395,9 @@ fn a_tree_swapped_in_above_the_watched_root_is_learned() {
         !find(e, "CLOSE_WRITE", &anchor).is_empty()
     });
     // Removed while the daemon is stopped: gone when it reads the events.
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    wait_stopped(d.pid());
-    sh(&format!("rm -rf {}", root.join("a").display()));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    d.while_stopped(|| {
+        sh(&format!("rm -rf {}", root.join("a").display()));
+    });
     let evs = env.wait_events("_global", "the DELETE of a", |e| {
         !find(e, "DELETE", &root.join("a")).is_empty()
     });
@@ -462,6 +458,33 @@ fn directories_moved_out_under_inode_marks_leave_the_tree() {
     assert!(
         !find(&evs, "MOVED_FROM", &root.join("sub")).is_empty(),
         "{evs:?}"
+    );
+}
+
+/// A pending path whose filesystem is mounted after the daemon started
+/// (a USB disk, an NFS share mounted late at boot): once it appears, it is
+/// watched on that filesystem.
+#[test]
+fn a_pending_path_on_a_filesystem_mounted_later_is_watched() {
+    let env = Env::new();
+    let mnt = env.dir.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let root = mnt.join("data");
+    env.add("_global", &root, &["-r"]);
+    let d = env.start(&[]);
+    let _fs = Mount::new(&["-t", "tmpfs", "-o", "size=16m", "fsmon-test"], &mnt);
+    fs::create_dir_all(&root).unwrap();
+    // Until the daemon has marked the new filesystem, writes there are not
+    // seen: write until one is logged.
+    let f = root.join("f");
+    fsmon_tests::wait_for_or(
+        "a write on the newly mounted filesystem",
+        Duration::from_secs(30),
+        || {
+            fs::write(&f, b"x").unwrap();
+            (!find(&env.events("_global"), "CLOSE_WRITE", &f).is_empty()).then_some(())
+        },
+        || d.stderr(),
     );
 }
 
@@ -775,13 +798,11 @@ fn kernel_queue_overflow_is_recorded_and_counted() {
     // Freeze the daemon, then queue more events than the kernel holds.
     let queue = fsmon_tests::max_queued_events();
     let burst = queue.max(16384) + 2000;
-    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    wait_stopped(d.pid());
-    for i in 0..burst {
-        fs::write(watch.join(format!("burst{i}")), b"").unwrap();
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    d.while_stopped(|| {
+        for i in 0..burst {
+            fs::write(watch.join(format!("burst{i}")), b"").unwrap();
+        }
+    });
     for group in ["_global", "second"] {
         // Written after the queue is read: up to 16k events first.
         let evs = wait_for("the overflow record", Duration::from_secs(120), || {

@@ -83,6 +83,9 @@ pub struct Capture {
     /// finds the queue empty). Until then an event in a directory that is
     /// gone and unknown may be from one made and removed in the gap.
     complete_when_empty: bool,
+    /// The filesystem each watched root is on (`None`: not there yet), to
+    /// notice one mounted or unmounted under it.
+    root_fsids: HashMap<String, Option<u64>>,
     stats_interval: Option<Duration>,
 }
 
@@ -185,6 +188,7 @@ impl Capture {
             status: p.status,
             self_pid: std::process::id(),
             complete_when_empty: false,
+            root_fsids: HashMap::new(),
             stats_interval: p.stats_interval,
         }
     }
@@ -229,8 +233,9 @@ impl Capture {
                 }
                 return;
             }
-            if self.resolver.checks_access() && Instant::now() >= next_reach_check {
+            if Instant::now() >= next_reach_check {
                 self.resolver.check_reach();
+                self.follow_root_filesystems();
                 next_reach_check = Instant::now() + Duration::from_secs(1);
             }
             if Instant::now() >= next_sweep {
@@ -539,6 +544,43 @@ impl Capture {
         self.complete_when_empty = complete;
     }
 
+    /// A watched root now on another filesystem than when it was marked (a
+    /// disk or share mounted on it or above it after the daemon started, or
+    /// unmounted; or a pending root that appeared): nothing marks that
+    /// filesystem yet, so its events would never come. Marks are applied
+    /// again and the root walked. One `statfs` per root a second.
+    fn follow_root_filesystems(&mut self) {
+        let mut moved = Vec::new();
+        for (root, fsid) in self.root_fsids.iter_mut() {
+            let now = crate::fanotify::fsid_of(&escape::as_path(root)).ok();
+            if now != *fsid {
+                *fsid = now;
+                if now.is_some() {
+                    moved.push(root.clone());
+                }
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        for root in &moved {
+            log::info!(
+                "{root}: on a filesystem not watched before (mounted, unmounted or appeared): watching it there"
+            );
+        }
+        let groups = self.groups.clone();
+        self.set_groups(groups);
+        let scope = self.resolver.scope().clone();
+        for r in scope.roots.iter().filter(|r| moved.contains(&r.path)) {
+            if !self.resolver.prewalk(
+                &escape::as_path(&r.path),
+                if r.recursive { usize::MAX } else { 1 },
+            ) {
+                self.resolver.mark_incomplete();
+            }
+        }
+    }
+
     /// Applies a new set of groups: marks, scope, pre-walks.
     pub fn set_groups(&mut self, groups: Arc<GroupSet>) -> WatchErrors {
         let scope = groups.scope();
@@ -574,6 +616,16 @@ impl Capture {
             }
         }
         self.resolver.check_reach();
+        self.root_fsids = scope
+            .roots
+            .iter()
+            .map(|r| {
+                (
+                    r.path.clone(),
+                    crate::fanotify::fsid_of(&escape::as_path(&r.path)).ok(),
+                )
+            })
+            .collect();
         self.kernel_types = types;
         self.groups = groups;
         self.metrics.watched_paths.set(scope.roots.len() as i64);
