@@ -677,15 +677,32 @@ fn update_store(state: &State, change: impl FnOnce(&mut Store), path: &str) -> c
 
 fn health(state: &State) -> serde_json::Value {
     let info = state.pipeline.status.info.lock().unwrap().clone();
-    let store = state.store.lock().unwrap();
     let marks = &info.marks;
+    // Whether each path exists, as the daemon's user sees it: asked as root,
+    // it would tell the user whether a file in a directory closed to her
+    // exists (a path hand-written into her store). Asked without the store's
+    // lock held: the user-files thread may be busy.
+    let all: Vec<String> = state
+        .store
+        .lock()
+        .unwrap()
+        .groups
+        .iter()
+        .flat_map(|g| g.paths.iter().map(|(p, _)| p.clone()))
+        .collect();
+    let absent: std::collections::HashSet<String> = state.fs.run(move || {
+        all.into_iter()
+            .filter(|p| !crate::escape::as_path(p).exists())
+            .collect()
+    });
+    let store = state.store.lock().unwrap();
     let paths: Vec<serde_json::Value> = store
         .groups
         .iter()
         .flat_map(|g| {
-            g.paths.iter().map(move |(p, o)| {
+            g.paths.iter().map(|(p, o)| {
                 let got = marks.iter().find(|m| m.path == *p);
-                let mut v = json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": !crate::escape::as_path(p).exists()});
+                let mut v = json!({"group": g.cmd, "path": p, "recursive": o.recursive, "pending": absent.contains(p)});
                 if let Some(m) = got {
                     v["mark"] = json!(m.mark);
                     if let Some(why) = &m.why {

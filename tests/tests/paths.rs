@@ -687,6 +687,51 @@ fn a_symlink_swapped_into_the_watched_path_never_maps_another_users_tree() {
     assert!(d.stop().success());
 }
 
+/// `health` says whether each watched path exists as the daemon's user
+/// sees it: a path in a directory closed to her, hand-written into her
+/// store, is pending whether or not it exists (asked as root, it would
+/// tell her).
+#[test]
+fn health_pending_is_the_users_view() {
+    let user = TestUser::new("pend");
+    let env = env_for_user(&user);
+    let closed = env.watch.join("closed");
+    fs::create_dir_all(&closed).unwrap();
+    fs::write(closed.join("there"), b"x").unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+    let open = env.watch.join("open");
+    fs::create_dir_all(&open).unwrap();
+    let line = format!(
+        r#"{{"cmd":"_global","paths":{{"{0}":{{"recursive":false,"types":["CREATE"]}},"{1}":{{"recursive":false,"types":["CREATE"]}},"{2}":{{"recursive":true,"types":["CREATE"]}}}}}}"#,
+        closed.join("there").display(),
+        closed.join("absent").display(),
+        open.display()
+    );
+    fs::write(&env.store, format!("{line}\n")).unwrap();
+    nix::unistd::chown(
+        &env.store,
+        Some(nix::unistd::Uid::from_raw(user.uid)),
+        Some(nix::unistd::Gid::from_raw(user.gid)),
+    )
+    .unwrap();
+    let uid = user.uid.to_string();
+    let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
+    let h = env.request(r#"{"op":"health"}"#);
+    let pending = |p: &Path| {
+        h["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["path"] == p.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{} not in {h}\n{}", p.display(), d.stderr()))["pending"]
+            .clone()
+    };
+    assert_eq!(pending(&closed.join("there")), true, "{h}");
+    assert_eq!(pending(&closed.join("absent")), true, "{h}");
+    assert_eq!(pending(&open), false, "{h}");
+    assert!(d.stop().success());
+}
+
 #[test]
 fn busy_directories_outside_the_trees_never_become_unresolved_records() {
     // Directories made and removed as fast as possible next to the watched
