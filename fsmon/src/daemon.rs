@@ -688,7 +688,7 @@ fn health(state: &State) -> serde_json::Value {
         .unwrap()
         .groups
         .iter()
-        .flat_map(|g| g.paths.iter().map(|(p, _)| p.clone()))
+        .flat_map(|g| g.paths.keys().cloned())
         .collect();
     let absent: std::collections::HashSet<String> = state.fs.run(move || {
         all.into_iter()
