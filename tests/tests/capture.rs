@@ -461,31 +461,38 @@ fn directories_moved_out_under_inode_marks_leave_the_tree() {
     );
 }
 
-/// A pending path whose filesystem is mounted after the daemon started
-/// (a USB disk, an NFS share mounted late at boot): once it appears, it is
-/// watched on that filesystem.
+/// A pending path whose filesystem is mounted after the daemon started (a
+/// USB disk, a share mounted late at boot), and a watched directory with a
+/// filesystem mounted on it: both are watched on the new filesystem (the
+/// second is noticed through the mount table's poll).
 #[test]
-fn a_pending_path_on_a_filesystem_mounted_later_is_watched() {
+fn paths_on_a_filesystem_mounted_later_are_watched() {
     let env = Env::new();
     let mnt = env.dir.path().join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     let root = mnt.join("data");
+    // And a watched directory that exists, with a filesystem mounted on it.
+    let over = env.dir.path().join("over");
+    fs::create_dir_all(&over).unwrap();
     env.add("_global", &root, &["-r"]);
+    env.add("_global", &over, &["-r"]);
     let d = env.start(&[]);
     let _fs = Mount::new(&["-t", "tmpfs", "-o", "size=16m", "fsmon-test"], &mnt);
+    let _over_fs = Mount::new(&["-t", "tmpfs", "-o", "size=16m", "fsmon-test"], &over);
     fs::create_dir_all(&root).unwrap();
-    // Until the daemon has marked the new filesystem, writes there are not
+    // Until the daemon has marked a new filesystem, writes there are not
     // seen: write until one is logged.
-    let f = root.join("f");
-    fsmon_tests::wait_for_or(
-        "a write on the newly mounted filesystem",
-        Duration::from_secs(30),
-        || {
-            fs::write(&f, b"x").unwrap();
-            (!find(&env.events("_global"), "CLOSE_WRITE", &f).is_empty()).then_some(())
-        },
-        || d.stderr(),
-    );
+    for f in [root.join("f"), over.join("g")] {
+        fsmon_tests::wait_for_or(
+            "a write on a newly mounted filesystem",
+            Duration::from_secs(30),
+            || {
+                fs::write(&f, b"x").unwrap();
+                (!find(&env.events("_global"), "CLOSE_WRITE", &f).is_empty()).then_some(())
+            },
+            || d.stderr(),
+        );
+    }
 }
 
 /// Trees removed beside a watched tree, on the same filesystem (so on the

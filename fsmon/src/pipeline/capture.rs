@@ -86,6 +86,10 @@ pub struct Capture {
     /// The filesystem each watched root is on (`None`: not there yet), to
     /// notice one mounted or unmounted under it.
     root_fsids: HashMap<String, Option<u64>>,
+    /// `/proc/self/mountinfo`, whose `poll` reports a changed mount table:
+    /// every root's filesystem is checked only then (a `statfs` can hang on
+    /// a dead network mount), roots not there yet every second.
+    mountinfo: Option<std::fs::File>,
     stats_interval: Option<Duration>,
 }
 
@@ -189,6 +193,7 @@ impl Capture {
             self_pid: std::process::id(),
             complete_when_empty: false,
             root_fsids: HashMap::new(),
+            mountinfo: std::fs::File::open("/proc/self/mountinfo").ok(),
             stats_interval: p.stats_interval,
         }
     }
@@ -548,10 +553,25 @@ impl Capture {
     /// disk or share mounted on it or above it after the daemon started, or
     /// unmounted; or a pending root that appeared): nothing marks that
     /// filesystem yet, so its events would never come. Marks are applied
-    /// again and the root walked. One `statfs` per root a second.
+    /// again and the root walked.
     fn follow_root_filesystems(&mut self) {
+        let mounts_changed = self.mountinfo.as_ref().is_none_or(|f| {
+            let mut p = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(f),
+                events: libc::POLLPRI,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; no wait. The kernel notes that this
+            // change was reported, so the next poll reports only a new one.
+            unsafe {
+                libc::poll(&mut p, 1, 0) > 0 && p.revents & (libc::POLLPRI | libc::POLLERR) != 0
+            }
+        });
         let mut moved = Vec::new();
         for (root, fsid) in self.root_fsids.iter_mut() {
+            if !mounts_changed && fsid.is_some() {
+                continue;
+            }
             let now = crate::fanotify::fsid_of(&escape::as_path(root)).ok();
             if now != *fsid {
                 *fsid = now;
