@@ -69,6 +69,12 @@ const MAX_QUEUED_SYSCTL: &str = "/proc/sys/fs/fanotify/max_queued_events";
 const QUEUE_SIZE_LOCK: &str = "fanotify-queue.lock";
 
 impl Fanotify {
+    /// Whether directory events name the directory they create, move or
+    /// remove by its own handle (Linux 5.17+).
+    pub fn reports_target_fid(&self) -> bool {
+        self.target_fid
+    }
+
     /// Creates the group: notification class, FID mode with parent fid and
     /// name (and the target's fid where the kernel has it, 5.17+).
     pub fn init(queue: QueueSize) -> Result<Self> {
@@ -197,14 +203,6 @@ impl Fanotify {
             return Err(e);
         }
         Ok(n as usize)
-    }
-}
-
-impl Fanotify {
-    /// Whether directory events name the directory they create, move or
-    /// remove by its own handle (Linux 5.17+).
-    pub fn reports_target_fid(&self) -> bool {
-        self.target_fid
     }
 }
 

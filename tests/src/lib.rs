@@ -276,6 +276,16 @@ impl Env {
     }
 
     /// Waits until `pred` holds for the group's events; returns them.
+    /// Waits until the CLOSE_WRITE of `path` is in the `_global` log (events
+    /// are read in order: everything before that write has been judged);
+    /// returns the log.
+    pub fn wait_written(&self, path: &Path, what: &str) -> Vec<Value> {
+        self.wait_events("_global", what, |e| {
+            e.iter()
+                .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path.to_str().unwrap())
+        })
+    }
+
     pub fn wait_events(
         &self,
         group: &str,

@@ -391,9 +391,7 @@ fn a_tree_swapped_in_above_the_watched_root_is_learned() {
     // Once a write in the new tree is logged, the swap has been read.
     let anchor = root.join("anchor");
     fs::write(&anchor, b"x").unwrap();
-    env.wait_events("_global", "the anchor", |e| {
-        !find(e, "CLOSE_WRITE", &anchor).is_empty()
-    });
+    env.wait_written(&anchor, "the anchor");
     // Removed while the daemon is stopped: gone when it reads the events.
     d.while_stopped(|| {
         sh(&format!("rm -rf {}", root.join("a").display()));
@@ -442,9 +440,7 @@ fn directories_moved_out_under_inode_marks_leave_the_tree() {
     ));
     let anchor = other.join("anchor");
     fs::write(&anchor, b"x").unwrap();
-    let evs = env.wait_events("_global", "the anchor", |e| {
-        !find(e, "CLOSE_WRITE", &anchor).is_empty()
-    });
+    let evs = env.wait_written(&anchor, "the anchor");
     let stale: Vec<&Value> = evs
         .iter()
         .filter(|e| e["path"].as_str().is_some_and(|p| p.contains("after-")))
@@ -518,9 +514,7 @@ fn trees_removed_beside_the_watched_tree_leave_no_trace() {
     // every earlier event has been read.
     let anchor = watch.join("anchor");
     fs::write(&anchor, b"x").unwrap();
-    let evs = env.wait_events("_global", "the anchor", |e| {
-        !find(e, "CLOSE_WRITE", &anchor).is_empty()
-    });
+    let evs = env.wait_written(&anchor, "the anchor");
     let foreign: Vec<&Value> = evs
         .iter()
         .filter(|e| e["path"] != anchor.to_str().unwrap())
@@ -1021,9 +1015,7 @@ fn delete_reports_the_last_size_seen_at_close_write() {
     let _d = env.start(&[]);
     let f = env.watch.join("sized");
     fs::write(&f, vec![b'x'; 1234]).unwrap();
-    env.wait_events("_global", "the write", |e| {
-        !find(e, "CLOSE_WRITE", &f).is_empty()
-    });
+    env.wait_written(&f, "the write");
     fs::remove_file(&f).unwrap();
     let evs = env.wait_events("_global", "the delete", |e| {
         !find(e, "DELETE", &f).is_empty()

@@ -298,14 +298,6 @@ fn directories_deeper_than_path_max_are_logged_after_a_restart_and_an_overflow()
     assert!(d.stop().success());
 }
 
-/// Waits until the CLOSE_WRITE of `path` is in the `_global` log.
-fn wait_written(env: &Env, path: &Path, what: &str) {
-    env.wait_events("_global", what, |e| {
-        e.iter()
-            .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path.to_str().unwrap())
-    });
-}
-
 /// `fsmon add _global --path path -r`, run as `user`; must succeed.
 fn add_as(user: &TestUser, env: &Env, path: &Path) {
     let out = user.fsmon(
@@ -362,7 +354,7 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     fs::write(&marker, b"x").unwrap();
     // Events are read in order: once the marker is logged, the writes in
     // the secret directory were seen and judged.
-    wait_written(&env, &marker, "the readable write");
+    env.wait_written(&marker, "the readable write");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("hidden"), "{log}");
     // At least one event per file (the kernel may merge CREATE and
@@ -379,7 +371,7 @@ fn a_non_root_users_daemon_hides_what_the_user_cannot_traverse() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o755)).unwrap();
     let after = secret.join("sub/visible-now.txt");
     fs::write(&after, b"y").unwrap();
-    wait_written(&env, &after, "the write after chmod 0755");
+    env.wait_written(&after, "the write after chmod 0755");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("hidden"), "earlier events stay hidden: {log}");
     assert!(d.stop().success());
@@ -404,7 +396,7 @@ fn a_directory_closed_after_the_walk_hides_what_follows() {
     fs::write(closing.join("sub/late-below.txt"), b"root's").unwrap();
     let marker = env.watch.join("readable.txt");
     fs::write(&marker, b"x").unwrap();
-    wait_written(&env, &marker, "the readable write");
+    env.wait_written(&marker, "the readable write");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("late"), "{log}");
     assert!(d.stop().success());
@@ -428,15 +420,9 @@ fn a_closed_directory_above_the_watched_root_hides_the_tree() {
     }
     let uid = user.uid.to_string();
     let d = env.start_with_env(&[], &[("SUDO_UID", &uid)]);
-    let logged = |path: &Path, what: &str| {
-        env.wait_events("_global", what, |e| {
-            e.iter()
-                .any(|x| x["event_type"] == "CLOSE_WRITE" && x["path"] == path.to_str().unwrap())
-        });
-    };
     let before = tree.join("before.txt");
     fs::write(&before, b"x").unwrap();
-    logged(&before, "the write while open");
+    env.wait_written(&before, "the write while open");
 
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o700)).unwrap();
     fs::write(tree.join("after-close.txt"), b"root's").unwrap();
@@ -444,7 +430,7 @@ fn a_closed_directory_above_the_watched_root_hides_the_tree() {
     // logged, the chmod and the write after it have been judged.
     let marker = open.join("marker.txt");
     fs::write(&marker, b"x").unwrap();
-    logged(&marker, "the marker");
+    env.wait_written(&marker, "the marker");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("after-close"), "{log}");
     assert!(
@@ -456,7 +442,7 @@ fn a_closed_directory_above_the_watched_root_hides_the_tree() {
     fs::set_permissions(&gate, fs::Permissions::from_mode(0o755)).unwrap();
     let reopened = tree.join("reopened.txt");
     fs::write(&reopened, b"x").unwrap();
-    logged(&reopened, "the write after reopening");
+    env.wait_written(&reopened, "the write after reopening");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("after-close"), "{log}");
     assert!(d.stop().success());
@@ -497,7 +483,7 @@ fn a_closed_directory_on_another_filesystem_above_the_root_hides_the_tree() {
     });
     let reopened = tree.join("reopened.txt");
     fs::write(&reopened, b"x").unwrap();
-    wait_written(&env, &reopened, "the write after reopening");
+    env.wait_written(&reopened, "the write after reopening");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("after-close"), "{log}");
     assert!(d.stop().success());
@@ -539,7 +525,7 @@ fn another_users_private_directories_in_a_shared_tree_stay_hidden() {
     ));
     let marker = shared.join("marker.txt");
     fs::write(&marker, b"x").unwrap();
-    wait_written(&env, &marker, "the marker");
+    env.wait_written(&marker, "the marker");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("QUICK-SECRET"), "{log}");
     assert!(!log.contains("UNGUESSABLE"), "{log}");
@@ -681,7 +667,7 @@ fn a_symlink_swapped_into_the_watched_path_never_maps_another_users_tree() {
     );
     let marker = root.join("marker.txt");
     as_user(&alice, format!("echo x > {}", marker.display()));
-    wait_written(&env, &marker, "alice's marker");
+    env.wait_written(&marker, "alice's marker");
     let log = fs::read_to_string(env.log_path("_global")).unwrap();
     assert!(!log.contains("BOB-SECRET"), "{log}");
     assert!(d.stop().success());

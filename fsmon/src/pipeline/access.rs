@@ -136,9 +136,7 @@ impl UserAccess {
         }
         bits
     }
-}
 
-impl UserAccess {
     /// Whether the user can reach `path` now: search permission on every
     /// directory above it, as the kernel's own path walk decides. A path
     /// that does not exist counts as reachable (it has no events; a

@@ -140,6 +140,34 @@ enum Miss {
     Failed(&'static str, i32),
 }
 
+/// Where the directory open at `fd` is now, as the kernel prints it: gone
+/// if it was removed, failed if it is not below the daemon's root (another
+/// mount namespace) or too long to print (`ENAMETOOLONG`).
+fn where_now(fd: BorrowedFd<'_>) -> Result<PathBuf, Miss> {
+    let link =
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| miss_of(&e))?;
+    let bytes = link.as_os_str().as_bytes();
+    if bytes.ends_with(b" (deleted)") {
+        Err(Miss::Gone)
+    } else if !bytes.starts_with(b"/") {
+        Err(Miss::Failed("not reachable from the daemon's root", 0))
+    } else {
+        Ok(link)
+    }
+}
+
+/// Opens `path` (`O_CLOEXEC` added).
+fn open_path(path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+    let c = cstr(path).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid path; the descriptor is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn miss_of(e: &std::io::Error) -> Miss {
     match e.raw_os_error() {
         Some(libc::ESTALE) | Some(libc::ENOENT) => Miss::Gone,
@@ -331,20 +359,8 @@ impl PathResolver {
         let fsid = fanotify::fsid_of(existing)?;
         if !self.mounts.contains_key(&fsid) {
             let root = mount_root_of(existing);
-            let c = cstr(&root).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
             // Not O_PATH: open_by_handle_at rejects O_PATH mount descriptors.
-            // SAFETY: valid path; the descriptor is owned below.
-            let fd = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: new descriptor.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let fd = open_path(&root, libc::O_RDONLY | libc::O_DIRECTORY)?;
             let root_text = escape::encode_path(&root).into_owned();
             // The root as a node: a climb from a deep directory ends there.
             if let Ok(h) = fanotify::handle_of_fd(fd.as_fd()) {
@@ -528,20 +544,7 @@ impl PathResolver {
         let mut parent: Option<Box<[u8]>> = None;
         for (i, p) in prefixes.into_iter().enumerate() {
             let fd = match (&cur, p.file_name()) {
-                (None, _) => {
-                    // SAFETY: a valid path; the descriptor is owned below.
-                    let raw = unsafe {
-                        libc::open(
-                            c"/".as_ptr(),
-                            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                        )
-                    };
-                    if raw < 0 {
-                        return None;
-                    }
-                    // SAFETY: a new descriptor.
-                    unsafe { OwnedFd::from_raw_fd(raw) }
-                }
+                (None, _) => open_path(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY).ok()?,
                 (Some(dir), Some(name)) => {
                     // The last one may be a watched file.
                     let dir_only = if i < last { libc::O_DIRECTORY } else { 0 };
@@ -551,7 +554,10 @@ impl PathResolver {
                         libc::O_PATH | libc::O_NOFOLLOW | dir_only,
                     )
                     .ok()?;
-                    if fstat(fd.as_fd()).ok()?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    // O_PATH|O_NOFOLLOW opens a symlink itself: refused
+                    // (above the last, O_DIRECTORY already refused it).
+                    if i == last && fstat(fd.as_fd()).ok()?.st_mode & libc::S_IFMT == libc::S_IFLNK
+                    {
                         return None;
                     }
                     fd
@@ -786,15 +792,9 @@ impl PathResolver {
             libc::O_PATH | libc::O_DIRECTORY,
         )
         .map_err(|e| miss_of(&e))?;
-        match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        match where_now(fd.as_fd()) {
             Ok(link) => {
                 let bytes = link.as_os_str().as_bytes();
-                if bytes.ends_with(b" (deleted)") {
-                    return Err(Miss::Gone);
-                }
-                if !bytes.starts_with(b"/") {
-                    return Err(Miss::Failed("not reachable from the daemon's root", 0));
-                }
                 match self.ensure_chain(fid.fsid, &link) {
                     Some(key) if *key == *fid.key => Ok(()),
                     // Renamed or removed while we looked (busy directories
@@ -809,8 +809,8 @@ impl PathResolver {
                 }
             }
             // Longer than PATH_MAX: the kernel will not print it.
-            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => self.climb(fid, fd),
-            Err(e) => Err(miss_of(&e)),
+            Err(Miss::Failed(_, libc::ENAMETOOLONG)) => self.climb(fid, fd),
+            Err(miss) => Err(miss),
         }
     }
 
@@ -1093,19 +1093,11 @@ impl PathResolver {
                 if n.long {
                     return None;
                 }
-                let c = cstr(&escape::as_path(&n.path))?;
-                // SAFETY: a valid path; the descriptor is owned below.
-                let raw = unsafe {
-                    libc::open(
-                        c.as_ptr(),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    )
-                };
-                if raw < 0 {
-                    return None;
-                }
-                // SAFETY: a new descriptor.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                let fd = open_path(
+                    &escape::as_path(&n.path),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                )
+                .ok()?;
                 let same = fanotify::handle_of_fd(fd.as_fd()).is_ok_and(|h| h[..] == key[8..]);
                 if !same {
                     return None;
@@ -1230,13 +1222,9 @@ impl PathResolver {
         ) else {
             return;
         };
-        let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
+        let Ok(link) = where_now(fd.as_fd()) else {
             return;
         };
-        let bytes = link.as_os_str().as_bytes();
-        if !bytes.starts_with(b"/") || bytes.ends_with(b" (deleted)") {
-            return;
-        }
         let (Some(parent), Some(name)) = (link.parent(), link.file_name()) else {
             return;
         };
@@ -1433,6 +1421,22 @@ mod tests {
     use super::*;
     use crate::pipeline::scope::WatchRoot;
 
+    /// The event `mask` for `name` in the directory with this handle.
+    fn in_dir<'a>(
+        mask: u64,
+        fsid: u64,
+        handle: &'a [u8],
+        key: &'a [u8],
+        name: &'a [u8],
+    ) -> RawEvent<'a> {
+        RawEvent {
+            mask,
+            dir: Some(Fid { fsid, handle, key }),
+            name: Some(name),
+            ..Default::default()
+        }
+    }
+
     /// A resolver whose one recursive tree is `root`, walked.
     fn walked(root: &Path, capacity: u64) -> PathResolver {
         let mut r = PathResolver::new(capacity, Duration::from_secs(60), None);
@@ -1490,16 +1494,7 @@ mod tests {
         std::fs::create_dir_all(root.join("a/b")).unwrap();
         let mut r = walked(&root, 1000);
         let (key, fsid, handle) = fid_for(&root.join("a/b"));
-        let ev = RawEvent {
-            mask: EventType::CloseWrite.mask(),
-            dir: Some(Fid {
-                fsid,
-                handle: &handle,
-                key: &key[..],
-            }),
-            name: Some(b"f"),
-            ..Default::default()
-        };
+        let ev = in_dir(EventType::CloseWrite.mask(), fsid, &handle, &key, b"f");
         let mut out = String::new();
         r.resolve(&ev, &mut out);
         assert_eq!(out, format!("{}/a/b/f", root.display()));
@@ -1523,16 +1518,7 @@ mod tests {
         std::fs::create_dir(root.join("n")).unwrap(); // its CREATE unseen
         let (key, fsid, handle) = fid_for(&root.join("n"));
         std::fs::remove_dir(root.join("n")).unwrap();
-        let ev = RawEvent {
-            mask: EventType::Delete.mask(),
-            dir: Some(Fid {
-                fsid,
-                handle: &handle,
-                key: &key[..],
-            }),
-            name: Some(b"f"),
-            ..Default::default()
-        };
+        let ev = in_dir(EventType::Delete.mask(), fsid, &handle, &key, b"f");
         let mut out = String::new();
         assert_eq!(r.resolve(&ev, &mut out), Resolution::Unresolved);
         assert_eq!(out, "f");
@@ -1572,16 +1558,7 @@ mod tests {
         let (key, fsid, handle) = fid_for(&root.join("quiet/leaf"));
         r.sweep_at(r.now + 365 * 86400);
         std::fs::remove_dir_all(root.join("quiet")).unwrap();
-        let ev = RawEvent {
-            mask: EventType::Delete.mask(),
-            dir: Some(Fid {
-                fsid,
-                handle: &handle,
-                key: &key[..],
-            }),
-            name: Some(b"f"),
-            ..Default::default()
-        };
+        let ev = in_dir(EventType::Delete.mask(), fsid, &handle, &key, b"f");
         let mut out = String::new();
         assert_eq!(
             r.resolve(&ev, &mut out),
